@@ -1,0 +1,171 @@
+"""Token sequences, length bucketing, token-budget batches, padding and masks."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .io import atomic_open
+from .model import Vocab
+
+
+class TokenSequences:
+    """Many id sequences in one flat tensor plus offsets: compact, and cheap to save and map.
+
+    tokens (N_tokens,) int32; offsets (N + 1,) int64, sequence i is tokens[offsets[i]:offsets[i+1]].
+    """
+
+    def __init__(self, tokens: Tensor, offsets: Tensor):
+        self.tokens, self.offsets = tokens, offsets
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> TokenSequences:
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+        offsets = torch.zeros(len(sequences) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        flat = [token for seq in sequences for token in seq]
+        return cls(torch.tensor(flat, dtype=torch.int32), offsets)
+
+    @classmethod
+    def load(cls, prefix: str | Path) -> TokenSequences:
+        """Memory-map `<prefix>.bin` (int32 ids) and `<prefix>.idx` (int64 offsets)."""
+        bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
+        for path in (bin_path, idx_path):
+            if not path.is_file():
+                raise UserError(f"{path}: no such file; run `nmt preprocess` first")
+        offsets = torch.from_file(str(idx_path), size=idx_path.stat().st_size // 8,
+                                  dtype=torch.int64)
+        size = bin_path.stat().st_size // 4
+        if len(offsets) == 0 or int(offsets[-1]) != size:
+            raise UserError(f"{bin_path}: size does not match {idx_path}; rerun `nmt preprocess`")
+        tokens = torch.from_file(str(bin_path), size=size, dtype=torch.int32) if size else \
+            torch.zeros(0, dtype=torch.int32)
+        return cls(tokens, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]  # (N,)
+
+
+class TokenSequenceWriter(contextlib.AbstractContextManager):
+    """Append id sequences to `<prefix>.bin` and `<prefix>.idx`; both appear only on success."""
+
+    def __init__(self, prefix: str | Path):
+        self._files = contextlib.ExitStack()
+        self._bin = self._files.enter_context(atomic_open(f"{prefix}.bin", "wb"))
+        self._idx = self._files.enter_context(atomic_open(f"{prefix}.idx", "wb"))
+        self._idx.write(torch.zeros(1, dtype=torch.int64).numpy().tobytes())
+        self.count, self.num_tokens = 0, 0
+
+    def write(self, sequences: Sequence[Sequence[int]]) -> None:
+        if not sequences:
+            return
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+        flat = torch.tensor([t for s in sequences for t in s], dtype=torch.int32)
+        self._bin.write(flat.numpy().tobytes())
+        self._idx.write((torch.cumsum(lengths, 0) + self.num_tokens).numpy().tobytes())
+        self.count += len(sequences)
+        self.num_tokens += int(lengths.sum())
+
+    def __exit__(self, *exc_info):
+        return self._files.__exit__(*exc_info)
+
+
+def pad(sequences: Sequence[Tensor | Sequence[int]], pad_id: int, prefix: int | None = None,
+        suffix: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad id sequences into (B, L) int64, optionally adding a first and a last token.
+
+    Returns the tokens and their lengths (B,), counting the added tokens."""
+    extra = (prefix is not None) + (suffix is not None)
+    lengths = torch.tensor([len(s) + extra for s in sequences], dtype=torch.int64)
+    tokens = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.int64)
+    start = 1 if prefix is not None else 0
+    if prefix is not None:
+        tokens[:, 0] = prefix
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        tokens[row, start : start + n] = torch.as_tensor(seq, dtype=torch.int64)
+        if suffix is not None:
+            tokens[row, start + n] = suffix
+    return tokens, lengths
+
+
+@dataclass
+class Batch:
+    """A padded training batch; rows are sentence pairs."""
+
+    src: Tensor  # (B, S) source ids + end-of-sentence, padded
+    src_lengths: Tensor  # (B,)
+    tgt_in: Tensor  # (B, T) beginning-of-sentence + target ids, padded
+    tgt_out: Tensor  # (B, T) target ids + end-of-sentence, padded
+    num_tgt_tokens: int  # real (non-pad) tokens in tgt_out
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.src.to(device, non_blocking=True),
+                     self.src_lengths.to(device, non_blocking=True),
+                     self.tgt_in.to(device, non_blocking=True),
+                     self.tgt_out.to(device, non_blocking=True), self.num_tgt_tokens)
+
+
+def make_batch(src: TokenSequences, tgt: TokenSequences, indices: Sequence[int],
+               vocab: Vocab) -> Batch:
+    src_tokens, src_lengths = pad([src[i] for i in indices], vocab.pad_id, suffix=vocab.eos_id)
+    tgt_seqs = [tgt[i] for i in indices]
+    tgt_in, tgt_lengths = pad(tgt_seqs, vocab.pad_id, prefix=vocab.bos_id)
+    tgt_out, _ = pad(tgt_seqs, vocab.pad_id, suffix=vocab.eos_id)
+    return Batch(src_tokens, src_lengths, tgt_in, tgt_out, int(tgt_lengths.sum()))
+
+
+def group_batches(order: Sequence[int], lengths: Sequence[int], batch_type: str,
+                  batch_size: int) -> list[list[int]]:
+    """Cut `order` into consecutive batches.
+
+    batch_type "sentences": at most batch_size rows. "tokens": at most batch_size padded
+    tokens, counted as rows x longest length (a longer item alone still forms a batch).
+    `lengths[i]` is item i's length (for pairs: the longer side)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        n = int(lengths[i])
+        if current:
+            rows, width = len(current) + 1, max(longest, n)
+            full = rows > batch_size if batch_type == "sentences" else rows * width > batch_size
+            if full:
+                batches.append(current)
+                current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def training_batches(src_lengths: Tensor, tgt_lengths: Tensor, batch_type: str,
+                     batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch of batches: pairs of similar length together, in a seeded random order.
+
+    Ties in length are broken by a seeded shuffle, so batches differ from epoch to epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(src_lengths)
+    shuffled = torch.randperm(n, generator=generator)
+    # Stable sort by (target length, source length) of the shuffled pairs.
+    key = (tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled])
+    order = shuffled[torch.sort(key, stable=True).indices].tolist()
+    longer = torch.maximum(src_lengths + 1, tgt_lengths + 1).tolist()  # + eos/bos
+    batches = group_batches(order, longer, batch_type, batch_size)
+    random.Random(seed).shuffle(batches)
+    return batches

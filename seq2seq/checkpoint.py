@@ -1,0 +1,126 @@
+"""Checkpoints: one self-contained safetensors file per model.
+
+A checkpoint holds the weights, the SentencePiece model(s) as byte tensors, and in its
+metadata the model config, vocabulary and default search settings as JSON. Loading never
+runs code (safetensors has no pickle), and a new process rebuilds the model from the file
+alone. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from .config import ModelConfig, SearchConfig, from_dict, to_dict
+from .errors import UserError
+from .io import atomic_write_bytes
+from .model import Seq2Seq, Vocab
+from .tokenizer import Tokenizer
+
+FORMAT = "seq2seq-checkpoint"
+VERSION = 1
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> None:
+    """Write tensors and string metadata atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def read_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read all tensors and the metadata; a missing, truncated or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); "
+                        "it may be truncated or corrupted") from None
+    return tensors, metadata
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the second name of a tied (shared) tensor."""
+    seen, state = set(), {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor
+    return state
+
+
+@dataclass
+class Checkpoint:
+    model: Seq2Seq
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    search: SearchConfig  # the defaults translation uses unless told otherwise
+    info: dict  # training step, dev scores, ...
+
+
+def save_checkpoint(path: str | Path, model: Seq2Seq, src_tokenizer: Tokenizer,
+                    tgt_tokenizer: Tokenizer, search: SearchConfig, info: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in _unique_state(model).items()}
+    tensors["tokenizer.src"] = _bytes_tensor(src_tokenizer.proto)
+    if tgt_tokenizer.proto != src_tokenizer.proto:
+        tensors["tokenizer.tgt"] = _bytes_tensor(tgt_tokenizer.proto)
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "model": json.dumps(to_dict(model.config)),
+        "vocab": json.dumps(asdict(model.vocab)),
+        "search": json.dumps(to_dict(search)),
+        "info": json.dumps(info),
+    }
+    write_safetensors(path, tensors, metadata)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model, tokenizers and search defaults from a checkpoint file."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path}: not a seq2seq checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("version") != str(VERSION):
+        raise UserError(f"{path}: checkpoint version {metadata.get('version')} is not supported "
+                        f"by this version of the toolkit (expected {VERSION})")
+    try:
+        config = from_dict(ModelConfig, json.loads(metadata["model"]), "model")
+        vocab = Vocab(**json.loads(metadata["vocab"]))
+        search = from_dict(SearchConfig, json.loads(metadata["search"]), "search")
+        info = json.loads(metadata["info"])
+    except (KeyError, TypeError, json.JSONDecodeError, UserError) as e:
+        raise UserError(f"{path}: checkpoint metadata is incomplete or invalid ({e})") from None
+    if "tokenizer.src" not in tensors:
+        raise UserError(f"{path}: checkpoint lacks its SentencePiece model")
+    src_tokenizer = Tokenizer(tensors.pop("tokenizer.src").numpy().tobytes())
+    tgt_proto = tensors.pop("tokenizer.tgt", None)
+    tgt_tokenizer = src_tokenizer if tgt_proto is None else Tokenizer(tgt_proto.numpy().tobytes())
+
+    model = Seq2Seq(config, vocab)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = _unique_state(model).keys()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not match the model config "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not match the model config ({e})") from None
+    return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info)

@@ -1,0 +1,356 @@
+"""Encoder -> attention -> decoder -> Seq2Seq, read top to bottom.
+
+Shape legend: B batch (B*K rows during beam search), S source length, T target length,
+E embedding size, H hidden size, D encoder output size (2H when bidirectional), A attention
+size, C context size, V vocabulary, L layers, h heads, d head size (A / h).
+
+The decoder is Luong-style (Luong et al., 2015, "Effective Approaches to Attention-based
+Neural Machine Translation"): the RNN runs first, its output queries the encoder states, and
+the context is combined with the RNN output to predict the next token. Search and training
+both go through `Seq2Seq.encode` and `Seq2Seq.step`, so there is one code path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .config import AttentionConfig, ModelConfig
+
+RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Vocabulary sizes and special ids, read from the SentencePiece models."""
+
+    src_size: int
+    tgt_size: int
+    pad_id: int
+    unk_id: int
+    bos_id: int
+    eos_id: int
+
+
+# --- encoder --------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """Embeddings, then a (bidirectional) RNN over packed sequences: no sorting needed."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__()
+        enc = config.encoder
+        self.embed = nn.Embedding(vocab.src_size, config.embedding_size, padding_idx=vocab.pad_id)
+        self.dropout = nn.Dropout(config.embedding_dropout)
+        self.rnn = RNN_CLASSES[enc.cell](
+            config.embedding_size, enc.hidden_size, enc.num_layers, batch_first=True,
+            bidirectional=enc.bidirectional, dropout=enc.dropout if enc.num_layers > 1 else 0.0)
+        self.num_directions = 2 if enc.bidirectional else 1
+
+    def forward(self, src: Tensor, src_lengths: Tensor):
+        """src (B, S), src_lengths (B,) -> states (B, S, D), final states per layer (L, B, D)
+        (a pair of them, hidden and cell, for an LSTM). Padded positions of `states` are 0."""
+        x = self.dropout(self.embed(src))  # (B, S, E)
+        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_states, final = self.rnn(packed)
+        states, _ = pad_packed_sequence(packed_states, batch_first=True,
+                                        total_length=src.size(1))  # (B, S, D)
+        if isinstance(final, tuple):
+            return states, tuple(self._join_directions(f) for f in final)
+        return states, self._join_directions(final)
+
+    def _join_directions(self, final: Tensor) -> Tensor:
+        """(L * directions, B, H) -> (L, B, directions * H), forward state first."""
+        layers_directions, batch, hidden = final.shape
+        layers = layers_directions // self.num_directions
+        final = final.view(layers, self.num_directions, batch, hidden)  # (L, dirs, B, H)
+        return final.permute(0, 2, 1, 3).reshape(layers, batch, self.num_directions * hidden)
+
+
+# --- attention ------------------------------------------------------------------------------
+# Attention is stateless: `prepare` turns encoder states into keys and values once per
+# sentence (the caller keeps them), and `forward` maps (query, keys, values, mask) to
+# (context, weights). Padding gets exactly zero weight because its score is -inf.
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last axis in float32; `mask` (broadcastable) is True at real positions."""
+    return scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+class DotAttention(nn.Module):
+    """Luong's dot score q . k, optionally scaled by 1 / sqrt(H) (Vaswani et al., 2017)."""
+
+    def __init__(self, query_size: int, memory_size: int, scaled: bool):
+        super().__init__()
+        self.scale = 1 / math.sqrt(query_size) if scaled else 1.0
+        self.context_size = memory_size
+
+    def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        return states, states  # keys (B, S, D), values (B, S, D)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
+        scores = torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, T, S)
+        weights = masked_softmax(scores, mask[:, None, :])  # (B, T, S)
+        return torch.bmm(weights.to(values.dtype), values), weights  # (B, T, D), (B, T, S)
+
+
+class GeneralAttention(DotAttention):
+    """Luong's bilinear score q W k; W k is precomputed as the keys."""
+
+    def __init__(self, query_size: int, memory_size: int):
+        super().__init__(query_size, memory_size, scaled=False)
+        self.key_layer = nn.Linear(memory_size, query_size, bias=False)
+
+    def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        return self.key_layer(states), states  # keys (B, S, H), values (B, S, D)
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau's MLP score v . tanh(W q + U k) (Bahdanau et al., 2015); U k is the keys."""
+
+    def __init__(self, query_size: int, memory_size: int, hidden_size: int):
+        super().__init__()
+        self.query_layer = nn.Linear(query_size, hidden_size, bias=False)
+        self.key_layer = nn.Linear(memory_size, hidden_size, bias=False)
+        self.energy_layer = nn.Linear(hidden_size, 1, bias=False)
+        self.context_size = memory_size
+
+    def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        return self.key_layer(states), states  # keys (B, S, A), values (B, S, D)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
+        q = self.query_layer(query)  # (B, T, A)
+        energy = torch.tanh(q[:, :, None, :] + keys[:, None, :, :])  # (B, T, S, A)
+        scores = self.energy_layer(energy).squeeze(-1)  # (B, T, S)
+        weights = masked_softmax(scores, mask[:, None, :])  # (B, T, S)
+        return torch.bmm(weights.to(values.dtype), values), weights  # (B, T, D), (B, T, S)
+
+
+class MultiHeadAttention(nn.Module):
+    """h scaled-dot heads over projected queries, keys and values, concatenated and projected.
+
+    The weights returned are the mean over heads, for alignments and plots."""
+
+    def __init__(self, query_size: int, memory_size: int, hidden_size: int, heads: int):
+        super().__init__()
+        self.heads, self.head_size = heads, hidden_size // heads
+        self.query_layer = nn.Linear(query_size, hidden_size)
+        self.key_layer = nn.Linear(memory_size, hidden_size)
+        self.value_layer = nn.Linear(memory_size, hidden_size)
+        self.output_layer = nn.Linear(hidden_size, hidden_size)
+        self.context_size = hidden_size
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.heads, self.head_size).transpose(1, 2)  # (B, h, *, d)
+
+    def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        keys = self._split_heads(self.key_layer(states))  # (B, h, S, d)
+        values = self._split_heads(self.value_layer(states))  # (B, h, S, d)
+        return keys, values
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
+        batch, length, _ = query.shape
+        q = self._split_heads(self.query_layer(query))  # (B, h, T, d)
+        scores = q @ keys.transpose(2, 3) / math.sqrt(self.head_size)  # (B, h, T, S)
+        weights = masked_softmax(scores, mask[:, None, None, :])  # (B, h, T, S)
+        context = weights.to(values.dtype) @ values  # (B, h, T, d)
+        context = context.transpose(1, 2).reshape(batch, length, -1)  # (B, T, A)
+        return self.output_layer(context), weights.mean(dim=1)  # (B, T, A), (B, T, S)
+
+
+def build_attention(config: AttentionConfig, query_size: int, memory_size: int):
+    """The scoring function named in the config, or None for no attention."""
+    if config.scoring == "none":
+        return None
+    if config.scoring in ("dot", "scaled_dot"):
+        return DotAttention(query_size, memory_size, scaled=config.scoring == "scaled_dot")
+    if config.scoring == "general":
+        return GeneralAttention(query_size, memory_size)
+    if config.scoring == "additive":
+        return AdditiveAttention(query_size, memory_size, config.hidden_size)
+    return MultiHeadAttention(query_size, memory_size, config.hidden_size, config.heads)
+
+
+# --- decoder --------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderState:
+    """What the decoder carries from one step to the next."""
+
+    hidden: Tensor | tuple[Tensor, Tensor]  # (L, B, H); an LSTM's is (hidden, cell)
+    feed: Tensor | None  # (B, 1, H) previous attentional vector, with input feeding
+
+    def select(self, index: Tensor) -> DecoderState:
+        """Keep (and reorder, repeat) the rows named by `index` (B',)."""
+        if isinstance(self.hidden, tuple):
+            hidden = tuple(h.index_select(1, index) for h in self.hidden)
+        else:
+            hidden = self.hidden.index_select(1, index)
+        feed = None if self.feed is None else self.feed.index_select(0, index)
+        return DecoderState(hidden, feed)
+
+
+@dataclass
+class Memory:
+    """What the decoder reads from the source: fixed for the whole sentence."""
+
+    keys: Tensor | None  # (B, S, *) or (B, h, S, d) for multihead; None without attention
+    values: Tensor | None  # (B, S, C) or (B, h, S, d)
+    mask: Tensor  # (B, S), True at real source tokens
+
+    def select(self, index: Tensor) -> Memory:
+        def pick(x):
+            return None if x is None else x.index_select(0, index)
+        return Memory(pick(self.keys), pick(self.values), self.mask.index_select(0, index))
+
+
+class Decoder(nn.Module):
+    """An RNN over target embeddings whose output queries the source through attention."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocab, memory_size: int):
+        super().__init__()
+        dec = config.decoder
+        hidden = dec.hidden_size
+        self.input_feeding = dec.input_feeding
+        self.combine_mode = dec.combine
+        self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
+        self.embed_dropout = nn.Dropout(config.embedding_dropout)
+        self.rnn = RNN_CLASSES[dec.cell](
+            config.embedding_size + (hidden if dec.input_feeding else 0), hidden, dec.num_layers,
+            batch_first=True, dropout=dec.dropout if dec.num_layers > 1 else 0.0)
+        self.attention = build_attention(config.attention, hidden, memory_size)
+        if self.attention is not None:
+            context = self.attention.context_size
+            if dec.combine == "concat":
+                self.combine_layer = nn.Linear(hidden + context, hidden)  # tanh(W [h; c])
+            else:
+                self.context_layer = nn.Linear(context, hidden)  # h + W c
+        self.output_dropout = nn.Dropout(config.output_dropout)
+        # A tied output layer shares the embedding matrix, so it needs vectors of size E.
+        tied_projection = config.tie_output and hidden != config.embedding_size
+        self.pre_output = (nn.Linear(hidden, config.embedding_size, bias=False)
+                           if tied_projection else nn.Identity())
+        self.output = nn.Linear(config.embedding_size if tied_projection or config.tie_output
+                                else hidden, vocab.tgt_size)
+        if config.tie_output:
+            self.output.weight = self.embed.weight
+
+    def attend(self, rnn_output: Tensor, memory: Memory):
+        """rnn_output (B, T, H) -> attentional vectors (B, T, H), weights (B, T, S) or None."""
+        if self.attention is None:
+            return self.output_dropout(rnn_output), None
+        context, weights = self.attention(rnn_output, memory.keys, memory.values,
+                                          memory.mask)  # (B, T, C), (B, T, S)
+        if self.combine_mode == "concat":
+            out = torch.tanh(self.combine_layer(torch.cat([rnn_output, context], dim=-1)))
+        else:
+            out = rnn_output + self.context_layer(context)  # (B, T, H)
+        return self.output_dropout(out), weights
+
+    def forward(self, prev_tokens: Tensor, state: DecoderState, memory: Memory):
+        """prev_tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S).
+
+        Without input feeding the RNN and the attention each run over all T positions at
+        once; with it, the positions must be taken one at a time."""
+        x = self.embed_dropout(self.embed(prev_tokens))  # (B, T, E)
+        if not self.input_feeding:
+            rnn_output, hidden = self.rnn(x, state.hidden)  # (B, T, H)
+            out, weights = self.attend(rnn_output, memory)  # (B, T, H), (B, T, S)
+            next_state = DecoderState(hidden, None)
+        else:
+            hidden, feed = state.hidden, state.feed
+            outputs, all_weights = [], []
+            for t in range(x.size(1)):
+                rnn_input = torch.cat([x[:, t : t + 1], feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
+                rnn_output, hidden = self.rnn(rnn_input, hidden)  # (B, 1, H)
+                feed, weights = self.attend(rnn_output, memory)  # (B, 1, H), (B, 1, S)
+                outputs.append(feed)
+                all_weights.append(weights)
+            out = torch.cat(outputs, dim=1)  # (B, T, H)
+            weights = torch.cat(all_weights, dim=1)  # (B, T, S)
+            next_state = DecoderState(hidden, feed)
+        logits = self.output(self.pre_output(out))  # (B, T, V)
+        return logits, next_state, weights
+
+
+# --- the whole model ------------------------------------------------------------------------
+
+
+class Seq2Seq(nn.Module):
+    """Encoder, attention decoder, and the bridge that starts the decoder from the encoder."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__()
+        self.config, self.vocab = config, vocab
+        self.encoder = Encoder(config, vocab)
+        self.decoder = Decoder(config, vocab, config.encoder.output_size)
+        dec = config.decoder
+        self.lstm_decoder = dec.cell == "lstm"
+        if dec.init == "bridge":
+            out = dec.num_layers * dec.hidden_size
+            self.bridge = nn.Linear(config.encoder.output_size, out)
+            if self.lstm_decoder:
+                self.cell_bridge = nn.Linear(config.encoder.output_size, out)
+        if config.tie_embeddings:
+            if vocab.src_size != vocab.tgt_size:
+                raise ValueError("tie_embeddings needs one joint vocabulary")
+            self.decoder.embed.weight = self.encoder.embed.weight
+        self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        for embed in (self.encoder.embed, self.decoder.embed):
+            nn.init.normal_(embed.weight, std=self.config.embedding_size**-0.5)
+            with torch.no_grad():
+                embed.weight[self.vocab.pad_id].zero_()
+
+    def _initial_hidden(self, final: Tensor, bridge: nn.Linear | None) -> Tensor:
+        """final encoder states (L_enc, B, D) -> initial decoder hidden (L, B, H)."""
+        dec = self.config.decoder
+        batch = final.size(1)
+        if dec.init == "zero":
+            return final.new_zeros(dec.num_layers, batch, dec.hidden_size)
+        if dec.init == "last":
+            return final.contiguous()
+        bridged = torch.tanh(bridge(final[-1]))  # (B, L * H)
+        return bridged.view(batch, dec.num_layers, dec.hidden_size).transpose(0, 1).contiguous()
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[DecoderState, Memory]:
+        """src (B, S) ending in end-of-sentence, src_lengths (B,) -> first decoder state, memory."""
+        states, final = self.encoder(src, src_lengths)  # (B, S, D)
+        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths[:, None]
+        attention = self.decoder.attention
+        keys, values = attention.prepare(states) if attention is not None else (None, None)
+        final_hidden = final[0] if isinstance(final, tuple) else final  # (L_enc, B, D)
+        hidden = self._initial_hidden(final_hidden, getattr(self, "bridge", None))
+        if self.lstm_decoder:
+            if self.config.decoder.init == "last" and isinstance(final, tuple):
+                cell = final[1].contiguous()
+            elif self.config.decoder.init == "bridge":
+                cell = self._initial_hidden(final_hidden, self.cell_bridge)
+            else:
+                cell = torch.zeros_like(hidden)
+            hidden = (hidden, cell)
+        feed = None
+        if self.config.decoder.input_feeding:
+            feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)
+        return DecoderState(hidden, feed), Memory(keys, values, mask)
+
+    def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory):
+        """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights."""
+        logits, state, weights = self.decoder(prev_tokens, state, memory)
+        return F.log_softmax(logits.float(), dim=-1), state, weights
+
+    def forward(self, src: Tensor, src_lengths: Tensor, prev_tokens: Tensor) -> Tensor:
+        """Teacher forcing: log-probabilities (B, T, V) of each next target token."""
+        state, memory = self.encode(src, src_lengths)
+        log_probs, _, _ = self.step(prev_tokens, state, memory)
+        return log_probs

@@ -1,0 +1,75 @@
+"""SentencePiece wrapper: train, encode, decode; special ids always come from the model."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+
+import sentencepiece as spm
+
+from .config import SubwordConfig
+from .errors import UserError
+
+
+class Tokenizer:
+    """A trained SentencePiece model, held as its serialized bytes so checkpoints can carry it."""
+
+    def __init__(self, model_proto: bytes):
+        self.proto = bytes(model_proto)
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(self.proto)
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"not a valid SentencePiece model ({e})") from None
+        self.pad_id = self.sp.pad_id()
+        self.unk_id = self.sp.unk_id()
+        self.bos_id = self.sp.bos_id()
+        self.eos_id = self.sp.eos_id()
+        if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
+            raise UserError("the SentencePiece model lacks a pad, unk, bos or eos piece; "
+                            "train it with `nmt preprocess`")
+
+    @classmethod
+    def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:
+        """Train on an iterable of sentences; SentencePiece samples at most
+        `config.input_sentence_size` of them, with a fixed seed."""
+        writer = io.BytesIO()
+        spm.set_random_generator_seed(seed)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=writer,
+                model_type=config.model_type,
+                vocab_size=config.vocab_size,
+                character_coverage=config.character_coverage,
+                byte_fallback=config.byte_fallback,
+                user_defined_symbols=list(config.user_symbols),
+                input_sentence_size=config.input_sentence_size,
+                shuffle_input_sentence=True,
+                num_threads=os.cpu_count() or 1,
+                # JoeyNMT's layout; nothing in this code relies on the numbers.
+                unk_id=0, pad_id=1, bos_id=2, eos_id=3,
+                unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            message = str(e).strip().splitlines()[-1]
+            if "Vocabulary size is too large" in message or "vocab_size" in message:
+                raise UserError(f"config key 'data.subwords.vocab_size': {config.vocab_size} is "
+                                f"too large for this training data ({message})") from None
+            raise UserError(f"SentencePiece training failed: {message}") from None
+        return cls(writer.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]

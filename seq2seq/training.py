@@ -1,0 +1,125 @@
+"""Training pieces that know nothing of files: loss, optimizer, learning-rate schedule,
+and turning nested training state into tensors plus JSON (no pickle) and back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+
+
+def label_smoothed_nll(log_probs: Tensor, target: Tensor, pad_id: int,
+                       epsilon: float) -> tuple[Tensor, Tensor]:
+    """log_probs (B, T, V), target (B, T) -> (smoothed loss, plain NLL), both summed over
+    real tokens. The smoothed loss spreads epsilon uniformly over the vocabulary
+    (Szegedy et al., 2016): (1 - eps) * nll + eps * mean over V of -log p."""
+    mask = target != pad_id  # (B, T)
+    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    nll = nll.masked_fill(~mask, 0.0)
+    if epsilon == 0:
+        total = nll.sum()
+        return total, total
+    smooth = -log_probs.mean(dim=-1).masked_fill(~mask, 0.0)  # (B, T)
+    return ((1 - epsilon) * nll + epsilon * smooth).sum(), nll.sum()
+
+
+def word_dropout(tokens: Tensor, rate: float, unk_id: int, keep_ids: tuple[int, ...],
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Replace a `rate` fraction of the tokens with <unk>, never the ids in `keep_ids`."""
+    if rate <= 0:
+        return tokens
+    drop = torch.rand(tokens.shape, generator=generator, device=tokens.device) < rate
+    for i in keep_ids:
+        drop &= tokens != i
+    return tokens.masked_fill(drop, unk_id)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=config.lr, betas=config.betas,
+               weight_decay=config.weight_decay)
+
+
+class LearningRate:
+    """Linear warmup, then constant, inverse square root, cosine or plateau decay.
+
+    A pure function of the step and (for plateau) the number of reductions made, so that
+    its whole state is two integers."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.reductions = 0  # plateau: times the rate was cut
+        self.stale = 0  # plateau: validations since the best dev BLEU
+
+    def __call__(self, step: int) -> float:
+        c = self.config
+        warmup = max(1, c.warmup_steps)
+        if c.warmup_steps and step < c.warmup_steps:
+            return c.lr * (step + 1) / warmup
+        if c.schedule == "inverse_sqrt":
+            return c.lr * math.sqrt(warmup) / math.sqrt(max(step, warmup))
+        if c.schedule == "cosine":
+            total = c.max_steps or 0
+            if total <= c.warmup_steps:
+                return c.lr
+            progress = min(1.0, (step - c.warmup_steps) / (total - c.warmup_steps))
+            return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
+        if c.schedule == "plateau":
+            return max(c.min_lr, c.lr * c.plateau_factor**self.reductions)
+        return c.lr
+
+    def validated(self, improved: bool) -> None:
+        """Plateau: cut the rate after `plateau_patience` validations without improvement."""
+        if self.config.schedule != "plateau":
+            return
+        self.stale = 0 if improved else self.stale + 1
+        if self.stale >= self.config.plateau_patience:
+            self.reductions += 1
+            self.stale = 0
+
+    def state_dict(self) -> dict:
+        return {"reductions": self.reductions, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reductions, self.stale = state["reductions"], state["stale"]
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# --- nested state <-> tensors + JSON --------------------------------------------------------
+
+
+def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str = "state") -> Any:
+    """Replace every tensor in a nested structure by a reference into `tensors`.
+
+    Dicts become lists of [key, value] pairs so that integer keys (as in optimizer state)
+    survive JSON. Returns the JSON-ready skeleton."""
+    if isinstance(obj, Tensor):
+        tensors[prefix] = obj
+        return {"tensor": prefix}
+    if isinstance(obj, dict):
+        return {"dict": [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"list": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix}")
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
+    if "tensor" in skeleton:
+        return tensors[skeleton["tensor"]]
+    if "dict" in skeleton:
+        return {k: unflatten_state(v, tensors) for k, v in skeleton["dict"]}
+    if "list" in skeleton:
+        items = [unflatten_state(v, tensors) for v in skeleton["list"]]
+        return tuple(items) if skeleton["tuple"] else items
+    return skeleton["value"]
