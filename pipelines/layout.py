@@ -1,0 +1,106 @@
+"""The run folder: where every stage reads and writes. Only the stages know this layout.
+
+    runs/<name>/
+        manifest.json                     preprocess: splits, counts, hashes, config
+        spm.model | spm.<lang>.model      preprocess: SentencePiece model(s)
+        data/<split>.<lang>               preprocess: cleaned text, one sentence a line
+        data/<split>.<lang>.bin / .idx    preprocess: subword ids (int32) and offsets (int64)
+        model/best.safetensors            train: the best checkpoint by dev BLEU
+        model/last.safetensors            train: the latest checkpoint
+        model/train_state.safetensors     train: optimizer, schedule, data order, random state
+        train_log.jsonl                   train: one JSON object per log line / validation
+        learning_curve.png                train: train loss, dev loss, dev BLEU by step
+        translations/test.<lang>          pipeline: translation of the test split
+        score.json                        pipeline: BLEU and chrF of that translation
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from seq2seq.errors import UserError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def text(self, split: str, lang: str) -> Path:
+        return self.data / f"{split}.{lang}"
+
+    def ids(self, split: str, lang: str) -> Path:
+        """Prefix of the .bin and .idx files."""
+        return self.data / f"{split}.{lang}"
+
+    def tokenizer(self, lang: str | None) -> Path:
+        return self.root / ("spm.model" if lang is None else f"spm.{lang}.model")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def best(self) -> Path:
+        return self.model_dir / "best.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.model_dir / "last.safetensors"
+
+    @property
+    def train_state(self) -> Path:
+        return self.model_dir / "train_state.safetensors"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train_log.jsonl"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / "learning_curve.png"
+
+    def translation(self, split: str, lang: str) -> Path:
+        return self.root / "translations" / f"{split}.{lang}"
+
+    @property
+    def score(self) -> Path:
+        return self.root / "score.json"
+
+    def read_manifest(self) -> dict:
+        if not self.manifest.is_file():
+            raise UserError(f"{self.manifest}: no such file; run `nmt preprocess` first")
+        try:
+            return json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.manifest}: not valid JSON ({e}); rerun `nmt preprocess`") from None
+
+
+def run_folder(name: str, run_dir: str | Path | None) -> RunFolder:
+    """runs/<config name> unless a run folder is given."""
+    return RunFolder(Path(run_dir) if run_dir is not None else Path("runs") / name)
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """A run folder (its best checkpoint), a model folder, or a checkpoint file."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    for candidate in (path / "model" / "best.safetensors", path / "best.safetensors"):
+        if candidate.is_file():
+            return candidate
+    if path.is_dir():
+        raise UserError(f"{path}: no checkpoint found (looked for model/best.safetensors "
+                        "and best.safetensors)")
+    raise UserError(f"{path}: no such model folder or checkpoint file")

@@ -1,0 +1,395 @@
+"""Stage 1, preprocess: parallel corpus -> cleaned text, SentencePiece model(s), subword ids.
+
+Reads the corpus named by the config's `data` section, through `datasets` (so large corpora
+are memory-mapped Arrow tables, not Python lists):
+    local text pair   <path>/<split>.<src_lang> and <path>/<split>.<tgt_lang> (.gz read too)
+    local table       <path>/<split file> as tsv, csv, json lines or parquet
+    hub               datasets.load_dataset(<path>, <hub_config>, split=<split>)
+    disk              datasets.load_from_disk(<path>)[<split>]
+Writes, under the run folder (see layout.py):
+    data/<split>.<lang>               cleaned text of train, dev and test
+    data/<split>.<lang>.bin / .idx    their subword ids
+    spm.model (joint) or spm.<lang>.model
+    manifest.json                     files, counts, input hashes, cleaning counts, config
+The SentencePiece model is trained on the cleaned training split only. Everything is built in
+a staging folder and moved into place when all of it has succeeded, so a failed run leaves
+the run folder as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from hashlib import blake2b
+from itertools import zip_longest
+from pathlib import Path
+
+from seq2seq.batching import TokenSequenceWriter
+from seq2seq.config import Config, DataConfig, to_dict
+from seq2seq.errors import UserError
+from seq2seq.io import atomic_open, atomic_write_bytes, atomic_write_text, count_lines
+from seq2seq.io import file_sha256, read_lines
+from seq2seq.tokenizer import Tokenizer
+
+from .layout import SPLITS, RunFolder
+
+CHUNK = 10_000  # pairs handled at a time: memory stays flat in the corpus size
+
+
+def _datasets():
+    """Import `datasets` quietly (its progress bars would bury ours)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+# --- reading the corpus ---------------------------------------------------------------------
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or `path.gz` when only that exists."""
+    if path.is_file():
+        return path
+    gz = path.with_name(path.name + ".gz")
+    if gz.is_file():
+        return gz
+    raise UserError(f"{path}: no such file (nor {gz.name})")
+
+
+def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[dict]:
+    for src, tgt in zip_longest(read_lines(src_path), read_lines(tgt_path)):
+        if src is None or tgt is None:
+            raise UserError(f"{src_path} has {count_lines(src_path)} lines but {tgt_path} has "
+                            f"{count_lines(tgt_path)}; the two sides must have equal line counts")
+        yield {"src": src, "tgt": tgt}
+
+
+def _from_generator(generator: Callable, kwargs: dict, cache_dir: Path):
+    datasets = _datasets()
+    features = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
+    try:
+        return datasets.Dataset.from_generator(generator, gen_kwargs=kwargs, features=features,
+                                               cache_dir=str(cache_dir))
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
+
+
+def _select_columns(dataset, data: DataConfig, where: str):
+    """Map any table to columns `src` and `tgt` (flat columns or a nested translation dict)."""
+    columns = dataset.column_names
+    if data.translation_field is not None:
+        field = data.translation_field
+        if field not in columns:
+            raise UserError(f"{where}: no column '{field}' (data.translation_field); columns "
+                            f"are: {', '.join(columns)}")
+        first = dataset[0][field] if len(dataset) else {}
+        for lang in (data.src_lang, data.tgt_lang):
+            if not isinstance(first, dict) or lang not in first:
+                keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
+                raise UserError(f"{where}: column '{field}' has no language '{lang}'; it has: {keys}")
+
+        def unnest(batch):
+            return {"src": [row[data.src_lang] or "" for row in batch[field]],
+                    "tgt": [row[data.tgt_lang] or "" for row in batch[field]]}
+        return dataset.map(unnest, batched=True, remove_columns=columns)
+    src_col = data.src_column or data.src_lang
+    tgt_col = data.tgt_column or data.tgt_lang
+    for key, col in (("src", src_col), ("tgt", tgt_col)):
+        if col not in columns:
+            raise UserError(f"{where}: no column '{col}' (data.{key}_column or data.{key}_lang); "
+                            f"columns are: {', '.join(columns)}")
+
+    def pick(batch):
+        return {"src": [s or "" for s in batch[src_col]], "tgt": [t or "" for t in batch[tgt_col]]}
+    return dataset.map(pick, batched=True, remove_columns=columns)
+
+
+def load_split(data: DataConfig, name: str, cache_dir: Path):
+    """One split as a `datasets.Dataset` with string columns `src` and `tgt`, and a record of
+    where it came from (paths with hashes, or the dataset id and fingerprint)."""
+    datasets = _datasets()
+    if data.source == "local" and data.format == "text":
+        folder = Path(data.path)
+        src_path = _existing(folder / f"{name}.{data.src_lang}")
+        tgt_path = _existing(folder / f"{name}.{data.tgt_lang}")
+        dataset = _from_generator(_text_pairs, {"src_path": src_path, "tgt_path": tgt_path},
+                                  cache_dir)
+        origin = {side: {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
+                  for side, p in (("src", src_path), ("tgt", tgt_path))}
+        return dataset, origin
+    if data.source == "local":
+        path = Path(data.path) / name
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
+        options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
+        try:
+            dataset = datasets.load_dataset(builder, data_files={"split": str(path)}, split="split",
+                                            cache_dir=str(cache_dir), **options)
+        except Exception as e:  # the readers raise many types; all mean "cannot parse"
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e.__cause__, UnicodeDecodeError):
+                message = "invalid UTF-8"
+            raise UserError(f"{path}: cannot read as {data.format} ({message})") from None
+        origin = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        return _select_columns(dataset, data, str(path)), origin
+    if data.source == "hub":
+        where = f"hub dataset '{data.path}' (config {data.hub_config}, split '{name}')"
+        try:
+            dataset = datasets.load_dataset(data.path, data.hub_config, split=name)
+        except Exception as e:  # network, missing dataset or split: all a user's to fix
+            raise UserError(f"{where}: cannot load ({str(e).strip().splitlines()[0]})") from None
+        origin = {"hub": data.path, "config": data.hub_config, "split": name,
+                  "fingerprint": dataset._fingerprint}
+        return _select_columns(dataset, data, where), origin
+    # source == "disk"
+    path = Path(data.path)
+    if not path.exists():
+        raise UserError(f"{path}: no such saved dataset folder")
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+    if isinstance(saved, datasets.DatasetDict):
+        if name not in saved:
+            raise UserError(f"{path}: no split '{name}'; splits are: {', '.join(saved)}")
+        saved = saved[name]
+    elif name != data.train:
+        raise UserError(f"{path}: holds one split; set data.{name} to null to carve it from train")
+    origin = {"disk": str(path), "split": name, "fingerprint": saved._fingerprint}
+    return _select_columns(saved, data, f"{path} split '{name}'"), origin
+
+
+def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
+    """The train, dev and test datasets, carving dev/test out of train where not given."""
+    train, train_origin = load_split(data, data.train, cache_dir)
+    splits, origins = {}, {"train": train_origin}
+    for split, name, size in (("dev", data.dev, data.dev_size), ("test", data.test, data.test_size)):
+        if name is not None:
+            splits[split], origins[split] = load_split(data, name, cache_dir)
+            continue
+        if len(train) <= size:
+            raise UserError(f"data.{split} is null, so {size} pairs (data.{split}_size) are carved "
+                            f"out of train, but train has only {len(train)} pairs")
+        parts = train.train_test_split(test_size=size, seed=data.seed, shuffle=True)
+        train, splits[split] = parts["train"], parts["test"]
+        origins[split] = {"carved_from": "train", "pairs": size, "seed": data.seed}
+    if data.max_pairs is not None and len(train) > data.max_pairs:
+        keep = sorted(random.Random(data.seed).sample(range(len(train)), data.max_pairs))
+        train = train.select(keep)
+    splits["train"] = train
+    return splits, origins
+
+
+# --- cleaning -------------------------------------------------------------------------------
+
+
+def normalize(text: str, form: str) -> str:
+    """Unicode normalization, then whitespace trimmed and runs of it collapsed to one space."""
+    if form != "none":
+        text = unicodedata.normalize(form.upper(), text)
+    return " ".join(text.split())
+
+
+def _batches(dataset) -> Iterator[tuple[list[str], list[str]]]:
+    for batch in dataset.iter(batch_size=CHUNK):
+        yield batch["src"], batch["tgt"]
+
+
+def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out) -> dict:
+    """Normalize every pair; when `filtered`, drop empty, over-long and duplicate pairs.
+    Writes the kept pairs as lines and returns counts for each step."""
+    cleaning = data.cleaning
+    counts = {"input": 0, "empty": 0, "too_many_chars": 0, "duplicate": 0}
+    seen: set[bytes] = set()
+    for src_batch, tgt_batch in _batches(dataset):
+        for src, tgt in zip(src_batch, tgt_batch):
+            counts["input"] += 1
+            src, tgt = normalize(src, cleaning.normalize), normalize(tgt, cleaning.normalize)
+            if filtered:
+                if not src or not tgt:
+                    counts["empty"] += 1
+                    continue
+                if len(src) > cleaning.max_chars or len(tgt) > cleaning.max_chars:
+                    counts["too_many_chars"] += 1
+                    continue
+                if cleaning.dedupe:
+                    digest = blake2b(f"{src}\t{tgt}".encode(), digest_size=8).digest()
+                    if digest in seen:
+                        counts["duplicate"] += 1
+                        continue
+                    seen.add(digest)
+            src_out.write(src + "\n")
+            tgt_out.write(tgt + "\n")
+    return counts
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
+def _chunks(src_path: Path, tgt_path: Path) -> Iterator[tuple[list[str], list[str]]]:
+    src_chunk, tgt_chunk = [], []
+    for src, tgt in zip(_lines(src_path), _lines(tgt_path)):
+        src_chunk.append(src)
+        tgt_chunk.append(tgt)
+        if len(src_chunk) == CHUNK:
+            yield src_chunk, tgt_chunk
+            src_chunk, tgt_chunk = [], []
+    if src_chunk:
+        yield src_chunk, tgt_chunk
+
+
+def train_tokenizers(text: dict[str, Path], data: DataConfig) -> tuple[Tokenizer, Tokenizer]:
+    """SentencePiece on the cleaned training text: one joint model, or one per language."""
+    subwords = data.subwords
+    if subwords.joint:
+        def both() -> Iterator[str]:
+            for src, tgt in zip(_lines(text["src"]), _lines(text["tgt"])):
+                yield src
+                yield tgt
+        joint = Tokenizer.train(both(), subwords, seed=data.seed)
+        return joint, joint
+    return (Tokenizer.train(_lines(text["src"]), subwords, seed=data.seed),
+            Tokenizer.train(_lines(text["tgt"]), subwords, seed=data.seed))
+
+
+def encode_split(text: dict[str, Path], out: dict[str, Path], ids: dict[str, Path],
+                 tokenizers: tuple[Tokenizer, Tokenizer], data: DataConfig,
+                 filtered: bool) -> dict:
+    """Encode a cleaned split into ids; when `filtered`, drop pairs too long in pieces or with
+    a length ratio beyond the limit. Writes final text and ids; returns counts."""
+    cleaning = data.cleaning
+    counts = {"too_many_pieces": 0, "length_ratio": 0, "kept": 0, "src_tokens": 0,
+              "tgt_tokens": 0}
+    with atomic_open(out["src"]) as src_out, atomic_open(out["tgt"]) as tgt_out, \
+            TokenSequenceWriter(ids["src"]) as src_ids, TokenSequenceWriter(ids["tgt"]) as tgt_ids:
+        for src_chunk, tgt_chunk in _chunks(text["src"], text["tgt"]):
+            src_enc, tgt_enc = tokenizers[0].encode(src_chunk), tokenizers[1].encode(tgt_chunk)
+            keep = []
+            for i, (s, t) in enumerate(zip(src_enc, tgt_enc)):
+                if filtered:
+                    if len(s) > cleaning.max_pieces or len(t) > cleaning.max_pieces:
+                        counts["too_many_pieces"] += 1
+                        continue
+                    if max(len(s), len(t)) > cleaning.max_ratio * max(1, min(len(s), len(t))):
+                        counts["length_ratio"] += 1
+                        continue
+                keep.append(i)
+            src_out.writelines(src_chunk[i] + "\n" for i in keep)
+            tgt_out.writelines(tgt_chunk[i] + "\n" for i in keep)
+            src_ids.write([src_enc[i] for i in keep])
+            tgt_ids.write([tgt_enc[i] for i in keep])
+        counts["kept"] = src_ids.count
+        counts["src_tokens"], counts["tgt_tokens"] = src_ids.num_tokens, tgt_ids.num_tokens
+    return counts
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def _staging_folder(run: RunFolder) -> Path:
+    """A fresh folder on the same file system as the run folder, outside it."""
+    anchor = run.root.resolve()
+    while not anchor.exists():
+        anchor = anchor.parent
+    return Path(tempfile.mkdtemp(prefix=f".{run.root.name}.preprocess.", dir=anchor))
+
+
+def preprocess(config: Config, run: RunFolder, log: Callable[[str], None] = print) -> dict:
+    """Run the stage; returns the manifest it wrote."""
+    data = config.data
+    if not data.path:
+        raise UserError("config key 'data.path': expected the corpus location, got nothing")
+    staging = _staging_folder(run)
+    try:
+        manifest = _build(config, RunFolder(staging), log)
+        _move_into_place(staging, run.root)
+        atomic_write_text(run.manifest, json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict:
+    data = config.data
+    langs = {"src": data.src_lang, "tgt": data.tgt_lang}
+    stage.data.mkdir(parents=True)
+    log(f"preprocess: reading {data.source} corpus {data.path}")
+    datasets, origins = load_corpus(data, stage.root / "cache")
+
+    cleaned, stats = {}, {}
+    for split in SPLITS:
+        filtered = split == "train" or data.cleaning.filter_dev_test
+        cleaned[split] = {side: stage.root / f"{split}.clean.{side}" for side in langs}
+        with atomic_open(cleaned[split]["src"]) as src_out, \
+                atomic_open(cleaned[split]["tgt"]) as tgt_out:
+            stats[split] = clean_text(datasets[split], data, filtered, src_out, tgt_out)
+    del datasets
+
+    if count_lines(cleaned["train"]["src"]) == 0:
+        raise UserError(f"the training split is empty after cleaning ({stats['train']}); "
+                        "check data.train and data.cleaning")
+    log(f"preprocess: training SentencePiece ({data.subwords.model_type}, "
+        f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})")
+    tokenizers = train_tokenizers(cleaned["train"], data)
+    if data.subwords.joint:
+        tokenizer_files = {"src": "spm.model", "tgt": "spm.model"}
+    else:
+        tokenizer_files = {side: f"spm.{lang}.model" for side, lang in langs.items()}
+    for side, tokenizer in zip(langs, tokenizers):
+        atomic_write_bytes(stage.root / tokenizer_files[side], tokenizer.proto)
+
+    splits = {}
+    for split in SPLITS:
+        filtered = split == "train" or data.cleaning.filter_dev_test
+        out = {side: stage.text(split, lang) for side, lang in langs.items()}
+        ids = {side: stage.ids(split, lang) for side, lang in langs.items()}
+        stats[split].update(encode_split(cleaned[split], out, ids, tokenizers, data, filtered))
+        for side in langs:
+            os.remove(cleaned[split][side])
+        if stats[split]["kept"] == 0:
+            raise UserError(f"the {split} split is empty after cleaning ({stats[split]})")
+        rel = {side: str(out[side].relative_to(stage.root)) for side in langs}
+        splits[split] = {**rel, "src_ids": rel["src"], "tgt_ids": rel["tgt"],
+                         "pairs": stats[split]["kept"],
+                         "src_tokens": stats[split]["src_tokens"],
+                         "tgt_tokens": stats[split]["tgt_tokens"],
+                         "src_bytes": out["src"].stat().st_size,
+                         "tgt_bytes": out["tgt"].stat().st_size}
+        log(f"preprocess: {split}: {stats[split]['input']} pairs in, {stats[split]['kept']} kept")
+    shutil.rmtree(stage.root / "cache", ignore_errors=True)
+    return {
+        "format": "seq2seq-run",
+        "version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "languages": langs,
+        "tokenizer": {"joint": data.subwords.joint, **tokenizer_files,
+                      "src_vocab_size": tokenizers[0].vocab_size,
+                      "tgt_vocab_size": tokenizers[1].vocab_size},
+        "splits": splits,
+        "inputs": origins,
+        "cleaning": stats,
+        "config": to_dict(config),
+    }
+
+
+def _move_into_place(staging: Path, root: Path) -> None:
+    """Move every staged file to the same place under `root` (each move is atomic)."""
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = root / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)

@@ -1,0 +1,66 @@
+"""A one-line progress display on stderr: done, rate, time left, and any named figures."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+class Progress:
+    """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every `every` seconds.
+
+    total: the amount of work when known (for time left); unit: what is counted."""
+
+    def __init__(self, label: str, total: float | None = None, unit: str = "it",
+                 every: float = 30.0, stream=None):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.every = 0.2 if self.interactive else every
+        self.start = self.last = time.monotonic()
+        self.done = 0.0
+        self.figures: dict[str, str] = {}
+
+    def update(self, amount: float = 1, **figures) -> None:
+        self.done += amount
+        self.figures.update({k: (f"{v:.3g}" if isinstance(v, float) else str(v))
+                             for k, v in figures.items()})
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._draw(final=False)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        parts = [self.label]
+        if self.total:
+            parts.append(f"{self.done:,.0f}/{self.total:,.0f} {self.unit} "
+                         f"({100 * self.done / self.total:.0f}%)")
+        else:
+            parts.append(f"{self.done:,.0f} {self.unit}")
+        parts.append(f"{rate:,.1f} {self.unit}/s")
+        parts += [f"{k} {v}" for k, v in self.figures.items()]
+        if self.total and rate > 0:
+            parts.append(f"elapsed {format_duration(elapsed)}, left "
+                         f"{format_duration((self.total - self.done) / rate)}")
+        else:
+            parts.append(f"elapsed {format_duration(elapsed)}")
+        return " | ".join(parts)
+
+    def _draw(self, final: bool) -> None:
+        if self.interactive:
+            self.stream.write("\r\033[K" + self.line() + ("\n" if final else ""))
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._draw(final=True)

@@ -1,0 +1,60 @@
+"""The pipeline: preprocess, train, translate the test split, score it, from one config.
+
+Reads: the config and the corpus it names. Writes: everything the four stages write, in one
+run folder (see layout.py), plus translations/test.<tgt_lang> and score.json. The stages talk
+only through those files. Preprocessing is skipped when the run folder already holds the
+output of the same data config and inputs; training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from seq2seq.config import Config, to_dict
+from seq2seq.io import atomic_write_text
+
+from .layout import RunFolder
+from .preprocess import preprocess
+from .score import describe, score_files
+from .train import train
+from .translate import TranslateOptions, translate_file
+
+
+def _preprocessed(config: Config, run: RunFolder) -> bool:
+    """True when the manifest was made from this very data config (and it still exists)."""
+    if not run.manifest.is_file():
+        return False
+    try:
+        manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return manifest.get("config", {}).get("data") == to_dict(config.data) and all(
+        (run.root / manifest["splits"][s][side]).is_file()
+        for s in manifest["splits"] for side in ("src", "tgt"))
+
+
+def pipeline(config: Config, run: RunFolder, log: Callable[[str], None] = print,
+             fresh: bool = False) -> dict:
+    if fresh or not _preprocessed(config, run):
+        manifest = preprocess(config, run, log)
+    else:
+        log(f"preprocess: {run.manifest} is up to date; skipped")
+        manifest = run.read_manifest()
+    train(config, run, log, fresh=fresh)
+    test = manifest["splits"]["test"]
+    hypotheses = run.translation("test", manifest["languages"]["tgt"])
+    hypotheses.parent.mkdir(parents=True, exist_ok=True)
+    options = TranslateOptions(device=config.train.device)
+    speed = translate_file(run.root, str(run.root / test["src"]), str(hypotheses), options, log)
+    log(f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
+        f"sentences/s (beam {config.search.beam_size})")
+    result = score_files(hypotheses, run.root / test["tgt"])
+    atomic_write_text(run.score, json.dumps(result, indent=2) + "\n")
+    log("score: " + describe(result))
+    log("artifacts:\n" + "\n".join(f"  {name:<15} {path}" for name, path in [
+        ("manifest", run.manifest), ("tokenizer", run.root / manifest["tokenizer"]["src"]),
+        ("data", run.data), ("best model", run.best), ("last model", run.last),
+        ("training log", run.train_log), ("learning curve", run.learning_curve),
+        ("translation", hypotheses), ("score", run.score)]))
+    return result
