@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -22,6 +21,10 @@ from seq2seq.errors import UserError
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
+# Typer may bring its own copy of click; take click's exception classes from Typer itself.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 
 class OneLineErrors(TyperGroup):
     """Turn user errors and usage errors into one line on stderr and exit code 2."""
@@ -30,33 +33,38 @@ class OneLineErrors(TyperGroup):
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {e}", err=True)
             sys.exit(2)
-        except click.UsageError as e:
+        except UsageError as e:
             where = f" ({e.ctx.command_path})" if e.ctx is not None else ""
-            click.echo(f"error{where}: {e.format_message()}", err=True)
+            typer.echo(f"error{where}: {e.format_message()}", err=True)
             sys.exit(2)
-        except click.ClickException as e:
-            click.echo(f"error: {e.format_message()}", err=True)
+        except ClickException as e:
+            typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("interrupted", err=True)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else 0)
 
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
-                  pretty_exceptions_show_locals=False,
-                  help="Recurrent neural machine translation with attention.")
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Recurrent neural machine translation with attention.",
+)
 
 
 def _config(path: Path, ctx: typer.Context, extra: list[str] = ()) -> Config:
     for arg in ctx.args:
         if not arg.startswith("--") or "=" not in arg or "." not in arg.split("=")[0]:
-            raise click.UsageError(f"unexpected argument '{arg}'; config overrides look like "
-                                   "--section.key=value", ctx)
+            raise UsageError(
+                f"unexpected argument '{arg}'; config overrides look like --section.key=value", ctx
+            )
     return load_config(path, list(ctx.args) + list(extra))
 
 
@@ -74,8 +82,11 @@ RUN_DIR = typer.Option(None, "--run-dir", help="Run folder (default: runs/<confi
 
 
 @app.command(context_settings=OVERRIDES)
-def preprocess(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config."),
-               run_dir: Path | None = RUN_DIR):
+def preprocess(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config."),
+    run_dir: Path | None = RUN_DIR,
+):
     """Clean the corpus, train SentencePiece on train, encode every split, write manifest.json."""
     from pipelines.preprocess import preprocess as run_preprocess
 
@@ -86,18 +97,25 @@ def preprocess(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML
 
 
 @app.command(context_settings=OVERRIDES)
-def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config."),
-          run_dir: Path | None = RUN_DIR,
-          max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
-          max_time: float | None = typer.Option(None, help="Stop after this many seconds."),
-          device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-          fresh: bool = typer.Option(False, "--fresh",
-                                     help="Start over instead of resuming (overwrites checkpoints).")):
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config."),
+    run_dir: Path | None = RUN_DIR,
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
+    max_time: float | None = typer.Option(None, help="Stop after this many seconds."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start over instead of resuming (overwrites checkpoints)."
+    ),
+):
     """Train (or resume) on the preprocessed run folder; keep the best checkpoint by dev BLEU."""
     from pipelines.train import train as run_train
 
-    extra = [f"--train.{k}={v}" for k, v in (("max_steps", max_steps), ("max_time", max_time),
-                                              ("device", device)) if v is not None]
+    extra = [
+        f"--train.{k}={v}"
+        for k, v in (("max_steps", max_steps), ("max_time", max_time), ("device", device))
+        if v is not None
+    ]
     cfg = _config(config, ctx, extra)
     run = _run_folder(cfg, run_dir)
     try:
@@ -109,12 +127,16 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
 
 @app.command()
 def translate(
-    model: Path = typer.Option(..., "-m", "--model", help="Run folder, model folder or checkpoint."),
+    model: Path = typer.Option(
+        ..., "-m", "--model", help="Run folder, model folder or checkpoint."
+    ),
     input: str = typer.Option(..., "-i", "--input", help="Text file to translate ('-': stdin)."),
     output: str = typer.Option(..., "-o", "--output", help="Where to write ('-': stdout)."),
     beam_size: int | None = typer.Option(None, help="Beam size; 1 is greedy."),
     batch_size: int | None = typer.Option(None, help="Sentences per batch."),
-    max_tokens: int | None = typer.Option(None, help="Source tokens per batch (instead of --batch-size)."),
+    max_tokens: int | None = typer.Option(
+        None, help="Source tokens per batch (instead of --batch-size)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     errors: str = typer.Option("strict", help="Invalid UTF-8 input: strict (an error) or replace."),
@@ -128,15 +150,19 @@ def translate(
         raise UserError(f"option '--errors': expected strict or replace, got {errors!r}")
     options = TranslateOptions(beam_size, batch_size, max_tokens, None, device, precision, errors)
     result = translate_file(model, input, output, options, _log)
-    _log(f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
-         f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
-         "target tokens/s)")
+    _log(
+        f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
+        f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
+        "target tokens/s)"
+    )
 
 
 @app.command()
-def score(hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a line."),
-          refs: Path = typer.Option(..., "-r", "--refs", help="References, one a line."),
-          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+def score(
+    hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a line."),
+    refs: Path = typer.Option(..., "-r", "--refs", help="References, one a line."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
     """BLEU and chrF (sacreBLEU, cased, detokenized) with their signatures."""
     from pipelines.score import describe, score_files
 
@@ -145,10 +171,12 @@ def score(hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a
 
 
 @app.command(context_settings=OVERRIDES)
-def pipeline(ctx: typer.Context,
-             config: Path = typer.Argument(DEMO_CONFIG, help="YAML config (default: the demo)."),
-             run_dir: Path | None = RUN_DIR,
-             fresh: bool = typer.Option(False, "--fresh", help="Redo every stage from scratch.")):
+def pipeline(
+    ctx: typer.Context,
+    config: Path = typer.Argument(DEMO_CONFIG, help="YAML config (default: the demo)."),
+    run_dir: Path | None = RUN_DIR,
+    fresh: bool = typer.Option(False, "--fresh", help="Redo every stage from scratch."),
+):
     """Preprocess, train, translate the test split and score it, from one config."""
     from pipelines.run import pipeline as run_pipeline
 

@@ -1,17 +1,17 @@
 """The run folder: where every stage reads and writes. Only the stages know this layout.
 
-    runs/<name>/
-        manifest.json                     preprocess: splits, counts, hashes, config
-        spm.model | spm.<lang>.model      preprocess: SentencePiece model(s)
-        data/<split>.<lang>               preprocess: cleaned text, one sentence a line
-        data/<split>.<lang>.bin / .idx    preprocess: subword ids (int32) and offsets (int64)
-        model/best.safetensors            train: the best checkpoint by dev BLEU
-        model/last.safetensors            train: the latest checkpoint
-        model/train_state.safetensors     train: optimizer, schedule, data order, random state
-        train_log.jsonl                   train: one JSON object per log line / validation
-        learning_curve.png                train: train loss, dev loss, dev BLEU by step
-        translations/test.<lang>          pipeline: translation of the test split
-        score.json                        pipeline: BLEU and chrF of that translation
+runs/<name>/
+    manifest.json                     preprocess: splits, counts, hashes, config
+    spm.model | spm.<lang>.model      preprocess: SentencePiece model(s)
+    data/<split>.<lang>               preprocess: cleaned text, one sentence a line
+    data/<split>.<lang>.bin / .idx    preprocess: subword ids (int32) and offsets (int64)
+    model/best.safetensors            train: the best checkpoint by dev BLEU
+    model/last.safetensors            train: the latest checkpoint
+    model/train_state.safetensors     train: optimizer, schedule, data order, random state
+    train_log.jsonl                   train: one JSON object per log line / validation
+    learning_curve.png                train: train loss, dev loss, dev BLEU by step
+    translations/test.<lang>          pipeline: translation of the test split
+    score.json                        pipeline: BLEU and chrF of that translation
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class RunFolder:
         try:
             return json.loads(self.manifest.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{self.manifest}: not valid JSON ({e}); rerun `nmt preprocess`") from None
+            raise UserError(
+                f"{self.manifest}: not valid JSON ({e}); rerun `nmt preprocess`"
+            ) from None
 
 
 def run_folder(name: str, run_dir: str | Path | None) -> RunFolder:
@@ -101,6 +103,7 @@ def resolve_checkpoint(model: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     if path.is_dir():
-        raise UserError(f"{path}: no checkpoint found (looked for model/best.safetensors "
-                        "and best.safetensors)")
+        raise UserError(
+            f"{path}: no checkpoint found (looked for model/best.safetensors and best.safetensors)"
+        )
     raise UserError(f"{path}: no such model folder or checkpoint file")

@@ -34,8 +34,14 @@ from pathlib import Path
 from seq2seq.batching import TokenSequenceWriter
 from seq2seq.config import Config, DataConfig, to_dict
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_open, atomic_write_bytes, atomic_write_text, count_lines
-from seq2seq.io import file_sha256, read_lines
+from seq2seq.io import (
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+    count_lines,
+    file_sha256,
+    read_lines,
+)
 from seq2seq.tokenizer import Tokenizer
 
 from .layout import SPLITS, RunFolder
@@ -68,8 +74,10 @@ def _existing(path: Path) -> Path:
 def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[dict]:
     for src, tgt in zip_longest(read_lines(src_path), read_lines(tgt_path)):
         if src is None or tgt is None:
-            raise UserError(f"{src_path} has {count_lines(src_path)} lines but {tgt_path} has "
-                            f"{count_lines(tgt_path)}; the two sides must have equal line counts")
+            raise UserError(
+                f"{src_path} has {count_lines(src_path)} lines but {tgt_path} has "
+                f"{count_lines(tgt_path)}; the two sides must have equal line counts"
+            )
         yield {"src": src, "tgt": tgt}
 
 
@@ -77,8 +85,9 @@ def _from_generator(generator: Callable, kwargs: dict, cache_dir: Path):
     datasets = _datasets()
     features = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
     try:
-        return datasets.Dataset.from_generator(generator, gen_kwargs=kwargs, features=features,
-                                               cache_dir=str(cache_dir))
+        return datasets.Dataset.from_generator(
+            generator, gen_kwargs=kwargs, features=features, cache_dir=str(cache_dir)
+        )
     except datasets.exceptions.DatasetGenerationError as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
@@ -91,27 +100,37 @@ def _select_columns(dataset, data: DataConfig, where: str):
     if data.translation_field is not None:
         field = data.translation_field
         if field not in columns:
-            raise UserError(f"{where}: no column '{field}' (data.translation_field); columns "
-                            f"are: {', '.join(columns)}")
+            raise UserError(
+                f"{where}: no column '{field}' (data.translation_field); columns "
+                f"are: {', '.join(columns)}"
+            )
         first = dataset[0][field] if len(dataset) else {}
         for lang in (data.src_lang, data.tgt_lang):
             if not isinstance(first, dict) or lang not in first:
                 keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
-                raise UserError(f"{where}: column '{field}' has no language '{lang}'; it has: {keys}")
+                raise UserError(
+                    f"{where}: column '{field}' has no language '{lang}'; it has: {keys}"
+                )
 
         def unnest(batch):
-            return {"src": [row[data.src_lang] or "" for row in batch[field]],
-                    "tgt": [row[data.tgt_lang] or "" for row in batch[field]]}
+            return {
+                "src": [row[data.src_lang] or "" for row in batch[field]],
+                "tgt": [row[data.tgt_lang] or "" for row in batch[field]],
+            }
+
         return dataset.map(unnest, batched=True, remove_columns=columns)
     src_col = data.src_column or data.src_lang
     tgt_col = data.tgt_column or data.tgt_lang
     for key, col in (("src", src_col), ("tgt", tgt_col)):
         if col not in columns:
-            raise UserError(f"{where}: no column '{col}' (data.{key}_column or data.{key}_lang); "
-                            f"columns are: {', '.join(columns)}")
+            raise UserError(
+                f"{where}: no column '{col}' (data.{key}_column or data.{key}_lang); "
+                f"columns are: {', '.join(columns)}"
+            )
 
     def pick(batch):
         return {"src": [s or "" for s in batch[src_col]], "tgt": [t or "" for t in batch[tgt_col]]}
+
     return dataset.map(pick, batched=True, remove_columns=columns)
 
 
@@ -123,10 +142,13 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
         folder = Path(data.path)
         src_path = _existing(folder / f"{name}.{data.src_lang}")
         tgt_path = _existing(folder / f"{name}.{data.tgt_lang}")
-        dataset = _from_generator(_text_pairs, {"src_path": src_path, "tgt_path": tgt_path},
-                                  cache_dir)
-        origin = {side: {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
-                  for side, p in (("src", src_path), ("tgt", tgt_path))}
+        dataset = _from_generator(
+            _text_pairs, {"src_path": src_path, "tgt_path": tgt_path}, cache_dir
+        )
+        origin = {
+            side: {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for side, p in (("src", src_path), ("tgt", tgt_path))
+        }
         return dataset, origin
     if data.source == "local":
         path = Path(data.path) / name
@@ -135,8 +157,13 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
         builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
         options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
         try:
-            dataset = datasets.load_dataset(builder, data_files={"split": str(path)}, split="split",
-                                            cache_dir=str(cache_dir), **options)
+            dataset = datasets.load_dataset(
+                builder,
+                data_files={"split": str(path)},
+                split="split",
+                cache_dir=str(cache_dir),
+                **options,
+            )
         except Exception as e:  # the readers raise many types; all mean "cannot parse"
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if isinstance(e.__cause__, UnicodeDecodeError):
@@ -150,8 +177,12 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
             dataset = datasets.load_dataset(data.path, data.hub_config, split=name)
         except Exception as e:  # network, missing dataset or split: all a user's to fix
             raise UserError(f"{where}: cannot load ({str(e).strip().splitlines()[0]})") from None
-        origin = {"hub": data.path, "config": data.hub_config, "split": name,
-                  "fingerprint": dataset._fingerprint}
+        origin = {
+            "hub": data.path,
+            "config": data.hub_config,
+            "split": name,
+            "fingerprint": dataset._fingerprint,
+        }
         return _select_columns(dataset, data, where), origin
     # source == "disk"
     path = Path(data.path)
@@ -175,13 +206,18 @@ def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
     """The train, dev and test datasets, carving dev/test out of train where not given."""
     train, train_origin = load_split(data, data.train, cache_dir)
     splits, origins = {}, {"train": train_origin}
-    for split, name, size in (("dev", data.dev, data.dev_size), ("test", data.test, data.test_size)):
+    for split, name, size in (
+        ("dev", data.dev, data.dev_size),
+        ("test", data.test, data.test_size),
+    ):
         if name is not None:
             splits[split], origins[split] = load_split(data, name, cache_dir)
             continue
         if len(train) <= size:
-            raise UserError(f"data.{split} is null, so {size} pairs (data.{split}_size) are carved "
-                            f"out of train, but train has only {len(train)} pairs")
+            raise UserError(
+                f"data.{split} is null, so {size} pairs (data.{split}_size) are carved "
+                f"out of train, but train has only {len(train)} pairs"
+            )
         parts = train.train_test_split(test_size=size, seed=data.seed, shuffle=True)
         train, splits[split] = parts["train"], parts["test"]
         origins[split] = {"carved_from": "train", "pairs": size, "seed": data.seed}
@@ -257,26 +293,38 @@ def train_tokenizers(text: dict[str, Path], data: DataConfig) -> tuple[Tokenizer
     """SentencePiece on the cleaned training text: one joint model, or one per language."""
     subwords = data.subwords
     if subwords.joint:
+
         def both() -> Iterator[str]:
             for src, tgt in zip(_lines(text["src"]), _lines(text["tgt"])):
                 yield src
                 yield tgt
+
         joint = Tokenizer.train(both(), subwords, seed=data.seed)
         return joint, joint
-    return (Tokenizer.train(_lines(text["src"]), subwords, seed=data.seed),
-            Tokenizer.train(_lines(text["tgt"]), subwords, seed=data.seed))
+    return (
+        Tokenizer.train(_lines(text["src"]), subwords, seed=data.seed),
+        Tokenizer.train(_lines(text["tgt"]), subwords, seed=data.seed),
+    )
 
 
-def encode_split(text: dict[str, Path], out: dict[str, Path], ids: dict[str, Path],
-                 tokenizers: tuple[Tokenizer, Tokenizer], data: DataConfig,
-                 filtered: bool) -> dict:
+def encode_split(
+    text: dict[str, Path],
+    out: dict[str, Path],
+    ids: dict[str, Path],
+    tokenizers: tuple[Tokenizer, Tokenizer],
+    data: DataConfig,
+    filtered: bool,
+) -> dict:
     """Encode a cleaned split into ids; when `filtered`, drop pairs too long in pieces or with
     a length ratio beyond the limit. Writes final text and ids; returns counts."""
     cleaning = data.cleaning
-    counts = {"too_many_pieces": 0, "length_ratio": 0, "kept": 0, "src_tokens": 0,
-              "tgt_tokens": 0}
-    with atomic_open(out["src"]) as src_out, atomic_open(out["tgt"]) as tgt_out, \
-            TokenSequenceWriter(ids["src"]) as src_ids, TokenSequenceWriter(ids["tgt"]) as tgt_ids:
+    counts = {"too_many_pieces": 0, "length_ratio": 0, "kept": 0, "src_tokens": 0, "tgt_tokens": 0}
+    with (
+        atomic_open(out["src"]) as src_out,
+        atomic_open(out["tgt"]) as tgt_out,
+        TokenSequenceWriter(ids["src"]) as src_ids,
+        TokenSequenceWriter(ids["tgt"]) as tgt_ids,
+    ):
         for src_chunk, tgt_chunk in _chunks(text["src"], text["tgt"]):
             src_enc, tgt_enc = tokenizers[0].encode(src_chunk), tokenizers[1].encode(tgt_chunk)
             keep = []
@@ -335,16 +383,22 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
     for split in SPLITS:
         filtered = split == "train" or data.cleaning.filter_dev_test
         cleaned[split] = {side: stage.root / f"{split}.clean.{side}" for side in langs}
-        with atomic_open(cleaned[split]["src"]) as src_out, \
-                atomic_open(cleaned[split]["tgt"]) as tgt_out:
+        with (
+            atomic_open(cleaned[split]["src"]) as src_out,
+            atomic_open(cleaned[split]["tgt"]) as tgt_out,
+        ):
             stats[split] = clean_text(datasets[split], data, filtered, src_out, tgt_out)
     del datasets
 
     if count_lines(cleaned["train"]["src"]) == 0:
-        raise UserError(f"the training split is empty after cleaning ({stats['train']}); "
-                        "check data.train and data.cleaning")
-    log(f"preprocess: training SentencePiece ({data.subwords.model_type}, "
-        f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})")
+        raise UserError(
+            f"the training split is empty after cleaning ({stats['train']}); "
+            "check data.train and data.cleaning"
+        )
+    log(
+        f"preprocess: training SentencePiece ({data.subwords.model_type}, "
+        f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})"
+    )
     tokenizers = train_tokenizers(cleaned["train"], data)
     if data.subwords.joint:
         tokenizer_files = {"src": "spm.model", "tgt": "spm.model"}
@@ -364,12 +418,16 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         if stats[split]["kept"] == 0:
             raise UserError(f"the {split} split is empty after cleaning ({stats[split]})")
         rel = {side: str(out[side].relative_to(stage.root)) for side in langs}
-        splits[split] = {**rel, "src_ids": rel["src"], "tgt_ids": rel["tgt"],
-                         "pairs": stats[split]["kept"],
-                         "src_tokens": stats[split]["src_tokens"],
-                         "tgt_tokens": stats[split]["tgt_tokens"],
-                         "src_bytes": out["src"].stat().st_size,
-                         "tgt_bytes": out["tgt"].stat().st_size}
+        splits[split] = {
+            **rel,
+            "src_ids": rel["src"],
+            "tgt_ids": rel["tgt"],
+            "pairs": stats[split]["kept"],
+            "src_tokens": stats[split]["src_tokens"],
+            "tgt_tokens": stats[split]["tgt_tokens"],
+            "src_bytes": out["src"].stat().st_size,
+            "tgt_bytes": out["tgt"].stat().st_size,
+        }
         log(f"preprocess: {split}: {stats[split]['input']} pairs in, {stats[split]['kept']} kept")
     shutil.rmtree(stage.root / "cache", ignore_errors=True)
     return {
@@ -377,9 +435,12 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         "version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "languages": langs,
-        "tokenizer": {"joint": data.subwords.joint, **tokenizer_files,
-                      "src_vocab_size": tokenizers[0].vocab_size,
-                      "tgt_vocab_size": tokenizers[1].vocab_size},
+        "tokenizer": {
+            "joint": data.subwords.joint,
+            **tokenizer_files,
+            "src_vocab_size": tokenizers[0].vocab_size,
+            "tgt_vocab_size": tokenizers[1].vocab_size,
+        },
         "splits": splits,
         "inputs": origins,
         "cleaning": stats,

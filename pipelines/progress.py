@@ -18,8 +18,14 @@ class Progress:
 
     total: the amount of work when known (for time left); unit: what is counted."""
 
-    def __init__(self, label: str, total: float | None = None, unit: str = "it",
-                 every: float = 30.0, stream=None):
+    def __init__(
+        self,
+        label: str,
+        total: float | None = None,
+        unit: str = "it",
+        every: float = 30.0,
+        stream=None,
+    ):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
@@ -30,8 +36,9 @@ class Progress:
 
     def update(self, amount: float = 1, **figures) -> None:
         self.done += amount
-        self.figures.update({k: (f"{v:.3g}" if isinstance(v, float) else str(v))
-                             for k, v in figures.items()})
+        self.figures.update(
+            {k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in figures.items()}
+        )
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
@@ -42,15 +49,19 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         parts = [self.label]
         if self.total:
-            parts.append(f"{self.done:,.0f}/{self.total:,.0f} {self.unit} "
-                         f"({100 * self.done / self.total:.0f}%)")
+            parts.append(
+                f"{self.done:,.0f}/{self.total:,.0f} {self.unit} "
+                f"({100 * self.done / self.total:.0f}%)"
+            )
         else:
             parts.append(f"{self.done:,.0f} {self.unit}")
         parts.append(f"{rate:,.1f} {self.unit}/s")
         parts += [f"{k} {v}" for k, v in self.figures.items()]
         if self.total and rate > 0:
-            parts.append(f"elapsed {format_duration(elapsed)}, left "
-                         f"{format_duration((self.total - self.done) / rate)}")
+            parts.append(
+                f"elapsed {format_duration(elapsed)}, left "
+                f"{format_duration((self.total - self.done) / rate)}"
+            )
         else:
             parts.append(f"elapsed {format_duration(elapsed)}")
         return " | ".join(parts)

@@ -31,11 +31,14 @@ def _preprocessed(config: Config, run: RunFolder) -> bool:
         return False
     return manifest.get("config", {}).get("data") == to_dict(config.data) and all(
         (run.root / manifest["splits"][s][side]).is_file()
-        for s in manifest["splits"] for side in ("src", "tgt"))
+        for s in manifest["splits"]
+        for side in ("src", "tgt")
+    )
 
 
-def pipeline(config: Config, run: RunFolder, log: Callable[[str], None] = print,
-             fresh: bool = False) -> dict:
+def pipeline(
+    config: Config, run: RunFolder, log: Callable[[str], None] = print, fresh: bool = False
+) -> dict:
     if fresh or not _preprocessed(config, run):
         manifest = preprocess(config, run, log)
     else:
@@ -47,14 +50,28 @@ def pipeline(config: Config, run: RunFolder, log: Callable[[str], None] = print,
     hypotheses.parent.mkdir(parents=True, exist_ok=True)
     options = TranslateOptions(device=config.train.device)
     speed = translate_file(run.root, str(run.root / test["src"]), str(hypotheses), options, log)
-    log(f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
-        f"sentences/s (beam {config.search.beam_size})")
+    log(
+        f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
+        f"sentences/s (beam {config.search.beam_size})"
+    )
     result = score_files(hypotheses, run.root / test["tgt"])
     atomic_write_text(run.score, json.dumps(result, indent=2) + "\n")
     log("score: " + describe(result))
-    log("artifacts:\n" + "\n".join(f"  {name:<15} {path}" for name, path in [
-        ("manifest", run.manifest), ("tokenizer", run.root / manifest["tokenizer"]["src"]),
-        ("data", run.data), ("best model", run.best), ("last model", run.last),
-        ("training log", run.train_log), ("learning curve", run.learning_curve),
-        ("translation", hypotheses), ("score", run.score)]))
+    log(
+        "artifacts:\n"
+        + "\n".join(
+            f"  {name:<15} {path}"
+            for name, path in [
+                ("manifest", run.manifest),
+                ("tokenizer", run.root / manifest["tokenizer"]["src"]),
+                ("data", run.data),
+                ("best model", run.best),
+                ("last model", run.last),
+                ("training log", run.train_log),
+                ("learning curve", run.learning_curve),
+                ("translation", hypotheses),
+                ("score", run.score),
+            ]
+        )
+    )
     return result

@@ -40,14 +40,18 @@ def score_files(hypotheses: str | Path, references: str | Path) -> dict:
     hyps = list(read_lines(hypotheses))
     refs = list(read_lines(references))
     if len(hyps) != len(refs):
-        raise UserError(f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}; "
-                        "hypotheses and references must pair up line by line")
+        raise UserError(
+            f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}; "
+            "hypotheses and references must pair up line by line"
+        )
     if not refs:
         raise UserError(f"{references}: empty; nothing to score")
     return corpus_scores(hyps, refs)
 
 
 def describe(result: dict) -> str:
-    return (f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ({result['sentences']} "
-            f"sentences)\n  {result['bleu_detail']}\n  BLEU signature: {result['signature']}\n"
-            f"  chrF signature: {result['chrf_signature']}")
+    return (
+        f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ({result['sentences']} "
+        f"sentences)\n  {result['bleu_detail']}\n  BLEU signature: {result['signature']}\n"
+        f"  chrF signature: {result['chrf_signature']}"
+    )

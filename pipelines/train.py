@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.batching import TokenSequences, make_batch, pad, training_batches
+from seq2seq.batching import TokenSequences, make_batch, training_batches
 from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetensors
 from seq2seq.config import Config, SearchConfig, to_dict
 from seq2seq.device import autocast, resolve_device
@@ -34,8 +34,15 @@ from seq2seq.io import atomic_write_bytes, atomic_write_text
 from seq2seq.model import Seq2Seq, Vocab
 from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
-from seq2seq.training import (LearningRate, build_optimizer, flatten_state, label_smoothed_nll,
-                              set_learning_rate, unflatten_state, word_dropout)
+from seq2seq.training import (
+    LearningRate,
+    build_optimizer,
+    flatten_state,
+    label_smoothed_nll,
+    set_learning_rate,
+    unflatten_state,
+    word_dropout,
+)
 
 from .layout import RunFolder
 from .progress import Progress
@@ -66,8 +73,12 @@ def load_tokenizers(run: RunFolder, manifest: dict) -> tuple[Tokenizer, Tokenize
 
 
 def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:
-    if (src.pad_id, src.unk_id, src.bos_id, src.eos_id) != (tgt.pad_id, tgt.unk_id, tgt.bos_id,
-                                                            tgt.eos_id):
+    if (src.pad_id, src.unk_id, src.bos_id, src.eos_id) != (
+        tgt.pad_id,
+        tgt.unk_id,
+        tgt.bos_id,
+        tgt.eos_id,
+    ):
         raise UserError("the source and target SentencePiece models use different special ids")
     return Vocab(src.vocab_size, tgt.vocab_size, tgt.pad_id, tgt.unk_id, tgt.bos_id, tgt.eos_id)
 
@@ -75,8 +86,13 @@ def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:
 class Trainer:
     """The training loop and what it writes; `run()` does the work."""
 
-    def __init__(self, config: Config, run: RunFolder, log: Callable[[str], None] = print,
-                 fresh: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        run: RunFolder,
+        log: Callable[[str], None] = print,
+        fresh: bool = False,
+    ):
         self.config, self.folder, self.log = config, run, log
         self.tc = config.train
         self.manifest = run.read_manifest()
@@ -110,15 +126,21 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return training_batches(self.train_src.lengths, self.train_tgt.lengths,
-                                self.tc.batch_type, self.tc.batch_size,
-                                seed=self.tc.seed * 1_000_003 + epoch)
+        return training_batches(
+            self.train_src.lengths,
+            self.train_tgt.lengths,
+            self.tc.batch_type,
+            self.tc.batch_size,
+            seed=self.tc.seed * 1_000_003 + epoch,
+        )
 
     def run(self) -> dict:
         tc, state = self.tc, self.state
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
-                 f"{len(self.train_src)} training pairs; from step {state.step}")
+        self.log(
+            f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
+            f"{len(self.train_src)} training pairs; from step {state.step}"
+        )
         progress = Progress("train", total=tc.max_steps or None, unit="steps")
         window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "src_tokens": 0, "start": time.monotonic()}
         started = time.monotonic() - state.elapsed
@@ -135,8 +157,11 @@ class Trainer:
                     if result is not None:
                         for key in ("loss", "nll", "tokens", "src_tokens"):
                             window[key] += result[key]
-                        progress.update(1, loss=result["loss"] / max(1, result["tokens"]),
-                                        lr=self.lr(state.step - 1))
+                        progress.update(
+                            1,
+                            loss=result["loss"] / max(1, result["tokens"]),
+                            lr=self.lr(state.step - 1),
+                        )
                     if state.step % tc.log_every == 0:
                         self._log_training(window)
                     if state.step % tc.validate_every == 0:
@@ -150,17 +175,26 @@ class Trainer:
         except KeyboardInterrupt:
             progress.close()
             self.save(validation=None)
-            self.log(f"train: interrupted at step {state.step}; saved {self.folder.train_state}; "
-                     "run `nmt train` again to resume")
+            self.log(
+                f"train: interrupted at step {state.step}; saved {self.folder.train_state}; "
+                "run `nmt train` again to resume"
+            )
             raise
         progress.close()
         if state.validated_step != state.step:
             self.validate_and_save()
-        self.log(f"train: stopped ({stop}) at step {state.step}, epoch {state.epoch}, after "
-                 f"{state.elapsed:.0f}s; best dev BLEU "
-                 f"{state.best[0][0] if state.best else float('nan'):.2f}")
-        return {"stop": stop, "step": state.step, "best": state.best, "elapsed": state.elapsed,
-                "skipped": state.skipped}
+        self.log(
+            f"train: stopped ({stop}) at step {state.step}, epoch {state.epoch}, after "
+            f"{state.elapsed:.0f}s; best dev BLEU "
+            f"{state.best[0][0] if state.best else float('nan'):.2f}"
+        )
+        return {
+            "stop": stop,
+            "step": state.step,
+            "best": state.best,
+            "elapsed": state.elapsed,
+            "skipped": state.skipped,
+        }
 
     def _budget_reached(self, started: float) -> str | None:
         tc, state = self.tc, self.state
@@ -177,8 +211,9 @@ class Trainer:
         tc, vocab, model = self.tc, self.vocab, self.model
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = [make_batch(self.train_src, self.train_tgt, idx, vocab).to(self.device)
-                   for idx in group]
+        batches = [
+            make_batch(self.train_src, self.train_tgt, idx, vocab).to(self.device) for idx in group
+        ]
         total_tokens = sum(b.num_tgt_tokens for b in batches)
         loss_sum = nll_sum = 0.0
         keep = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
@@ -187,8 +222,9 @@ class Trainer:
             tgt_in = word_dropout(batch.tgt_in, tc.word_dropout, vocab.unk_id, keep)
             with autocast(self.device, tc.precision):
                 log_probs = model(src, batch.src_lengths, tgt_in)  # (B, T, V)
-            loss, nll = label_smoothed_nll(log_probs, batch.tgt_out, vocab.pad_id,
-                                           tc.label_smoothing)
+            loss, nll = label_smoothed_nll(
+                log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
+            )
             self.scaler.scale(loss / total_tokens).backward()
             loss_sum += loss.item()
             nll_sum += nll.item()
@@ -201,8 +237,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._skipped_in_a_row = 0
-        return {"loss": loss_sum, "nll": nll_sum, "tokens": total_tokens,
-                "src_tokens": sum(int(b.src_lengths.sum()) for b in batches)}
+        return {
+            "loss": loss_sum,
+            "nll": nll_sum,
+            "tokens": total_tokens,
+            "src_tokens": sum(int(b.src_lengths.sum()) for b in batches),
+        }
 
     def _skip_step(self) -> None:
         self.state.skipped += 1
@@ -212,21 +252,27 @@ class Trainer:
             self.scaler.update()  # lower the loss scale and try again
             return None
         if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise UserError(f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a "
-                            f"non-finite loss at step {self.state.step}; the last good checkpoint "
-                            f"is {self.folder.last}; try a lower train.lr")
+            raise UserError(
+                f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a "
+                f"non-finite loss at step {self.state.step}; the last good checkpoint "
+                f"is {self.folder.last}; try a lower train.lr"
+            )
         return None
 
     def _log_training(self, window: dict) -> None:
         now = time.monotonic()
         seconds = max(1e-9, now - window["start"])
         tokens = max(1, window["tokens"])
-        record = {"step": self.state.step, "epoch": self.state.epoch,
-                  "lr": self.lr(self.state.step - 1), "train_loss": window["loss"] / tokens,
-                  "train_ppl": math.exp(min(50.0, window["nll"] / tokens)),
-                  "tgt_tokens_per_s": window["tokens"] / seconds,
-                  "src_tgt_tokens_per_s": (window["tokens"] + window["src_tokens"]) / seconds,
-                  "elapsed": round(self.state.elapsed, 1)}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "lr": self.lr(self.state.step - 1),
+            "train_loss": window["loss"] / tokens,
+            "train_ppl": math.exp(min(50.0, window["nll"] / tokens)),
+            "tgt_tokens_per_s": window["tokens"] / seconds,
+            "src_tgt_tokens_per_s": (window["tokens"] + window["src_tokens"]) / seconds,
+            "elapsed": round(self.state.elapsed, 1),
+        }
         self._append_log(record)
         window.update(loss=0.0, nll=0.0, tokens=0, src_tokens=0, start=now)
 
@@ -251,15 +297,20 @@ class Trainer:
             _, nll = label_smoothed_nll(log_probs, batch.tgt_out, vocab.pad_id, 0.0)
             nll_sum += nll.item()
             tokens += batch.num_tgt_tokens
-        search = SearchConfig(**{**asdict(self.config.search), "beam_size": self.tc.dev_beam_size,
-                                 "n_best": 1})
+        search = SearchConfig(
+            **{**asdict(self.config.search), "beam_size": self.tc.dev_beam_size, "n_best": 1}
+        )
         sources = [dev_src[i].tolist() for i in range(len(dev_src))]
         with autocast(self.device, self.tc.precision):
             hypotheses = translate_ids(model, sources, search, self.device)
         texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
         scores = corpus_scores(texts, self.dev_refs)
-        return {"dev_loss": nll_sum / tokens, "dev_ppl": math.exp(min(50.0, nll_sum / tokens)),
-                "dev_bleu": scores["bleu"], "dev_chrf": scores["chrf"]}
+        return {
+            "dev_loss": nll_sum / tokens,
+            "dev_ppl": math.exp(min(50.0, nll_sum / tokens)),
+            "dev_bleu": scores["bleu"],
+            "dev_chrf": scores["chrf"],
+        }
 
     def validate_and_save(self) -> str | None:
         """Validate, keep the best checkpoints, save the train state; a reason to stop or None."""
@@ -271,9 +322,11 @@ class Trainer:
         self.lr.validated(improved)
         state.validated_step = state.step
         self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})
-        self.log(f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
-                 f"{result['dev_ppl']:.2f}, BLEU {bleu:.2f}, chrF {result['dev_chrf']:.2f}"
-                 + (" (best)" if improved else ""))
+        self.log(
+            f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
+            f"{result['dev_ppl']:.2f}, BLEU {bleu:.2f}, chrF {result['dev_chrf']:.2f}"
+            + (" (best)" if improved else "")
+        )
         self.save(validation=result)
         self.draw_learning_curve()
         if self.tc.patience and state.stale >= self.tc.patience:
@@ -281,17 +334,26 @@ class Trainer:
         return None
 
     def checkpoint_info(self, validation: dict | None) -> dict:
-        return {"step": self.state.step, "epoch": self.state.epoch, **(validation or {}),
-                "normalize": self.config.data.cleaning.normalize,
-                "max_pieces": self.config.data.cleaning.max_pieces,
-                "languages": self.manifest["languages"], "run": self.config.name}
+        return {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            **(validation or {}),
+            "normalize": self.config.data.cleaning.normalize,
+            "max_pieces": self.config.data.cleaning.max_pieces,
+            "languages": self.manifest["languages"],
+            "run": self.config.name,
+        }
 
     def save(self, validation: dict | None) -> None:
         """Checkpoints first, the train state last: a kill in between only repeats work."""
         state, run = self.state, self.folder
         info = self.checkpoint_info(validation)
-        save = lambda path: save_checkpoint(path, self.model, self.src_tokenizer,  # noqa: E731
-                                            self.tgt_tokenizer, self.config.search, info)
+
+        def save(path: Path) -> None:
+            save_checkpoint(
+                path, self.model, self.src_tokenizer, self.tgt_tokenizer, self.config.search, info
+            )
+
         save(run.last)
         if validation is not None:
             bleu = validation["dev_bleu"]
@@ -311,18 +373,26 @@ class Trainer:
         skeleton = {
             "optimizer": flatten_state(self.optimizer.state_dict(), tensors, "optimizer"),
             "scaler": flatten_state(self.scaler.state_dict(), tensors, "scaler"),
-            "rng": flatten_state({"cpu": torch.get_rng_state(),
-                                  "cuda": (torch.cuda.get_rng_state_all()
-                                           if torch.cuda.is_available() else [])}, tensors, "rng"),
+            "rng": flatten_state(
+                {
+                    "cpu": torch.get_rng_state(),
+                    "cuda": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+                },
+                tensors,
+                "rng",
+            ),
         }
         for name, tensor in self.model.state_dict().items():
             tensors[f"model.{name}"] = tensor
-        metadata = {"format": "seq2seq-train-state", "version": "1",
-                    "state": json.dumps(asdict(self.state)),
-                    "lr": json.dumps(self.lr.state_dict()),
-                    "skeleton": json.dumps(skeleton),
-                    "model": json.dumps(to_dict(self.config.model)),
-                    "tokenizer": json.dumps(self.manifest["tokenizer"])}
+        metadata = {
+            "format": "seq2seq-train-state",
+            "version": "1",
+            "state": json.dumps(asdict(self.state)),
+            "lr": json.dumps(self.lr.state_dict()),
+            "skeleton": json.dumps(skeleton),
+            "model": json.dumps(to_dict(self.config.model)),
+            "tokenizer": json.dumps(self.manifest["tokenizer"]),
+        }
         # Tied weights share storage; safetensors stores each once.
         unique, seen = {}, set()
         for key, tensor in tensors.items():
@@ -338,11 +408,13 @@ class Trainer:
         if metadata.get("format") != "seq2seq-train-state":
             raise UserError(f"{path}: not a training state file")
         if json.loads(metadata["model"]) != to_dict(self.config.model):
-            raise UserError(f"{path}: was trained with a different model config; pass --fresh to "
-                            "start over (overwrites this run's checkpoints) or use another --run-dir")
+            raise UserError(
+                f"{path}: was trained with a different model config; pass --fresh to "
+                "start over (overwrites this run's checkpoints) or use another --run-dir"
+            )
         if json.loads(metadata["tokenizer"]) != self.manifest["tokenizer"]:
             raise UserError(f"{path}: the run folder was preprocessed again since; pass --fresh")
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state, strict=False)
         skeleton = json.loads(metadata["skeleton"])
         self.optimizer.load_state_dict(unflatten_state(skeleton["optimizer"], tensors))
@@ -360,8 +432,11 @@ class Trainer:
         """Drop log lines written after the state we resume from (they will be redone)."""
         if not self.folder.train_log.is_file():
             return
-        kept = [line for line in self.folder.train_log.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = [
+            line
+            for line in self.folder.train_log.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
         atomic_write_text(self.folder.train_log, "".join(line + "\n" for line in kept))
 
     def draw_learning_curve(self) -> None:
@@ -375,23 +450,40 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+    records = [
+        json.loads(line)
+        for line in log_path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     train = [r for r in records if "train_loss" in r]
     dev = [r for r in records if "dev_loss" in r]
     fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train:
-        loss_axis.plot([r["step"] for r in train], [r["train_loss"] for r in train],
-                       label="train loss (smoothed)", color="tab:blue")
+        loss_axis.plot(
+            [r["step"] for r in train],
+            [r["train_loss"] for r in train],
+            label="train loss (label-smoothed)",
+            color="tab:blue",
+        )
     if dev:
-        loss_axis.plot([r["step"] for r in dev], [r["dev_loss"] for r in dev], "o-",
-                       label="dev loss", color="tab:orange")
+        loss_axis.plot(
+            [r["step"] for r in dev],
+            [r["dev_loss"] for r in dev],
+            "o-",
+            label="dev loss",
+            color="tab:orange",
+        )
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss (nats per token)")
     bleu_axis = loss_axis.twinx()
     if dev:
-        bleu_axis.plot([r["step"] for r in dev], [r["dev_bleu"] for r in dev], "s-",
-                       label="dev BLEU", color="tab:green")
+        bleu_axis.plot(
+            [r["step"] for r in dev],
+            [r["dev_bleu"] for r in dev],
+            "s-",
+            label="dev BLEU",
+            color="tab:green",
+        )
     bleu_axis.set_ylabel("dev BLEU")
     lines = loss_axis.get_legend_handles_labels()
     more = bleu_axis.get_legend_handles_labels()
@@ -404,7 +496,8 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
     atomic_write_bytes(png_path, buffer.getvalue())
 
 
-def train(config: Config, run: RunFolder, log: Callable[[str], None] = print,
-          fresh: bool = False) -> dict:
+def train(
+    config: Config, run: RunFolder, log: Callable[[str], None] = print, fresh: bool = False
+) -> dict:
     """Run the stage: train (or resume) until a budget or early stopping ends it."""
     return Trainer(config, run, log, fresh).run()

@@ -50,10 +50,16 @@ class TranslateOptions:
 
 def search_settings(checkpoint: Checkpoint, options: TranslateOptions) -> SearchConfig:
     """The checkpoint's search defaults with the options given on the command line."""
-    changes = {k: v for k, v in (("beam_size", options.beam_size),
-                                 ("batch_size", options.batch_size),
-                                 ("max_tokens", options.max_tokens),
-                                 ("n_best", options.n_best)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("beam_size", options.beam_size),
+            ("batch_size", options.batch_size),
+            ("max_tokens", options.max_tokens),
+            ("n_best", options.n_best),
+        )
+        if v is not None
+    }
     if "beam_size" in changes and "n_best" not in changes:
         changes["n_best"] = min(checkpoint.search.n_best, changes["beam_size"])
     if "batch_size" in changes and "max_tokens" not in changes:
@@ -96,8 +102,9 @@ class Translator:
         todo = [i for i, text in enumerate(texts) if text]
         results: list[list] = [[] for _ in lines]
         with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(self.checkpoint.model, [ids[i] for i in todo],
-                                       self.search, self.device)
+            hypotheses = translate_ids(
+                self.checkpoint.model, [ids[i] for i in todo], self.search, self.device
+            )
         for i, hyps in zip(todo, hypotheses):
             results[i] = hyps
         return results
@@ -123,8 +130,9 @@ def _input_lines(path: str, errors: str) -> Iterator[str]:
             try:
                 yield line.decode("utf-8", errors=errors).rstrip("\n").rstrip("\r")
             except UnicodeDecodeError:
-                raise UserError("stdin: invalid UTF-8; expected UTF-8 text "
-                                "(or pass --errors replace)") from None
+                raise UserError(
+                    "stdin: invalid UTF-8; expected UTF-8 text (or pass --errors replace)"
+                ) from None
         return
     yield from read_lines(path, errors=errors)
 
@@ -139,8 +147,13 @@ def _output(path: str):
         yield f
 
 
-def translate_file(model: str | Path, input_path: str, output_path: str,
-                   options: TranslateOptions, log: Callable[[str], None] = print) -> dict:
+def translate_file(
+    model: str | Path,
+    input_path: str,
+    output_path: str,
+    options: TranslateOptions,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Translate a file line by line; returns counts and speed."""
     if input_path != "-" and not Path(input_path).is_file():
         raise UserError(f"{input_path}: no such input file")
@@ -163,8 +176,14 @@ def translate_file(model: str | Path, input_path: str, output_path: str,
     progress.close()
     seconds = time.monotonic() - start
     if translator.truncated:
-        log(f"translate: warning: {translator.truncated} line(s) longer than "
-            f"{translator.max_pieces} pieces were cut to that length")
-    return {"sentences": sentences, "tgt_tokens": tokens, "seconds": seconds,
-            "sentences_per_s": sentences / seconds if seconds else 0.0,
-            "tgt_tokens_per_s": tokens / seconds if seconds else 0.0}
+        log(
+            f"translate: warning: {translator.truncated} line(s) longer than "
+            f"{translator.max_pieces} pieces were cut to that length"
+        )
+    return {
+        "sentences": sentences,
+        "tgt_tokens": tokens,
+        "seconds": seconds,
+        "sentences_per_s": sentences / seconds if seconds else 0.0,
+        "tgt_tokens_per_s": tokens / seconds if seconds else 0.0,
+    }

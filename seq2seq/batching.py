@@ -40,13 +40,17 @@ class TokenSequences:
         for path in (bin_path, idx_path):
             if not path.is_file():
                 raise UserError(f"{path}: no such file; run `nmt preprocess` first")
-        offsets = torch.from_file(str(idx_path), size=idx_path.stat().st_size // 8,
-                                  dtype=torch.int64)
+        offsets = torch.from_file(
+            str(idx_path), size=idx_path.stat().st_size // 8, dtype=torch.int64
+        )
         size = bin_path.stat().st_size // 4
         if len(offsets) == 0 or int(offsets[-1]) != size:
             raise UserError(f"{bin_path}: size does not match {idx_path}; rerun `nmt preprocess`")
-        tokens = torch.from_file(str(bin_path), size=size, dtype=torch.int32) if size else \
-            torch.zeros(0, dtype=torch.int32)
+        tokens = (
+            torch.from_file(str(bin_path), size=size, dtype=torch.int32)
+            if size
+            else torch.zeros(0, dtype=torch.int32)
+        )
         return cls(tokens, offsets)
 
     def __len__(self) -> int:
@@ -84,8 +88,12 @@ class TokenSequenceWriter(contextlib.AbstractContextManager):
         return self._files.__exit__(*exc_info)
 
 
-def pad(sequences: Sequence[Tensor | Sequence[int]], pad_id: int, prefix: int | None = None,
-        suffix: int | None = None) -> tuple[Tensor, Tensor]:
+def pad(
+    sequences: Sequence[Tensor | Sequence[int]],
+    pad_id: int,
+    prefix: int | None = None,
+    suffix: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """Right-pad id sequences into (B, L) int64, optionally adding a first and a last token.
 
     Returns the tokens and their lengths (B,), counting the added tokens."""
@@ -114,14 +122,18 @@ class Batch:
     num_tgt_tokens: int  # real (non-pad) tokens in tgt_out
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.src.to(device, non_blocking=True),
-                     self.src_lengths.to(device, non_blocking=True),
-                     self.tgt_in.to(device, non_blocking=True),
-                     self.tgt_out.to(device, non_blocking=True), self.num_tgt_tokens)
+        return Batch(
+            self.src.to(device, non_blocking=True),
+            self.src_lengths.to(device, non_blocking=True),
+            self.tgt_in.to(device, non_blocking=True),
+            self.tgt_out.to(device, non_blocking=True),
+            self.num_tgt_tokens,
+        )
 
 
-def make_batch(src: TokenSequences, tgt: TokenSequences, indices: Sequence[int],
-               vocab: Vocab) -> Batch:
+def make_batch(
+    src: TokenSequences, tgt: TokenSequences, indices: Sequence[int], vocab: Vocab
+) -> Batch:
     src_tokens, src_lengths = pad([src[i] for i in indices], vocab.pad_id, suffix=vocab.eos_id)
     tgt_seqs = [tgt[i] for i in indices]
     tgt_in, tgt_lengths = pad(tgt_seqs, vocab.pad_id, prefix=vocab.bos_id)
@@ -129,8 +141,9 @@ def make_batch(src: TokenSequences, tgt: TokenSequences, indices: Sequence[int],
     return Batch(src_tokens, src_lengths, tgt_in, tgt_out, int(tgt_lengths.sum()))
 
 
-def group_batches(order: Sequence[int], lengths: Sequence[int], batch_type: str,
-                  batch_size: int) -> list[list[int]]:
+def group_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_type: str, batch_size: int
+) -> list[list[int]]:
     """Cut `order` into consecutive batches.
 
     batch_type "sentences": at most batch_size rows. "tokens": at most batch_size padded
@@ -154,8 +167,9 @@ def group_batches(order: Sequence[int], lengths: Sequence[int], batch_type: str,
     return batches
 
 
-def training_batches(src_lengths: Tensor, tgt_lengths: Tensor, batch_type: str,
-                     batch_size: int, seed: int) -> list[list[int]]:
+def training_batches(
+    src_lengths: Tensor, tgt_lengths: Tensor, batch_type: str, batch_size: int, seed: int
+) -> list[list[int]]:
     """One epoch of batches: pairs of similar length together, in a seeded random order.
 
     Ties in length are broken by a seeded shuffle, so batches differ from epoch to epoch."""
@@ -163,7 +177,7 @@ def training_batches(src_lengths: Tensor, tgt_lengths: Tensor, batch_type: str,
     n = len(src_lengths)
     shuffled = torch.randperm(n, generator=generator)
     # Stable sort by (target length, source length) of the shuffled pairs.
-    key = (tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled])
+    key = tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled]
     order = shuffled[torch.sort(key, stable=True).indices].tolist()
     longer = torch.maximum(src_lengths + 1, tgt_lengths + 1).tolist()  # + eos/bos
     batches = group_batches(order, longer, batch_type, batch_size)

@@ -26,14 +26,17 @@ FORMAT = "seq2seq-checkpoint"
 VERSION = 1
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str]) -> None:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     """Write tensors and string metadata atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
-def read_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | Path, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read all tensors and the metadata; a missing, truncated or foreign file is a UserError."""
     path = Path(path)
     if not path.is_file():
@@ -43,8 +46,9 @@ def read_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, t
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e}); "
-                        "it may be truncated or corrupted") from None
+        raise UserError(
+            f"{path}: not a readable safetensors file ({e}); it may be truncated or corrupted"
+        ) from None
     return tensors, metadata
 
 
@@ -72,8 +76,14 @@ class Checkpoint:
     info: dict  # training step, dev scores, ...
 
 
-def save_checkpoint(path: str | Path, model: Seq2Seq, src_tokenizer: Tokenizer,
-                    tgt_tokenizer: Tokenizer, search: SearchConfig, info: dict) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model: Seq2Seq,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    search: SearchConfig,
+    info: dict,
+) -> None:
     tensors = {f"model.{k}": v for k, v in _unique_state(model).items()}
     tensors["tokenizer.src"] = _bytes_tensor(src_tokenizer.proto)
     if tgt_tokenizer.proto != src_tokenizer.proto:
@@ -96,8 +106,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path}: not a seq2seq checkpoint (format {metadata.get('format')!r})")
     if metadata.get("version") != str(VERSION):
-        raise UserError(f"{path}: checkpoint version {metadata.get('version')} is not supported "
-                        f"by this version of the toolkit (expected {VERSION})")
+        raise UserError(
+            f"{path}: checkpoint version {metadata.get('version')} is not supported "
+            f"by this version of the toolkit (expected {VERSION})"
+        )
     try:
         config = from_dict(ModelConfig, json.loads(metadata["model"]), "model")
         vocab = Vocab(**json.loads(metadata["vocab"]))
@@ -112,13 +124,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     tgt_tokenizer = src_tokenizer if tgt_proto is None else Tokenizer(tgt_proto.numpy().tobytes())
 
     model = Seq2Seq(config, vocab)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = _unique_state(model).keys()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise UserError(f"{path}: weights do not match the model config "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{path}: weights do not match the model config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:

@@ -49,7 +49,9 @@ class CleaningConfig:
 
     def __post_init__(self):
         _check(self.max_chars > 0, "data.cleaning.max_chars", "a positive integer", self.max_chars)
-        _check(self.max_pieces > 0, "data.cleaning.max_pieces", "a positive integer", self.max_pieces)
+        _check(
+            self.max_pieces > 0, "data.cleaning.max_pieces", "a positive integer", self.max_pieces
+        )
         _check(self.max_ratio >= 1, "data.cleaning.max_ratio", "a number >= 1", self.max_ratio)
 
 
@@ -67,10 +69,18 @@ class SubwordConfig:
 
     def __post_init__(self):
         _check(self.vocab_size >= 8, "data.subwords.vocab_size", "an integer >= 8", self.vocab_size)
-        _check(0 < self.character_coverage <= 1, "data.subwords.character_coverage",
-               "a number in (0, 1]", self.character_coverage)
-        _check(self.input_sentence_size > 0, "data.subwords.input_sentence_size",
-               "a positive integer", self.input_sentence_size)
+        _check(
+            0 < self.character_coverage <= 1,
+            "data.subwords.character_coverage",
+            "a number in (0, 1]",
+            self.character_coverage,
+        )
+        _check(
+            self.input_sentence_size > 0,
+            "data.subwords.input_sentence_size",
+            "a positive integer",
+            self.input_sentence_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,10 +115,18 @@ class DataConfig:
     subwords: SubwordConfig = field(default_factory=SubwordConfig)
 
     def __post_init__(self):
-        _check(self.src_lang != self.tgt_lang or self.src_column != self.tgt_column,
-               "data.tgt_lang", "a language different from data.src_lang", self.tgt_lang)
-        _check(self.max_pairs is None or self.max_pairs > 0, "data.max_pairs",
-               "a positive integer or null", self.max_pairs)
+        _check(
+            self.src_lang != self.tgt_lang or self.src_column != self.tgt_column,
+            "data.tgt_lang",
+            "a language different from data.src_lang",
+            self.tgt_lang,
+        )
+        _check(
+            self.max_pairs is None or self.max_pairs > 0,
+            "data.max_pairs",
+            "a positive integer or null",
+            self.max_pairs,
+        )
         _check(self.dev_size > 0, "data.dev_size", "a positive integer", self.dev_size)
         _check(self.test_size > 0, "data.test_size", "a positive integer", self.test_size)
 
@@ -163,33 +181,58 @@ class ModelConfig:
 
     def __post_init__(self):
         enc, dec, att = self.encoder, self.decoder, self.attention
-        for key, value in [("embedding_size", self.embedding_size),
-                           ("encoder.hidden_size", enc.hidden_size),
-                           ("encoder.num_layers", enc.num_layers),
-                           ("decoder.hidden_size", dec.hidden_size),
-                           ("decoder.num_layers", dec.num_layers),
-                           ("attention.hidden_size", att.hidden_size),
-                           ("attention.heads", att.heads)]:
+        for key, value in [
+            ("embedding_size", self.embedding_size),
+            ("encoder.hidden_size", enc.hidden_size),
+            ("encoder.num_layers", enc.num_layers),
+            ("decoder.hidden_size", dec.hidden_size),
+            ("decoder.num_layers", dec.num_layers),
+            ("attention.hidden_size", att.hidden_size),
+            ("attention.heads", att.heads),
+        ]:
             _check(value > 0, f"model.{key}", "a positive integer", value)
-        for key, value in [("embedding_dropout", self.embedding_dropout),
-                           ("output_dropout", self.output_dropout),
-                           ("encoder.dropout", enc.dropout), ("decoder.dropout", dec.dropout)]:
+        for key, value in [
+            ("embedding_dropout", self.embedding_dropout),
+            ("output_dropout", self.output_dropout),
+            ("encoder.dropout", enc.dropout),
+            ("decoder.dropout", dec.dropout),
+        ]:
             _check(0 <= value < 1, f"model.{key}", "a number in [0, 1)", value)
         if att.scoring in ("dot", "scaled_dot"):
-            _check(dec.hidden_size == enc.output_size, "model.decoder.hidden_size",
-                   f"the encoder output size {enc.output_size} for {att.scoring} attention "
-                   "(or use general, additive or multihead scoring)", dec.hidden_size)
+            _check(
+                dec.hidden_size == enc.output_size,
+                "model.decoder.hidden_size",
+                f"the encoder output size {enc.output_size} for {att.scoring} attention "
+                "(or use general, additive or multihead scoring)",
+                dec.hidden_size,
+            )
         if att.scoring == "multihead":
-            _check(att.hidden_size % att.heads == 0, "model.attention.hidden_size",
-                   f"a multiple of attention.heads ({att.heads})", att.hidden_size)
+            _check(
+                att.hidden_size % att.heads == 0,
+                "model.attention.hidden_size",
+                f"a multiple of attention.heads ({att.heads})",
+                att.hidden_size,
+            )
         if dec.init == "last":
-            _check(dec.hidden_size == enc.output_size, "model.decoder.hidden_size",
-                   f"the encoder output size {enc.output_size} for init 'last'", dec.hidden_size)
-            _check(dec.num_layers == enc.num_layers, "model.decoder.num_layers",
-                   f"encoder.num_layers ({enc.num_layers}) for init 'last'", dec.num_layers)
+            _check(
+                dec.hidden_size == enc.output_size,
+                "model.decoder.hidden_size",
+                f"the encoder output size {enc.output_size} for init 'last'",
+                dec.hidden_size,
+            )
+            _check(
+                dec.num_layers == enc.num_layers,
+                "model.decoder.num_layers",
+                f"encoder.num_layers ({enc.num_layers}) for init 'last'",
+                dec.num_layers,
+            )
         if att.scoring == "none":
-            _check(not dec.input_feeding, "model.decoder.input_feeding",
-                   "false when attention.scoring is none", dec.input_feeding)
+            _check(
+                not dec.input_feeding,
+                "model.decoder.input_feeding",
+                "false when attention.scoring is none",
+                dec.input_feeding,
+            )
 
 
 # --- training -------------------------------------------------------------------------------
@@ -226,24 +269,49 @@ class TrainConfig:
     log_every: int = 100  # steps between log lines
 
     def __post_init__(self):
-        for key in ("batch_size", "accumulate", "validate_every", "log_every", "keep_best",
-                    "dev_beam_size"):
+        for key in (
+            "batch_size",
+            "accumulate",
+            "validate_every",
+            "log_every",
+            "keep_best",
+            "dev_beam_size",
+        ):
             _check(getattr(self, key) > 0, f"train.{key}", "a positive integer", getattr(self, key))
         for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "threads"):
             _check(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
         _check(self.max_time >= 0, "train.max_time", "seconds >= 0", self.max_time)
-        _check(self.clip_grad_norm >= 0, "train.clip_grad_norm", "a number >= 0", self.clip_grad_norm)
-        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)",
-               self.label_smoothing)
-        _check(0 <= self.word_dropout < 1, "train.word_dropout", "a number in [0, 1)",
-               self.word_dropout)
-        _check(all(0 <= b < 1 for b in self.betas), "train.betas", "two numbers in [0, 1)",
-               self.betas)
-        _check(0 < self.plateau_factor < 1, "train.plateau_factor", "a number in (0, 1)",
-               self.plateau_factor)
-        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "train.device",
-               "auto, cpu, cuda or cuda:N", self.device)
+        _check(
+            self.clip_grad_norm >= 0, "train.clip_grad_norm", "a number >= 0", self.clip_grad_norm
+        )
+        _check(
+            0 <= self.label_smoothing < 1,
+            "train.label_smoothing",
+            "a number in [0, 1)",
+            self.label_smoothing,
+        )
+        _check(
+            0 <= self.word_dropout < 1,
+            "train.word_dropout",
+            "a number in [0, 1)",
+            self.word_dropout,
+        )
+        _check(
+            all(0 <= b < 1 for b in self.betas), "train.betas", "two numbers in [0, 1)", self.betas
+        )
+        _check(
+            0 < self.plateau_factor < 1,
+            "train.plateau_factor",
+            "a number in (0, 1)",
+            self.plateau_factor,
+        )
+        _check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "train.device",
+            "auto, cpu, cuda or cuda:N",
+            self.device,
+        )
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -263,17 +331,34 @@ class SearchConfig:
 
     def __post_init__(self):
         _check(self.beam_size >= 1, "search.beam_size", "an integer >= 1", self.beam_size)
-        _check(1 <= self.n_best <= self.beam_size, "search.n_best",
-               f"an integer from 1 to beam_size ({self.beam_size})", self.n_best)
-        _check(self.length_penalty >= 0, "search.length_penalty", "a number >= 0",
-               self.length_penalty)
-        _check(self.max_len_a >= 0 and self.max_len_b >= 0, "search.max_len_a/max_len_b",
-               "numbers >= 0", (self.max_len_a, self.max_len_b))
-        _check(self.max_len_a > 0 or self.max_len_b > 0, "search.max_len_b",
-               "a positive limit when max_len_a is 0", self.max_len_b)
+        _check(
+            1 <= self.n_best <= self.beam_size,
+            "search.n_best",
+            f"an integer from 1 to beam_size ({self.beam_size})",
+            self.n_best,
+        )
+        _check(
+            self.length_penalty >= 0, "search.length_penalty", "a number >= 0", self.length_penalty
+        )
+        _check(
+            self.max_len_a >= 0 and self.max_len_b >= 0,
+            "search.max_len_a/max_len_b",
+            "numbers >= 0",
+            (self.max_len_a, self.max_len_b),
+        )
+        _check(
+            self.max_len_a > 0 or self.max_len_b > 0,
+            "search.max_len_b",
+            "a positive limit when max_len_a is 0",
+            self.max_len_b,
+        )
         _check(self.min_len >= 0, "search.min_len", "an integer >= 0", self.min_len)
-        _check(self.no_repeat_ngram >= 0, "search.no_repeat_ngram", "an integer >= 0",
-               self.no_repeat_ngram)
+        _check(
+            self.no_repeat_ngram >= 0,
+            "search.no_repeat_ngram",
+            "an integer >= 0",
+            self.no_repeat_ngram,
+        )
         _check(self.batch_size >= 1, "search.batch_size", "an integer >= 1", self.batch_size)
         _check(self.max_tokens >= 0, "search.max_tokens", "an integer >= 0", self.max_tokens)
 
@@ -290,8 +375,12 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self):
-        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
-               "letters, digits, '.', '_' or '-'", self.name)
+        _check(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
+            "name",
+            "letters, digits, '.', '_' or '-'",
+            self.name,
+        )
 
 
 def _type_name(tp: Any) -> str:
@@ -299,21 +388,26 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+        return " or ".join(
+            "null" if a is type(None) else _type_name(a) for a in typing.get_args(tp)
+        )
     if origin is tuple:
         return "a list"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp` and convert it (lists to tuples, ints to floats)."""
+    """Check `value` against the annotation `tp`; convert lists to tuples, ints to floats."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, {} if value is None else value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise UserError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
+            raise UserError(
+                f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -333,7 +427,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise UserError(f"config key '{key}': expected a list of {len(args)} items, got {value!r}")
+            raise UserError(
+                f"config key '{key}': expected a list of {len(args)} items, got {value!r}"
+            )
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     ok = {
         bool: isinstance(value, bool),
@@ -366,12 +462,14 @@ def from_dict(cls: type, raw: Any, prefix: str = ""):
 
 def to_dict(config) -> dict:
     """The config as plain JSON/YAML-ready data (tuples become lists)."""
+
     def plain(value):
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value
+
     return plain(dataclasses.asdict(config))
 
 

@@ -83,14 +83,17 @@ def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
         try:
             for number, raw in enumerate(f, start=1):
                 if b"\x00" in raw:
-                    raise UserError(f"{path}:{number}: NUL byte found; this looks like a binary "
-                                    "file, expected UTF-8 text")
+                    raise UserError(
+                        f"{path}:{number}: NUL byte found; this looks like a binary "
+                        "file, expected UTF-8 text"
+                    )
                 try:
                     line = raw.decode("utf-8", errors=errors)
                 except UnicodeDecodeError as e:
                     raise UserError(
                         f"{path}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                        f"{e.start + 1}); expected UTF-8 text") from None
+                        f"{e.start + 1}); expected UTF-8 text"
+                    ) from None
                 yield line.rstrip("\n").rstrip("\r")
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise UserError(f"{path}: corrupt gzip data ({e})") from None

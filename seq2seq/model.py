@@ -49,8 +49,13 @@ class Encoder(nn.Module):
         self.embed = nn.Embedding(vocab.src_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.dropout = nn.Dropout(config.embedding_dropout)
         self.rnn = RNN_CLASSES[enc.cell](
-            config.embedding_size, enc.hidden_size, enc.num_layers, batch_first=True,
-            bidirectional=enc.bidirectional, dropout=enc.dropout if enc.num_layers > 1 else 0.0)
+            config.embedding_size,
+            enc.hidden_size,
+            enc.num_layers,
+            batch_first=True,
+            bidirectional=enc.bidirectional,
+            dropout=enc.dropout if enc.num_layers > 1 else 0.0,
+        )
         self.num_directions = 2 if enc.bidirectional else 1
 
     def forward(self, src: Tensor, src_lengths: Tensor):
@@ -59,8 +64,9 @@ class Encoder(nn.Module):
         x = self.dropout(self.embed(src))  # (B, S, E)
         packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
         packed_states, final = self.rnn(packed)
-        states, _ = pad_packed_sequence(packed_states, batch_first=True,
-                                        total_length=src.size(1))  # (B, S, D)
+        states, _ = pad_packed_sequence(
+            packed_states, batch_first=True, total_length=src.size(1)
+        )  # (B, S, D)
         if isinstance(final, tuple):
             return states, tuple(self._join_directions(f) for f in final)
         return states, self._join_directions(final)
@@ -210,6 +216,7 @@ class Memory:
     def select(self, index: Tensor) -> Memory:
         def pick(x):
             return None if x is None else x.index_select(0, index)
+
         return Memory(pick(self.keys), pick(self.values), self.mask.index_select(0, index))
 
 
@@ -225,8 +232,12 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.embed_dropout = nn.Dropout(config.embedding_dropout)
         self.rnn = RNN_CLASSES[dec.cell](
-            config.embedding_size + (hidden if dec.input_feeding else 0), hidden, dec.num_layers,
-            batch_first=True, dropout=dec.dropout if dec.num_layers > 1 else 0.0)
+            config.embedding_size + (hidden if dec.input_feeding else 0),
+            hidden,
+            dec.num_layers,
+            batch_first=True,
+            dropout=dec.dropout if dec.num_layers > 1 else 0.0,
+        )
         self.attention = build_attention(config.attention, hidden, memory_size)
         if self.attention is not None:
             context = self.attention.context_size
@@ -237,10 +248,15 @@ class Decoder(nn.Module):
         self.output_dropout = nn.Dropout(config.output_dropout)
         # A tied output layer shares the embedding matrix, so it needs vectors of size E.
         tied_projection = config.tie_output and hidden != config.embedding_size
-        self.pre_output = (nn.Linear(hidden, config.embedding_size, bias=False)
-                           if tied_projection else nn.Identity())
-        self.output = nn.Linear(config.embedding_size if tied_projection or config.tie_output
-                                else hidden, vocab.tgt_size)
+        self.pre_output = (
+            nn.Linear(hidden, config.embedding_size, bias=False)
+            if tied_projection
+            else nn.Identity()
+        )
+        self.output = nn.Linear(
+            config.embedding_size if tied_projection or config.tie_output else hidden,
+            vocab.tgt_size,
+        )
         if config.tie_output:
             self.output.weight = self.embed.weight
 
@@ -248,8 +264,9 @@ class Decoder(nn.Module):
         """rnn_output (B, T, H) -> attentional vectors (B, T, H), weights (B, T, S) or None."""
         if self.attention is None:
             return self.output_dropout(rnn_output), None
-        context, weights = self.attention(rnn_output, memory.keys, memory.values,
-                                          memory.mask)  # (B, T, C), (B, T, S)
+        context, weights = self.attention(
+            rnn_output, memory.keys, memory.values, memory.mask
+        )  # (B, T, C), (B, T, S)
         if self.combine_mode == "concat":
             out = torch.tanh(self.combine_layer(torch.cat([rnn_output, context], dim=-1)))
         else:

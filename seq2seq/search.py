@@ -62,8 +62,14 @@ def _block_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> Tensor
     return log_probs + penalty[:, :vocab]
 
 
-def _restrict(log_probs: Tensor, step: int, max_len: Tensor, history: Tensor,
-              config: SearchConfig, special: tuple[int, int, int]) -> Tensor:
+def _restrict(
+    log_probs: Tensor,
+    step: int,
+    max_len: Tensor,
+    history: Tensor,
+    config: SearchConfig,
+    special: tuple[int, int, int],
+) -> Tensor:
     """Apply the search rules to next-token log-probabilities (N, V) at output position `step`:
     never pad or begin-of-sentence; no end before min_len; end forced at max_len (N,);
     optionally no repeated n-grams. A forced end keeps its true log-probability."""
@@ -89,8 +95,14 @@ def _weights(weights: Tensor | None, mask: Tensor) -> Tensor:
     return weights.float()
 
 
-def _hypotheses(tokens: Tensor, lengths: Tensor, scores: Tensor, log_probs: Tensor,
-                attention: Tensor | None, n_best: int) -> list[list[Hypothesis]]:
+def _hypotheses(
+    tokens: Tensor,
+    lengths: Tensor,
+    scores: Tensor,
+    log_probs: Tensor,
+    attention: Tensor | None,
+    n_best: int,
+) -> list[list[Hypothesis]]:
     """Unpack (B, N, L) token tensors, sorted best first, into lists of finite hypotheses."""
     tokens, lengths = tokens.tolist(), lengths.tolist()
     scores, log_probs = scores.tolist(), log_probs.tolist()
@@ -108,8 +120,9 @@ def _hypotheses(tokens: Tensor, lengths: Tensor, scores: Tensor, log_probs: Tens
 
 
 @torch.no_grad()
-def greedy_search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
-                  return_attention: bool = False) -> list[list[Hypothesis]]:
+def greedy_search(
+    model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
+) -> list[list[Hypothesis]]:
     """The most probable next token at every step, for a batch of B sentences at once."""
     vocab = model.vocab
     special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
@@ -138,8 +151,9 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
         prev = best[:, None]
     scores = log_prob / length_penalty(lengths, config.length_penalty)
     attention = torch.cat(weights_history, dim=1)[:, None] if return_attention else None
-    return _hypotheses(history[:, None], lengths[:, None], scores[:, None], log_prob[:, None],
-                       attention, 1)
+    return _hypotheses(
+        history[:, None], lengths[:, None], scores[:, None], log_prob[:, None], attention, 1
+    )
 
 
 @dataclass
@@ -154,19 +168,36 @@ class _Finished:
     count: Tensor  # (B,) hypotheses finished so far (kept or not)
 
     @classmethod
-    def empty(cls, batch: int, beam: int, max_tokens: int, src_len: int, pad_id: int,
-              with_attention: bool, device) -> _Finished:
+    def empty(
+        cls,
+        batch: int,
+        beam: int,
+        max_tokens: int,
+        src_len: int,
+        pad_id: int,
+        with_attention: bool,
+        device,
+    ) -> _Finished:
         return cls(
             torch.full((batch, beam), float("-inf"), device=device),
             torch.full((batch, beam), float("-inf"), device=device),
             torch.zeros(batch, beam, dtype=torch.long, device=device),
             torch.full((batch, beam, max_tokens), pad_id, dtype=torch.long, device=device),
-            torch.zeros(batch, beam, max_tokens, src_len, device=device) if with_attention else None,
+            torch.zeros(batch, beam, max_tokens, src_len, device=device)
+            if with_attention
+            else None,
             torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def add(self, scores: Tensor, log_probs: Tensor, lengths: Tensor, tokens: Tensor,
-            attention: Tensor | None, new: Tensor) -> None:
+    def add(
+        self,
+        scores: Tensor,
+        log_probs: Tensor,
+        lengths: Tensor,
+        tokens: Tensor,
+        attention: Tensor | None,
+        new: Tensor,
+    ) -> None:
         """Merge K candidates per sentence (-inf score: not a candidate), keep the K best."""
         beam = self.scores.size(1)
         all_scores = torch.cat([self.scores, scores], dim=1)  # (B, 2K)
@@ -175,7 +206,8 @@ class _Finished:
         def keep(old: Tensor, cand: Tensor) -> Tensor:
             merged = torch.cat([old, cand], dim=1)  # (B, 2K, ...)
             index = best.view(*best.shape, *([1] * (merged.dim() - 2))).expand(
-                -1, -1, *merged.shape[2:])
+                -1, -1, *merged.shape[2:]
+            )
             return merged.gather(1, index)
 
         self.scores = best_scores
@@ -197,8 +229,9 @@ def _pad_to(x: Tensor, length: int, dim: int, value: float) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
-                return_attention: bool = False) -> list[list[Hypothesis]]:
+def beam_search(
+    model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
+) -> list[list[Hypothesis]]:
     """Beam search for a batch of B sentences, B*K rows stepped together."""
     vocab = model.vocab
     special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
@@ -215,8 +248,9 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
     alive_scores[:, 0] = 0.0
     history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)  # (B*K, t)
     weights_history = src.new_zeros(batch * beam, 0, src.size(1), dtype=torch.float)
-    finished = _Finished.empty(batch, beam, longest, src.size(1), vocab.pad_id,
-                               return_attention, device)
+    finished = _Finished.empty(
+        batch, beam, longest, src.size(1), vocab.pad_id, return_attention, device
+    )
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     prev = torch.full((batch * beam, 1), vocab.bos_id, dtype=torch.long, device=device)
     first_rows = (torch.arange(batch, device=device) * beam)[:, None]  # (B, 1)
@@ -263,20 +297,32 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
             weights_history = weights_history[next_rows]
         prev = next_tokens
 
-    return _hypotheses(finished.tokens, finished.lengths, finished.scores, finished.log_probs,
-                       finished.attention, config.n_best)
+    return _hypotheses(
+        finished.tokens,
+        finished.lengths,
+        finished.scores,
+        finished.log_probs,
+        finished.attention,
+        config.n_best,
+    )
 
 
-def search(model, src: Tensor, src_lengths: Tensor, config: SearchConfig,
-           return_attention: bool = False) -> list[list[Hypothesis]]:
+def search(
+    model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
+) -> list[list[Hypothesis]]:
     """Greedy search when beam_size is 1, beam search otherwise; n_best hypotheses each."""
     if config.beam_size == 1:
         return greedy_search(model, src, src_lengths, config, return_attention)
     return beam_search(model, src, src_lengths, config, return_attention)
 
 
-def translate_ids(model, sequences: list[list[int]], config: SearchConfig,
-                  device: torch.device, return_attention: bool = False) -> list[list[Hypothesis]]:
+def translate_ids(
+    model,
+    sequences: list[list[int]],
+    config: SearchConfig,
+    device: torch.device,
+    return_attention: bool = False,
+) -> list[list[Hypothesis]]:
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
     back in input order."""

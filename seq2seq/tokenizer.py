@@ -27,8 +27,10 @@ class Tokenizer:
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
-            raise UserError("the SentencePiece model lacks a pad, unk, bos or eos piece; "
-                            "train it with `nmt preprocess`")
+            raise UserError(
+                "the SentencePiece model lacks a pad, unk, bos or eos piece; "
+                "train it with `nmt preprocess`"
+            )
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:
@@ -49,15 +51,23 @@ class Tokenizer:
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
                 # JoeyNMT's layout; nothing in this code relies on the numbers.
-                unk_id=0, pad_id=1, bos_id=2, eos_id=3,
-                unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+                unk_id=0,
+                pad_id=1,
+                bos_id=2,
+                eos_id=3,
+                unk_piece="<unk>",
+                pad_piece="<pad>",
+                bos_piece="<s>",
+                eos_piece="</s>",
                 minloglevel=2,
             )
         except RuntimeError as e:
             message = str(e).strip().splitlines()[-1]
             if "Vocabulary size is too large" in message or "vocab_size" in message:
-                raise UserError(f"config key 'data.subwords.vocab_size': {config.vocab_size} is "
-                                f"too large for this training data ({message})") from None
+                raise UserError(
+                    f"config key 'data.subwords.vocab_size': {config.vocab_size} is "
+                    f"too large for this training data ({message})"
+                ) from None
             raise UserError(f"SentencePiece training failed: {message}") from None
         return cls(writer.getvalue())
 

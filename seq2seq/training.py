@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from .config import TrainConfig
 
 
-def label_smoothed_nll(log_probs: Tensor, target: Tensor, pad_id: int,
-                       epsilon: float) -> tuple[Tensor, Tensor]:
+def label_smoothed_nll(
+    log_probs: Tensor, target: Tensor, pad_id: int, epsilon: float
+) -> tuple[Tensor, Tensor]:
     """log_probs (B, T, V), target (B, T) -> (smoothed loss, plain NLL), both summed over
     real tokens. The smoothed loss spreads epsilon uniformly over the vocabulary
     (Szegedy et al., 2016): (1 - eps) * nll + eps * mean over V of -log p."""
@@ -27,8 +28,13 @@ def label_smoothed_nll(log_probs: Tensor, target: Tensor, pad_id: int,
     return ((1 - epsilon) * nll + epsilon * smooth).sum(), nll.sum()
 
 
-def word_dropout(tokens: Tensor, rate: float, unk_id: int, keep_ids: tuple[int, ...],
-                 generator: torch.Generator | None = None) -> Tensor:
+def word_dropout(
+    tokens: Tensor,
+    rate: float,
+    unk_id: int,
+    keep_ids: tuple[int, ...],
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Replace a `rate` fraction of the tokens with <unk>, never the ids in `keep_ids`."""
     if rate <= 0:
         return tokens
@@ -40,8 +46,9 @@ def word_dropout(tokens: Tensor, rate: float, unk_id: int, keep_ids: tuple[int, 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=config.lr, betas=config.betas,
-               weight_decay=config.weight_decay)
+    return cls(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
 
 
 class LearningRate:
@@ -107,8 +114,10 @@ def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str = "state") -
     if isinstance(obj, dict):
         return {"dict": [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"list": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "list": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return {"value": obj}
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix}")

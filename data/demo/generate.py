@@ -35,6 +35,7 @@ SEED = 20261126
 SPLITS = {"test": 1_000, "dev": 500, "train": 30_000}  # held-out splits are drawn first
 
 # --- Lexicon ------------------------------------------------------------------------------
+# fmt: off
 # Nouns: English singular, English plural, German singular, German plural, gender, classes.
 # Classes say where a noun can appear: a (animate), p (person), t (thing you can hold),
 # r (readable), f (food), o (openable), w (writable), x (throwable), b (buildable),
@@ -234,6 +235,7 @@ MIXED = {"nom": ("er", "e", "es", "en"), "acc": ("en", "e", "es", "en"),
          "dat": ("en", "en", "en", "en")}
 STRONG_PLURAL = {"nom": "e", "acc": "e", "dat": "en"}
 GENDER_INDEX = {"m": 0, "f": 1, "n": 2}
+# fmt: on
 
 
 @dataclass
@@ -323,8 +325,14 @@ class Generator:
             de += rel_de
             if de_negated is not None:
                 de_negated += rel_de
-        return Phrase(en, de, 2 if not plural else 3, not plural,
-                      indefinite=negated_det is not None, de_negated=de_negated)
+        return Phrase(
+            en,
+            de,
+            2 if not plural else 3,
+            not plural,
+            indefinite=negated_det is not None,
+            de_negated=de_negated,
+        )
 
     def relative_clause(self, slot: int, plural: bool, animate: bool):
         """A restrictive relative clause on a head noun, verb last in German."""

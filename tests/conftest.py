@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny corpus from the demo generator and a tiny model config."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def load_generator():
+    """The demo corpus generator (a script, not a package module)."""
+    if "demo_generate" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "demo_generate", ROOT / "data/demo/generate.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["demo_generate"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["demo_generate"]
+
+
+@pytest.fixture(scope="session")
+def generator():
+    return load_generator()
+
+
+def write_corpus(folder: Path, sizes: dict[str, int], seed: int = 7) -> Path:
+    """Small English-German text pairs (train/dev/test) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, pairs in load_generator().generate(seed, sizes).items():
+        (folder / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), encoding="utf-8")
+        (folder / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), encoding="utf-8")
+    return folder
+
+
+TINY_CONFIG = """\
+name: tiny
+data:
+  path: {corpus}
+  subwords: {{vocab_size: 120}}
+model:
+  embedding_size: 16
+  encoder: {{hidden_size: 16}}
+  decoder: {{hidden_size: 32}}
+  attention: {{scoring: general}}
+train:
+  batch_size: 400
+  lr: 0.003
+  max_steps: 12
+  validate_every: 6
+  log_every: 3
+search:
+  beam_size: 3
+  max_len_a: 1.2
+  max_len_b: 5
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"), {"test": 20, "dev": 15, "train": 300})
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, tiny_corpus) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_corpus) -> Path:
+    """A run folder taken through preprocess and a short training, shared by read-only tests."""
+    from pipelines.layout import RunFolder
+    from pipelines.preprocess import preprocess
+    from pipelines.train import train
+    from seq2seq.config import load_config
+
+    folder = tmp_path_factory.mktemp("run")
+    config_path = folder / "tiny.yaml"
+    config_path.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config = load_config(config_path)
+    run = RunFolder(folder / "run")
+    preprocess(config, run, log=lambda _: None)
+    train(config, run, log=lambda _: None)
+    return run.root
