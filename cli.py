@@ -140,6 +140,9 @@ def translate(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     errors: str = typer.Option("strict", help="Invalid UTF-8 input: strict (an error) or replace."),
+    alignments: str | None = typer.Option(
+        None, help="Also write each line's attention weights here (JSON lines)."
+    ),
 ):
     """Translate a text file line by line, in input order."""
     from pipelines.translate import TranslateOptions, translate_file
@@ -149,7 +152,7 @@ def translate(
     if errors not in ("strict", "replace"):
         raise UserError(f"option '--errors': expected strict or replace, got {errors!r}")
     options = TranslateOptions(beam_size, batch_size, max_tokens, None, device, precision, errors)
-    result = translate_file(model, input, output, options, _log)
+    result = translate_file(model, input, output, options, _log, alignments=alignments)
     _log(
         f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
         f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
@@ -168,6 +171,19 @@ def score(
 
     result = score_files(hyps, refs)
     typer.echo(json.dumps(result, indent=2) if as_json else describe(result))
+
+
+@app.command("plot-attention")
+def plot_attention(
+    alignments: Path = typer.Argument(..., help="A file written by translate --alignments."),
+    line: int = typer.Option(1, help="Which input line to draw (1 is the first)."),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG file to write."),
+):
+    """Draw one sentence's attention weights as a heatmap with the pieces on the axes."""
+    from pipelines.plots import draw_attention, read_alignment
+
+    draw_attention(read_alignment(alignments, line), output)
+    _log(f"plot-attention: wrote {output}")
 
 
 @app.command(context_settings=OVERRIDES)

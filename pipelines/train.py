@@ -15,7 +15,6 @@ random state and the optimizer are restored, so resuming gives the model not sto
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -30,7 +29,7 @@ from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetens
 from seq2seq.config import Config, SearchConfig, to_dict
 from seq2seq.device import autocast, resolve_device
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_bytes, atomic_write_text
+from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq, Vocab
 from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
@@ -45,6 +44,7 @@ from seq2seq.training import (
 )
 
 from .layout import RunFolder
+from .plots import draw_learning_curve
 from .progress import Progress
 from .score import corpus_scores
 
@@ -441,59 +441,6 @@ class Trainer:
 
     def draw_learning_curve(self) -> None:
         draw_learning_curve(self.folder.train_log, self.folder.learning_curve)
-
-
-def draw_learning_curve(log_path: Path, png_path: Path) -> None:
-    """Train loss, dev loss and dev BLEU by step, from the JSON-lines log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [
-        json.loads(line)
-        for line in log_path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    train = [r for r in records if "train_loss" in r]
-    dev = [r for r in records if "dev_loss" in r]
-    fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train:
-        loss_axis.plot(
-            [r["step"] for r in train],
-            [r["train_loss"] for r in train],
-            label="train loss (label-smoothed)",
-            color="tab:blue",
-        )
-    if dev:
-        loss_axis.plot(
-            [r["step"] for r in dev],
-            [r["dev_loss"] for r in dev],
-            "o-",
-            label="dev loss",
-            color="tab:orange",
-        )
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("loss (nats per token)")
-    bleu_axis = loss_axis.twinx()
-    if dev:
-        bleu_axis.plot(
-            [r["step"] for r in dev],
-            [r["dev_bleu"] for r in dev],
-            "s-",
-            label="dev BLEU",
-            color="tab:green",
-        )
-    bleu_axis.set_ylabel("dev BLEU")
-    lines = loss_axis.get_legend_handles_labels()
-    more = bleu_axis.get_legend_handles_labels()
-    loss_axis.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
-    loss_axis.set_title("learning curve")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(png_path, buffer.getvalue())
 
 
 def train(

@@ -10,11 +10,17 @@ The input is streamed: a chunk of lines is read, sorted by length, translated in
 memory stays flat however long the file is. Input is normalized as the training data was.
 Empty lines give empty lines. Lines longer than the model's limit (the training data's
 `max_pieces`) are cut to it, and the number cut is reported at the end.
+
+With an alignments file, each input line also gets one JSON object there:
+    {"line": 1, "source": [source pieces..., "</s>"], "target": [target pieces..., "</s>"],
+     "attention": [[weight of each source piece] for each target piece]}
+(empty lists for an empty line; zeros for a model without attention).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 import unicodedata
@@ -91,8 +97,9 @@ class Translator:
             line = unicodedata.normalize(self.normalize.upper(), line)
         return " ".join(line.split())
 
-    def translate(self, lines: list[str]) -> list[list]:
-        """Hypothesis lists (n-best, best first) for each line; [] for an empty line."""
+    def translate(self, lines: list[str], with_attention: bool = False):
+        """Hypothesis lists (n-best, best first) for each line ([] for an empty line), and the
+        source ids each was translated from."""
         texts = [self.prepare(line) for line in lines]
         ids = self.checkpoint.src_tokenizer.encode(texts)
         for i, seq in enumerate(ids):
@@ -103,11 +110,26 @@ class Translator:
         results: list[list] = [[] for _ in lines]
         with torch.inference_mode(), autocast(self.device, self.precision):
             hypotheses = translate_ids(
-                self.checkpoint.model, [ids[i] for i in todo], self.search, self.device
+                self.checkpoint.model,
+                [ids[i] for i in todo],
+                self.search,
+                self.device,
+                return_attention=with_attention,
             )
         for i, hyps in zip(todo, hypotheses):
             results[i] = hyps
-        return results
+        return results, ids
+
+    def alignment(self, number: int, source_ids: list[int], hypotheses: list) -> dict:
+        """One line's attention as JSON-ready data: pieces on both sides, weights by row."""
+        if not hypotheses:
+            return {"line": number, "source": [], "target": [], "attention": []}
+        best = hypotheses[0]
+        source = self.checkpoint.src_tokenizer.pieces(source_ids) + ["</s>"]
+        target = self.checkpoint.tgt_tokenizer.pieces(best.tokens) + ["</s>"]
+        weights = best.attention[:, : len(source)]  # (target, source)
+        rows = [[round(w, 4) for w in row] for row in weights.tolist()]
+        return {"line": number, "source": source, "target": target, "attention": rows}
 
     def detokenize(self, hypotheses: list) -> list[str]:
         return self.checkpoint.tgt_tokenizer.decode([h.tokens for h in hypotheses])
@@ -147,30 +169,45 @@ def _output(path: str):
         yield f
 
 
+@contextlib.contextmanager
+def _alignment_output(path: str | None):
+    if path is None:
+        yield None
+        return
+    with atomic_open(path) as f:
+        yield f
+
+
 def translate_file(
     model: str | Path,
     input_path: str,
     output_path: str,
     options: TranslateOptions,
     log: Callable[[str], None] = print,
+    alignments: str | None = None,
 ) -> dict:
-    """Translate a file line by line; returns counts and speed."""
+    """Translate a file line by line; returns counts and speed. With `alignments`, also write
+    each line's attention weights there as JSON lines."""
     if input_path != "-" and not Path(input_path).is_file():
         raise UserError(f"{input_path}: no such input file")
-    if output_path != "-" and not Path(output_path).parent.is_dir():
-        raise UserError(f"{output_path}: folder {Path(output_path).parent} does not exist")
+    for path in (output_path, alignments):
+        if path not in (None, "-") and not Path(path).parent.is_dir():
+            raise UserError(f"{path}: folder {Path(path).parent} does not exist")
     translator = Translator(model, options)
     total = count_lines(input_path) if input_path != "-" else None
     progress = Progress("translate", total=total, unit="sent")
     start = time.monotonic()
     sentences = tokens = 0
-    with _output(output_path) as out:
+    with _output(output_path) as out, _alignment_output(alignments) as aligned:
         for chunk in _chunks(_input_lines(input_path, options.errors), CHUNK_LINES):
-            results = translator.translate(chunk)
-            for hyps in results:
+            results, source_ids = translator.translate(chunk, with_attention=aligned is not None)
+            for i, hyps in enumerate(results):
                 best = hyps[:1]
                 out.write((translator.detokenize(best)[0] if best else "") + "\n")
                 tokens += len(best[0].tokens) + 1 if best else 0
+                if aligned is not None:
+                    record = translator.alignment(sentences + i + 1, source_ids[i], hyps)
+                    aligned.write(json.dumps(record, ensure_ascii=False) + "\n")
             sentences += len(chunk)
             progress.update(len(chunk))
     progress.close()

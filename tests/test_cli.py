@@ -94,3 +94,28 @@ def test_user_errors_are_one_line_with_exit_code_2(
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_plot_attention_draws_a_png(tmp_path, trained_run):
+    source = tmp_path / "in.txt"
+    source.write_text("The dog sleeps.\n\n", encoding="utf-8")
+    aligned = tmp_path / "a.jsonl"
+    result = invoke(
+        "translate",
+        "-m",
+        trained_run,
+        "-i",
+        source,
+        "-o",
+        tmp_path / "out.txt",
+        "--alignments",
+        aligned,
+    )
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "a.png"
+    assert invoke("plot-attention", aligned, "--line", 1, "-o", png).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = invoke("plot-attention", aligned, "--line", 2, "-o", tmp_path / "b.png")
+    assert empty.exit_code == 2 and "empty" in empty.stderr
+    missing = invoke("plot-attention", aligned, "--line", 9, "-o", tmp_path / "c.png")
+    assert missing.exit_code == 2 and "no line 9" in missing.stderr

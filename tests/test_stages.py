@@ -162,3 +162,27 @@ def test_preprocess_carves_dev_and_test_out_of_train(tmp_path):
     )
     manifest = preprocess(config, RunFolder(tmp_path / "run"), **QUIET)
     assert [manifest["splits"][s]["pairs"] for s in ("train", "dev", "test")] == [178, 10, 12]
+
+
+def test_alignments_hold_one_attention_matrix_per_line(tmp_path, trained_run):
+    source = tmp_path / "in.txt"
+    source.write_text("The dog sleeps.\n\nA woman reads the old book.\n", encoding="utf-8")
+    aligned = tmp_path / "align.jsonl"
+    options = TranslateOptions(beam_size=3, device="cpu")
+    translate_file(
+        trained_run,
+        str(source),
+        str(tmp_path / "out.txt"),
+        options,
+        **QUIET,
+        alignments=str(aligned),
+    )
+    records = [json.loads(line) for line in aligned.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert records[1] == {"line": 2, "source": [], "target": [], "attention": []}
+    for record in (records[0], records[2]):
+        assert record["source"][-1] == "</s>" and record["target"][-1] == "</s>"
+        assert len(record["attention"]) == len(record["target"])
+        for row in record["attention"]:
+            assert len(row) == len(record["source"])
+            assert sum(row) == pytest.approx(1.0, abs=1e-3)
