@@ -75,6 +75,12 @@ def _run_folder(config: Config, run_dir: Path | None):
 
 
 def _log(message: str) -> None:
+    """Stage messages go to stdout; stderr holds progress bars and, on failure, one line."""
+    typer.echo(message)
+
+
+def _log_to_stderr(message: str) -> None:
+    """For `translate -o -`, whose stdout is the translation itself."""
     typer.echo(message, err=True)
 
 
@@ -130,9 +136,17 @@ def translate(
     model: Path = typer.Option(
         ..., "-m", "--model", help="Run folder, model folder or checkpoint."
     ),
-    input: str = typer.Option(..., "-i", "--input", help="Text file to translate ('-': stdin)."),
-    output: str = typer.Option(..., "-o", "--output", help="Where to write ('-': stdout)."),
+    input: list[str] = typer.Option(
+        ...,
+        "-i",
+        "--input",
+        help="Text file to translate ('-': stdin); repeat it, or give a folder, for several.",
+    ),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="Output file ('-': stdout), or a folder for several inputs."
+    ),
     beam_size: int | None = typer.Option(None, help="Beam size; 1 is greedy."),
+    n_best: int | None = typer.Option(None, help="Write this many hypotheses with scores."),
     batch_size: int | None = typer.Option(None, help="Sentences per batch."),
     max_tokens: int | None = typer.Option(
         None, help="Source tokens per batch (instead of --batch-size)."
@@ -143,17 +157,26 @@ def translate(
     alignments: str | None = typer.Option(
         None, help="Also write each line's attention weights here (JSON lines)."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted translation after its last chunk."
+    ),
+    chunk_lines: int = typer.Option(4000, help="Lines read, sorted and translated together."),
 ):
     """Translate a text file line by line, in input order."""
-    from pipelines.translate import TranslateOptions, translate_file
+    from pipelines.translate import TranslateOptions, translate_files
 
     if precision not in ("fp32", "bf16", "fp16"):
         raise UserError(f"option '--precision': expected fp32, bf16 or fp16, got {precision!r}")
     if errors not in ("strict", "replace"):
         raise UserError(f"option '--errors': expected strict or replace, got {errors!r}")
-    options = TranslateOptions(beam_size, batch_size, max_tokens, None, device, precision, errors)
-    result = translate_file(model, input, output, options, _log, alignments=alignments)
-    _log(
+    if chunk_lines < 1:
+        raise UserError(f"option '--chunk-lines': expected an integer >= 1, got {chunk_lines}")
+    options = TranslateOptions(
+        beam_size, batch_size, max_tokens, n_best, device, precision, errors, chunk_lines
+    )
+    log = _log_to_stderr if output == "-" else _log
+    result = translate_files(model, input, output, options, log, alignments, resume)
+    log(
         f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
         f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
         "target tokens/s)"
@@ -171,6 +194,52 @@ def score(
 
     result = score_files(hyps, refs)
     typer.echo(json.dumps(result, indent=2) if as_json else describe(result))
+
+
+@app.command()
+def average(
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint files, or one run folder with --best or --last."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint file to write."),
+    best: int | None = typer.Option(None, help="Average the run's best K kept checkpoints."),
+    last: int | None = typer.Option(None, help="Average the run's latest K kept checkpoints."),
+):
+    """Average the weights of several checkpoints of one model into one checkpoint."""
+    from pipelines.layout import RunFolder
+    from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+
+    paths = list(checkpoints)
+    if best is not None or last is not None:
+        if len(paths) != 1 or not paths[0].is_dir() or (best is not None) == (last is not None):
+            raise UserError("--best K or --last K takes exactly one run folder (and not both)")
+        kind, count = ("best", best) if best is not None else ("last", last)
+        kept = RunFolder(paths[0]).kept_checkpoints(kind)
+        if count < 1 or len(kept) < count:
+            raise UserError(
+                f"{paths[0]}: {len(kept)} kept '{kind}' checkpoints, asked for "
+                f"{count}; raise train.keep_{kind} when training"
+            )
+        paths = kept[-count:] if kind == "last" else kept
+        if kind == "best":
+            from seq2seq.checkpoint import read_safetensors
+
+            scored = [
+                (json.loads(read_safetensors(p)[1]["info"]).get("dev_bleu", 0), p) for p in paths
+            ]
+            paths = [p for _, p in sorted(scored, key=lambda x: -x[0])[:count]]
+    if not output.parent.is_dir():
+        raise UserError(f"{output}: folder {output.parent} does not exist")
+    averaged = average_checkpoints(paths)
+    save_checkpoint(
+        output,
+        averaged.model,
+        averaged.src_tokenizer,
+        averaged.tgt_tokenizer,
+        averaged.search,
+        averaged.info,
+    )
+    _log(f"average: {len(paths)} checkpoints -> {output}")
 
 
 @app.command("plot-attention")

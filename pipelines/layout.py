@@ -59,6 +59,15 @@ class RunFolder:
     def last(self) -> Path:
         return self.model_dir / "last.safetensors"
 
+    def kept(self, kind: str, step: int) -> Path:
+        """model/best-<step> or model/last-<step>: the checkpoints kept for averaging."""
+        return self.model_dir / f"{kind}-{step}.safetensors"
+
+    def kept_checkpoints(self, kind: str) -> list[Path]:
+        """Kept checkpoints of one kind, oldest step first."""
+        paths = self.model_dir.glob(f"{kind}-*.safetensors")
+        return sorted(paths, key=lambda p: int(p.stem.split("-")[1]))
+
     @property
     def train_state(self) -> Path:
         return self.model_dir / "train_state.safetensors"

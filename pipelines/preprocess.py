@@ -25,11 +25,14 @@ import random
 import shutil
 import tempfile
 import unicodedata
+from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from hashlib import blake2b
 from itertools import zip_longest
 from pathlib import Path
+
+import numpy as np
 
 from seq2seq.batching import TokenSequenceWriter
 from seq2seq.config import Config, DataConfig, to_dict
@@ -142,6 +145,11 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
         folder = Path(data.path)
         src_path = _existing(folder / f"{name}.{data.src_lang}")
         tgt_path = _existing(folder / f"{name}.{data.tgt_lang}")
+        if src_path.stat().st_size == 0 and tgt_path.stat().st_size == 0:
+            raise UserError(
+                f"{src_path} and {tgt_path} are empty: the split '{name}' has no "
+                "sentence pairs; expected a non-empty split"
+            )
         dataset = _from_generator(
             _text_pairs, {"src_path": src_path, "tgt_path": tgt_path}, cache_dir
         )
@@ -225,7 +233,20 @@ def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
         keep = sorted(random.Random(data.seed).sample(range(len(train)), data.max_pairs))
         train = train.select(keep)
     splits["train"] = train
+    for split, dataset in splits.items():
+        if len(dataset) == 0:
+            raise UserError(
+                f"{_describe(origins[split])}: the {split} split has no sentence "
+                "pairs; expected a non-empty split"
+            )
     return splits, origins
+
+
+def _describe(origin: dict) -> str:
+    """Where a split came from, in a few words, for error messages."""
+    if "src" in origin:
+        return f"{origin['src']['path']} and {origin['tgt']['path']}"
+    return str(origin.get("path") or origin.get("hub") or origin.get("disk"))
 
 
 # --- cleaning -------------------------------------------------------------------------------
@@ -243,12 +264,16 @@ def _batches(dataset) -> Iterator[tuple[list[str], list[str]]]:
         yield batch["src"], batch["tgt"]
 
 
-def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out) -> dict:
-    """Normalize every pair; when `filtered`, drop empty, over-long and duplicate pairs.
-    Writes the kept pairs as lines and returns counts for each step."""
+def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out):
+    """Normalize every pair; when `filtered`, drop empty and over-long pairs. Writes the pairs
+    as lines and returns counts for each step, and (when de-duplicating) a mask of the lines
+    to keep: the first of each set of identical pairs.
+
+    Duplicates are found from one 64-bit hash per pair, 8 bytes a pair instead of a set of
+    strings, so memory stays small however large the corpus."""
     cleaning = data.cleaning
     counts = {"input": 0, "empty": 0, "too_many_chars": 0, "duplicate": 0}
-    seen: set[bytes] = set()
+    hashes = array("Q") if filtered and cleaning.dedupe else None
     for src_batch, tgt_batch in _batches(dataset):
         for src, tgt in zip(src_batch, tgt_batch):
             counts["input"] += 1
@@ -260,26 +285,35 @@ def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out) -> d
                 if len(src) > cleaning.max_chars or len(tgt) > cleaning.max_chars:
                     counts["too_many_chars"] += 1
                     continue
-                if cleaning.dedupe:
-                    digest = blake2b(f"{src}\t{tgt}".encode(), digest_size=8).digest()
-                    if digest in seen:
-                        counts["duplicate"] += 1
-                        continue
-                    seen.add(digest)
+            if hashes is not None:
+                digest = blake2b(f"{src}\t{tgt}".encode(), digest_size=8).digest()
+                hashes.append(int.from_bytes(digest, "little"))
             src_out.write(src + "\n")
             tgt_out.write(tgt + "\n")
-    return counts
+    if not hashes:
+        return counts, None
+    values = np.frombuffer(hashes, dtype=np.uint64)
+    _, first = np.unique(values, return_index=True)
+    keep = np.zeros(len(values), dtype=bool)
+    keep[first] = True
+    counts["duplicate"] = len(values) - len(first)
+    return counts, keep
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\n")
+def _pairs(text: dict[str, Path], keep) -> Iterator[tuple[str, str]]:
+    """The staged pairs, without the ones `keep` (a mask, or None for all) leaves out."""
+    with (
+        open(text["src"], encoding="utf-8") as src_file,
+        open(text["tgt"], encoding="utf-8") as tgt_file,
+    ):
+        for i, (src, tgt) in enumerate(zip(src_file, tgt_file)):
+            if keep is None or keep[i]:
+                yield src.rstrip("\n"), tgt.rstrip("\n")
 
 
-def _chunks(src_path: Path, tgt_path: Path) -> Iterator[tuple[list[str], list[str]]]:
+def _chunks(text: dict[str, Path], keep) -> Iterator[tuple[list[str], list[str]]]:
     src_chunk, tgt_chunk = [], []
-    for src, tgt in zip(_lines(src_path), _lines(tgt_path)):
+    for src, tgt in _pairs(text, keep):
         src_chunk.append(src)
         tgt_chunk.append(tgt)
         if len(src_chunk) == CHUNK:
@@ -289,26 +323,27 @@ def _chunks(src_path: Path, tgt_path: Path) -> Iterator[tuple[list[str], list[st
         yield src_chunk, tgt_chunk
 
 
-def train_tokenizers(text: dict[str, Path], data: DataConfig) -> tuple[Tokenizer, Tokenizer]:
+def train_tokenizers(text: dict[str, Path], keep, data: DataConfig) -> tuple[Tokenizer, Tokenizer]:
     """SentencePiece on the cleaned training text: one joint model, or one per language."""
     subwords = data.subwords
     if subwords.joint:
 
         def both() -> Iterator[str]:
-            for src, tgt in zip(_lines(text["src"]), _lines(text["tgt"])):
+            for src, tgt in _pairs(text, keep):
                 yield src
                 yield tgt
 
         joint = Tokenizer.train(both(), subwords, seed=data.seed)
         return joint, joint
     return (
-        Tokenizer.train(_lines(text["src"]), subwords, seed=data.seed),
-        Tokenizer.train(_lines(text["tgt"]), subwords, seed=data.seed),
+        Tokenizer.train((src for src, _ in _pairs(text, keep)), subwords, seed=data.seed),
+        Tokenizer.train((tgt for _, tgt in _pairs(text, keep)), subwords, seed=data.seed),
     )
 
 
 def encode_split(
     text: dict[str, Path],
+    keep,
     out: dict[str, Path],
     ids: dict[str, Path],
     tokenizers: tuple[Tokenizer, Tokenizer],
@@ -325,9 +360,9 @@ def encode_split(
         TokenSequenceWriter(ids["src"]) as src_ids,
         TokenSequenceWriter(ids["tgt"]) as tgt_ids,
     ):
-        for src_chunk, tgt_chunk in _chunks(text["src"], text["tgt"]):
+        for src_chunk, tgt_chunk in _chunks(text, keep):
             src_enc, tgt_enc = tokenizers[0].encode(src_chunk), tokenizers[1].encode(tgt_chunk)
-            keep = []
+            kept = []
             for i, (s, t) in enumerate(zip(src_enc, tgt_enc)):
                 if filtered:
                     if len(s) > cleaning.max_pieces or len(t) > cleaning.max_pieces:
@@ -336,11 +371,11 @@ def encode_split(
                     if max(len(s), len(t)) > cleaning.max_ratio * max(1, min(len(s), len(t))):
                         counts["length_ratio"] += 1
                         continue
-                keep.append(i)
-            src_out.writelines(src_chunk[i] + "\n" for i in keep)
-            tgt_out.writelines(tgt_chunk[i] + "\n" for i in keep)
-            src_ids.write([src_enc[i] for i in keep])
-            tgt_ids.write([tgt_enc[i] for i in keep])
+                kept.append(i)
+            src_out.writelines(src_chunk[i] + "\n" for i in kept)
+            tgt_out.writelines(tgt_chunk[i] + "\n" for i in kept)
+            src_ids.write([src_enc[i] for i in kept])
+            tgt_ids.write([tgt_enc[i] for i in kept])
         counts["kept"] = src_ids.count
         counts["src_tokens"], counts["tgt_tokens"] = src_ids.num_tokens, tgt_ids.num_tokens
     return counts
@@ -379,7 +414,7 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
     log(f"preprocess: reading {data.source} corpus {data.path}")
     datasets, origins = load_corpus(data, stage.root / "cache")
 
-    cleaned, stats = {}, {}
+    cleaned, keep, stats = {}, {}, {}
     for split in SPLITS:
         filtered = split == "train" or data.cleaning.filter_dev_test
         cleaned[split] = {side: stage.root / f"{split}.clean.{side}" for side in langs}
@@ -387,7 +422,9 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
             atomic_open(cleaned[split]["src"]) as src_out,
             atomic_open(cleaned[split]["tgt"]) as tgt_out,
         ):
-            stats[split] = clean_text(datasets[split], data, filtered, src_out, tgt_out)
+            stats[split], keep[split] = clean_text(
+                datasets[split], data, filtered, src_out, tgt_out
+            )
     del datasets
 
     if count_lines(cleaned["train"]["src"]) == 0:
@@ -399,7 +436,7 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         f"preprocess: training SentencePiece ({data.subwords.model_type}, "
         f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})"
     )
-    tokenizers = train_tokenizers(cleaned["train"], data)
+    tokenizers = train_tokenizers(cleaned["train"], keep["train"], data)
     if data.subwords.joint:
         tokenizer_files = {"src": "spm.model", "tgt": "spm.model"}
     else:
@@ -412,7 +449,9 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         filtered = split == "train" or data.cleaning.filter_dev_test
         out = {side: stage.text(split, lang) for side, lang in langs.items()}
         ids = {side: stage.ids(split, lang) for side, lang in langs.items()}
-        stats[split].update(encode_split(cleaned[split], out, ids, tokenizers, data, filtered))
+        stats[split].update(
+            encode_split(cleaned[split], keep[split], out, ids, tokenizers, data, filtered)
+        )
         for side in langs:
             os.remove(cleaned[split][side])
         if stats[split]["kept"] == 0:

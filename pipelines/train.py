@@ -4,7 +4,8 @@ Reads (from the run folder, see layout.py): manifest.json, the SentencePiece mod
 data/train.<lang>.bin/.idx, data/dev.<lang>.bin/.idx and data/dev.<tgt_lang> (references).
 Writes:
     model/best.safetensors          best checkpoint by dev BLEU (self-contained: see checkpoint.py)
-    model/step-<N>.safetensors      the best `train.keep_best` checkpoints
+    model/best-<N>.safetensors      the best `train.keep_best` checkpoints (when more than 1)
+    model/last-<N>.safetensors      the latest `train.keep_last` checkpoints (when more than 1)
     model/last.safetensors          the latest checkpoint
     model/train_state.safetensors   weights, optimizer, schedule, data position, random state
     train_log.jsonl                 one JSON object per log line and per validation
@@ -59,7 +60,8 @@ class TrainState:
     epoch: int = 0
     batch: int = 0  # batches of the current epoch already used
     elapsed: float = 0.0  # seconds of training, across resumes
-    best: list = field(default_factory=list)  # [dev BLEU, step] of kept checkpoints, best first
+    best: list = field(default_factory=list)  # [dev BLEU, step] of the best, best first
+    last: list = field(default_factory=list)  # steps of the latest validated checkpoints
     stale: int = 0  # validations since dev BLEU last improved
     skipped: int = 0  # steps skipped for a non-finite loss
     validated_step: int = -1  # step of the last validation
@@ -122,6 +124,9 @@ class Trainer:
         else:
             run.model_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.train_log, "")
+        # Temporary files of writes a kill interrupted: never finished, never needed.
+        for stale in [*run.model_dir.glob(".*.tmp*"), *run.root.glob(".*.tmp*")]:
+            stale.unlink(missing_ok=True)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -356,16 +361,24 @@ class Trainer:
 
         save(run.last)
         if validation is not None:
-            bleu = validation["dev_bleu"]
-            kept = state.best + [[bleu, state.step]]
-            kept.sort(key=lambda item: (-item[0], item[1]))
-            if [bleu, state.step] in kept[: self.tc.keep_best]:
-                save(run.model_dir / f"step-{state.step}.safetensors")
-                if kept[0][1] == state.step:
-                    save(run.best)
-            for _, step in kept[self.tc.keep_best :]:
-                (run.model_dir / f"step-{step}.safetensors").unlink(missing_ok=True)
-            state.best = kept[: self.tc.keep_best]
+            keep_best, keep_last = self.tc.keep_best, self.tc.keep_last
+            best = sorted(
+                state.best + [[validation["dev_bleu"], state.step]],
+                key=lambda item: (-item[0], item[1]),
+            )
+            if best[0][1] == state.step:
+                save(run.best)
+            if keep_best > 1 and state.step in [step for _, step in best[:keep_best]]:
+                save(run.kept("best", state.step))
+            for _, step in best[keep_best:]:
+                run.kept("best", step).unlink(missing_ok=True)
+            state.best = best[:keep_best]
+            last = state.last + [state.step]
+            if keep_last > 1:
+                save(run.kept("last", state.step))
+            for step in last[:-keep_last]:
+                run.kept("last", step).unlink(missing_ok=True)
+            state.last = last[-keep_last:]
         self._save_train_state()
 
     def _save_train_state(self) -> None:
@@ -432,11 +445,13 @@ class Trainer:
         """Drop log lines written after the state we resume from (they will be redone)."""
         if not self.folder.train_log.is_file():
             return
-        kept = [
-            line
-            for line in self.folder.train_log.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
+        kept = []
+        for line in self.folder.train_log.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by a kill
         atomic_write_text(self.folder.train_log, "".join(line + "\n" for line in kept))
 
     def draw_learning_curve(self) -> None:

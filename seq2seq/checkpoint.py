@@ -138,3 +138,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model config ({e})") from None
     return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info)
+
+
+def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
+    """The element-wise mean of the weights of checkpoints of one model (same config and
+    vocabulary), as a checkpoint that records what it averaged."""
+    if not paths:
+        raise UserError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    state = {
+        k: v.clone().double() if v.is_floating_point() else v.clone()
+        for k, v in first.model.state_dict().items()
+    }
+    for path in paths[1:]:
+        other = load_checkpoint(path)
+        if other.model.config != first.model.config or other.model.vocab != first.model.vocab:
+            raise UserError(f"{path}: a different model than {paths[0]}; cannot average them")
+        for key, value in other.model.state_dict().items():
+            if value.is_floating_point():
+                state[key] += value.double()
+    averaged = {
+        k: (v / len(paths)).to(first.model.state_dict()[k].dtype) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+    first.model.load_state_dict(averaged)
+    first.info = {**first.info, "averaged": [str(p) for p in paths]}
+    return first

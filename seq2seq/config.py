@@ -265,7 +265,8 @@ class TrainConfig:
     validate_every: int = 1000  # steps
     dev_beam_size: int = 1  # beam size for dev BLEU (1: greedy, the fastest)
     patience: int = 0  # stop after this many validations without dev BLEU gain; 0: never
-    keep_best: int = 1  # best checkpoints kept (by dev BLEU)
+    keep_best: int = 1  # best checkpoints kept as model/best-<step> (by dev BLEU), if > 1
+    keep_last: int = 1  # latest validated checkpoints kept as model/last-<step>, if > 1
     log_every: int = 100  # steps between log lines
 
     def __post_init__(self):
@@ -275,6 +276,7 @@ class TrainConfig:
             "validate_every",
             "log_every",
             "keep_best",
+            "keep_last",
             "dev_beam_size",
         ):
             _check(getattr(self, key) > 0, f"train.{key}", "a positive integer", getattr(self, key))

@@ -13,8 +13,9 @@ gives the plain log-probability. Hypotheses are ranked by score.
 Beam search follows fairseq: at each step the 2K best extensions are scored; those ending
 in end-of-sentence among the K best are set aside as finished, and the K best others go on.
 A sentence is done when K hypotheses have finished or it reaches its length limit
-max_len = a * source length + b, where end-of-sentence is forced. Every rule looks at one
-sentence only, so a sentence gets the same result alone as inside any batch.
+max_len = a * source length + b, where end-of-sentence is forced; done sentences leave the
+batch, so the work shrinks as sentences finish. Every rule looks at one sentence only, so a
+sentence gets the same result alone as inside any batch.
 """
 
 from __future__ import annotations
@@ -119,40 +120,58 @@ def _hypotheses(
     return results
 
 
+def _rows_of(sentences: Tensor, beam: int) -> Tensor:
+    """Row indices (A*K,) of the K beams of each sentence index in `sentences` (A,)."""
+    offsets = torch.arange(beam, device=sentences.device)
+    return (sentences[:, None] * beam + offsets).view(-1)
+
+
 @torch.no_grad()
 def greedy_search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
-    """The most probable next token at every step, for a batch of B sentences at once."""
+    """The most probable next token at every step, for a batch of B sentences at once.
+
+    Sentences leave the batch as soon as they end, so the rest run on fewer rows."""
     vocab = model.vocab
     special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
-    batch = src.size(0)
+    batch, device = src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
     max_len = max_output_lengths(src_lengths, config)  # (B,)
-    prev = torch.full((batch, 1), vocab.bos_id, dtype=torch.long, device=src.device)
-    history = prev.new_zeros(batch, 0)  # (B, t)
-    log_prob = torch.zeros(batch, device=src.device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    weights_history = []
-    for step in range(int(max_len.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # (B, 1, V)
-        log_probs = _restrict(log_probs[:, 0], step, max_len, history, config, special)
-        best_log_prob, best = log_probs.max(dim=-1)  # (B,)
-        best = best.masked_fill(finished, vocab.pad_id)
-        log_prob += best_log_prob.masked_fill(finished, 0.0)
-        lengths += (~finished).long()
-        history = torch.cat([history, best[:, None]], dim=1)
+    longest = int(max_len.max()) + 1
+    tokens = torch.full((batch, longest), vocab.pad_id, dtype=torch.long, device=device)
+    attention = src.new_zeros(batch, longest, src.size(1), dtype=torch.float)
+    log_prob = torch.zeros(batch, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)  # (A,) sentences still running
+    prev = torch.full((batch, 1), vocab.bos_id, dtype=torch.long, device=device)
+    history = prev.new_zeros(batch, 0)  # (A, t)
+    for step in range(longest):
+        log_probs, state, weights = model.step(prev, state, memory)  # (A, 1, V)
+        log_probs = _restrict(log_probs[:, 0], step, max_len[active], history, config, special)
+        best_log_prob, best = log_probs.max(dim=-1)  # (A,)
+        log_prob[active] += best_log_prob
+        lengths[active] += 1
+        tokens[active, step] = best
         if return_attention:
-            weights_history.append(_weights(weights, memory.mask))
-        finished |= best == vocab.eos_id
-        if finished.all():
+            attention[active, step] = _weights(weights, memory.mask)[:, 0]
+        done = best == vocab.eos_id  # (A,); the end is forced at max_len
+        if done.all():
             break
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)  # (A',)
+            active, best, history = active[keep], best[keep], history[keep]
+            state, memory = state.select(keep), memory.select(keep)
+        history = torch.cat([history, best[:, None]], dim=1)
         prev = best[:, None]
     scores = log_prob / length_penalty(lengths, config.length_penalty)
-    attention = torch.cat(weights_history, dim=1)[:, None] if return_attention else None
     return _hypotheses(
-        history[:, None], lengths[:, None], scores[:, None], log_prob[:, None], attention, 1
+        tokens[:, None],
+        lengths[:, None],
+        scores[:, None],
+        log_prob[:, None],
+        attention[:, None] if return_attention else None,
+        1,
     )
 
 
@@ -178,19 +197,21 @@ class _Finished:
         with_attention: bool,
         device,
     ) -> _Finished:
+        def full(*shape, value=0.0, dtype=torch.float):
+            return torch.full(shape, value, dtype=dtype, device=device)
+
         return cls(
-            torch.full((batch, beam), float("-inf"), device=device),
-            torch.full((batch, beam), float("-inf"), device=device),
-            torch.zeros(batch, beam, dtype=torch.long, device=device),
-            torch.full((batch, beam, max_tokens), pad_id, dtype=torch.long, device=device),
-            torch.zeros(batch, beam, max_tokens, src_len, device=device)
-            if with_attention
-            else None,
-            torch.zeros(batch, dtype=torch.long, device=device),
+            full(batch, beam, value=float("-inf")),
+            full(batch, beam, value=float("-inf")),
+            full(batch, beam, dtype=torch.long),
+            full(batch, beam, max_tokens, value=pad_id, dtype=torch.long),
+            full(batch, beam, max_tokens, src_len) if with_attention else None,
+            full(batch, dtype=torch.long),
         )
 
     def add(
         self,
+        sentences: Tensor,
         scores: Tensor,
         log_probs: Tensor,
         lengths: Tensor,
@@ -198,25 +219,24 @@ class _Finished:
         attention: Tensor | None,
         new: Tensor,
     ) -> None:
-        """Merge K candidates per sentence (-inf score: not a candidate), keep the K best."""
+        """Merge K candidates for each of `sentences` (A,) (score -inf: no candidate) and
+        keep the K best of each."""
         beam = self.scores.size(1)
-        all_scores = torch.cat([self.scores, scores], dim=1)  # (B, 2K)
-        best_scores, best = all_scores.topk(beam, dim=1)  # (B, K), sorted
+        merged_scores = torch.cat([self.scores[sentences], scores], dim=1)  # (A, 2K)
+        best_scores, best = merged_scores.topk(beam, dim=1)  # (A, K), sorted
 
-        def keep(old: Tensor, cand: Tensor) -> Tensor:
-            merged = torch.cat([old, cand], dim=1)  # (B, 2K, ...)
-            index = best.view(*best.shape, *([1] * (merged.dim() - 2))).expand(
-                -1, -1, *merged.shape[2:]
-            )
-            return merged.gather(1, index)
+        def keep(old: Tensor, candidates: Tensor) -> Tensor:
+            merged = torch.cat([old[sentences], candidates], dim=1)  # (A, 2K, ...)
+            index = best.view(*best.shape, *([1] * (merged.dim() - 2)))
+            return merged.gather(1, index.expand(-1, -1, *merged.shape[2:]))
 
-        self.scores = best_scores
-        self.log_probs = keep(self.log_probs, log_probs)
-        self.lengths = keep(self.lengths, lengths)
-        self.tokens = keep(self.tokens, tokens)
+        self.log_probs[sentences] = keep(self.log_probs, log_probs)
+        self.lengths[sentences] = keep(self.lengths, lengths)
+        self.tokens[sentences] = keep(self.tokens, tokens)
         if self.attention is not None:
-            self.attention = keep(self.attention, attention)
-        self.count += new.sum(dim=1)
+            self.attention[sentences] = keep(self.attention, attention)
+        self.scores[sentences] = best_scores
+        self.count[sentences] += new.sum(dim=1)
 
 
 def _pad_to(x: Tensor, length: int, dim: int, value: float) -> Tensor:
@@ -232,7 +252,8 @@ def _pad_to(x: Tensor, length: int, dim: int, value: float) -> Tensor:
 def beam_search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
-    """Beam search for a batch of B sentences, B*K rows stepped together."""
+    """Beam search for a batch of B sentences: the K beams of the A sentences still
+    searching are stepped together as A*K rows; a sentence leaves the batch when done."""
     vocab = model.vocab
     special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
     beam, batch, device = config.beam_size, src.size(0), src.device
@@ -240,62 +261,74 @@ def beam_search(
     rows = torch.arange(batch, device=device).repeat_interleave(beam)  # (B*K,)
     state, memory = state.select(rows), memory.select(rows)
     max_len = max_output_lengths(src_lengths, config)  # (B,)
-    row_max_len = max_len[rows]  # (B*K,)
     longest = int(max_len.max()) + 1
-
-    # Alive beams: only the first is real at the start, so the K first extensions differ.
-    alive_scores = torch.full((batch, beam), float("-inf"), device=device)
-    alive_scores[:, 0] = 0.0
-    history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)  # (B*K, t)
-    weights_history = src.new_zeros(batch * beam, 0, src.size(1), dtype=torch.float)
     finished = _Finished.empty(
         batch, beam, longest, src.size(1), vocab.pad_id, return_attention, device
     )
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    active = torch.arange(batch, device=device)  # (A,) sentences still searching
+    # Alive beams: only the first is real at the start, so the K first extensions differ.
+    alive_scores = torch.full((batch, beam), float("-inf"), device=device)  # (A, K)
+    alive_scores[:, 0] = 0.0
+    history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)  # (A*K, t)
+    weights_history = src.new_zeros(batch * beam, 0, src.size(1), dtype=torch.float)
     prev = torch.full((batch * beam, 1), vocab.bos_id, dtype=torch.long, device=device)
-    first_rows = (torch.arange(batch, device=device) * beam)[:, None]  # (B, 1)
 
     for step in range(longest):
-        log_probs, state, weights = model.step(prev, state, memory)  # (B*K, 1, V)
+        n_active = active.numel()
+        log_probs, state, weights = model.step(prev, state, memory)  # (A*K, 1, V)
+        row_max_len = max_len[active].repeat_interleave(beam)  # (A*K,)
         log_probs = _restrict(log_probs[:, 0], step, row_max_len, history, config, special)
         vocab_size = log_probs.size(1)
-        candidates = (alive_scores.view(-1, 1) + log_probs).view(batch, -1)  # (B, K*V)
-        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)  # (B, 2K)
-        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (B, 2K)
-        top_rows = first_rows + top_beams  # (B, 2K) rows of B*K
+        candidates = (alive_scores.view(-1, 1) + log_probs).view(n_active, -1)  # (A, K*V)
+        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
+        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (A, 2K)
+        top_rows = (torch.arange(n_active, device=device) * beam)[:, None] + top_beams
         if return_attention:
-            weights_history = torch.cat([weights_history, _weights(weights, memory.mask)], dim=1)
-        ends = top_tokens == vocab.eos_id  # (B, 2K)
+            weights_history = torch.cat([weights_history, _weights(weights, memory.mask)], 1)
+        ends = top_tokens == vocab.eos_id  # (A, 2K)
 
         # 1. Candidates ending here, among the K best, are finished.
-        new = ends[:, :beam] & top_scores[:, :beam].isfinite() & ~done[:, None]  # (B, K)
+        new = ends[:, :beam] & top_scores[:, :beam].isfinite()  # (A, K)
         if new.any():
-            rows_k = top_rows[:, :beam]  # (B, K)
-            n = step + 1
-            tokens = torch.cat([history[rows_k], top_tokens[:, :beam, None]], dim=2)  # (B, K, n)
-            tokens = _pad_to(tokens, longest, 2, vocab.pad_id)
+            rows_k = top_rows[:, :beam]  # (A, K)
+            tokens = torch.cat([history[rows_k], top_tokens[:, :beam, None]], dim=2)
             log_prob = top_scores[:, :beam]
-            score = log_prob / length_penalty(torch.full_like(rows_k, n), config.length_penalty)
-            score = score.masked_fill(~new, float("-inf"))
+            lengths = torch.full_like(rows_k, step + 1)
+            score = log_prob / length_penalty(lengths, config.length_penalty)
             attention = None
             if return_attention:
-                attention = _pad_to(weights_history[rows_k], longest, 2, 0.0)  # (B, K, L, S)
-            finished.add(score, log_prob, torch.full_like(rows_k, n), tokens, attention, new)
-        done |= (finished.count >= beam) | (step >= max_len)
+                attention = _pad_to(weights_history[rows_k], longest, 2, 0.0)  # (A, K, L, S)
+            finished.add(
+                active,
+                score.masked_fill(~new, float("-inf")),
+                log_prob,
+                lengths,
+                _pad_to(tokens, longest, 2, vocab.pad_id),
+                attention,
+                new,
+            )
+        done = (finished.count[active] >= beam) | (step >= max_len[active])  # (A,)
         if done.all():
             break
 
-        # 2. The K best candidates that do not end go on.
+        # 2. The K best candidates that do not end go on; done sentences leave the batch.
         rank = torch.arange(ends.size(1), device=device)
         order = (ends.long() * ends.size(1) + rank).topk(beam, dim=1, largest=False).indices
-        alive_scores = top_scores.gather(1, order).masked_fill(done[:, None], float("-inf"))
-        next_rows = top_rows.gather(1, order).view(-1)  # (B*K,)
-        next_tokens = top_tokens.gather(1, order).view(-1, 1)  # (B*K, 1)
+        alive_scores = top_scores.gather(1, order)  # (A, K)
+        next_rows = top_rows.gather(1, order)  # (A, K) rows of the previous step
+        next_tokens = top_tokens.gather(1, order)  # (A, K)
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)  # (A',)
+            active, alive_scores = active[keep], alive_scores[keep]
+            next_rows, next_tokens = next_rows[keep], next_tokens[keep]
+            memory = memory.select(_rows_of(keep, beam))
+        next_rows = next_rows.view(-1)
         state = state.select(next_rows)
-        history = torch.cat([history[next_rows], next_tokens], dim=1)
+        history = torch.cat([history[next_rows], next_tokens.view(-1, 1)], dim=1)
         if return_attention:
             weights_history = weights_history[next_rows]
-        prev = next_tokens
+        prev = next_tokens.view(-1, 1)
 
     return _hypotheses(
         finished.tokens,
@@ -326,7 +359,6 @@ def translate_ids(
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
     back in input order."""
-    vocab = model.vocab
     lengths = [len(s) + 1 for s in sequences]
     order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
     if config.max_tokens:
@@ -335,8 +367,33 @@ def translate_ids(
         batches = group_batches(order, lengths, "sentences", config.batch_size)
     results: list[list[Hypothesis]] = [[] for _ in sequences]
     for batch in batches:
-        src, src_lengths = pad([sequences[i] for i in batch], vocab.pad_id, suffix=vocab.eos_id)
-        hypotheses = search(model, src.to(device), src_lengths.to(device), config, return_attention)
+        hypotheses = _search_splitting(
+            model, [sequences[i] for i in batch], config, device, return_attention
+        )
         for i, hyps in zip(batch, hypotheses):
             results[i] = hyps
     return results
+
+
+def _search_splitting(
+    model,
+    sequences: list[list[int]],
+    config: SearchConfig,
+    device: torch.device,
+    return_attention: bool,
+) -> list[list[Hypothesis]]:
+    """Search one batch; when the device runs out of memory, search its halves instead
+    (a sentence's result does not depend on its batch, so the output is the same)."""
+    vocab = model.vocab
+    try:
+        src, src_lengths = pad(sequences, vocab.pad_id, suffix=vocab.eos_id)
+        return search(model, src.to(device), src_lengths.to(device), config, return_attention)
+    except torch.OutOfMemoryError:
+        if len(sequences) == 1:
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(sequences) // 2
+        return _search_splitting(
+            model, sequences[:half], config, device, return_attention
+        ) + _search_splitting(model, sequences[half:], config, device, return_attention)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable
 
 import sentencepiece as spm
@@ -63,10 +64,18 @@ class Tokenizer:
             )
         except RuntimeError as e:
             message = str(e).strip().splitlines()[-1]
-            if "Vocabulary size is too large" in message or "vocab_size" in message:
+            limit = re.search(r"<= (\d+)", message)
+            if "too high" in message or "too large" in message:
+                most = f"; at most {limit.group(1)} here" if limit else ""
                 raise UserError(
-                    f"config key 'data.subwords.vocab_size': {config.vocab_size} is "
-                    f"too large for this training data ({message})"
+                    f"config key 'data.subwords.vocab_size': {config.vocab_size} is too large "
+                    f"for this training data{most}"
+                ) from None
+            if "smaller than required" in message:
+                raise UserError(
+                    f"config key 'data.subwords.vocab_size': {config.vocab_size} is too small "
+                    "for the characters of this data (and the 256 bytes, with byte_fallback); "
+                    "raise it or lower character_coverage"
                 ) from None
             raise UserError(f"SentencePiece training failed: {message}") from None
         return cls(writer.getvalue())

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from pipelines.layout import RunFolder
 from pipelines.preprocess import preprocess
@@ -186,3 +187,39 @@ def test_alignments_hold_one_attention_matrix_per_line(tmp_path, trained_run):
         for row in record["attention"]:
             assert len(row) == len(record["source"])
             assert sum(row) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_kept_checkpoints_average_into_one(tmp_path, tiny_corpus, trained_run):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    run = RunFolder(shutil.copytree(trained_run, tmp_path / "run"))
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config = load_config(
+        config_path, ["--train.keep_best=2", "--train.keep_last=3", "--train.validate_every=3"]
+    )
+    train(config, run, fresh=True, **QUIET)
+    assert [p.name for p in run.kept_checkpoints("last")] == [
+        "last-6.safetensors",
+        "last-9.safetensors",
+        "last-12.safetensors",
+    ]
+    assert len(run.kept_checkpoints("best")) == 2
+    out = tmp_path / "avg.safetensors"
+    result = CliRunner().invoke(app, ["average", str(run.root), "--last", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    averaged = load_checkpoint(out).model.state_dict()
+    a = load_checkpoint(run.kept("last", 9)).model.state_dict()
+    b = load_checkpoint(run.kept("last", 12)).model.state_dict()
+    for key, value in averaged.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (a[key] + b[key]) / 2, atol=1e-6), key
+    source = tmp_path / "in.txt"
+    source.write_text("The dog sleeps.\n", encoding="utf-8")
+    translate_file(
+        out, str(source), str(tmp_path / "o.txt"), TranslateOptions(device="cpu"), **QUIET
+    )
+    bad = CliRunner().invoke(app, ["average", str(run.root), "--best", "5", "-o", str(out)])
+    assert bad.exit_code == 2 and "2 kept 'best' checkpoints, asked for 5" in bad.stderr

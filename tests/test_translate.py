@@ -1,0 +1,194 @@
+"""Batch translation of files: several inputs, n-best, resume, out-of-memory, torchrun."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipelines import translate as translate_module
+from pipelines.translate import TranslateOptions, translate_file, translate_files
+from seq2seq.errors import UserError
+
+from .conftest import ROOT
+
+QUIET = {"log": lambda _: None}
+
+
+def sentences(tiny_corpus, n: int = 20) -> list[str]:
+    lines = (tiny_corpus / "test.en").read_text(encoding="utf-8").splitlines()[:n]
+    return lines[:5] + [""] + lines[5:]
+
+
+@pytest.fixture
+def source(tmp_path, tiny_corpus):
+    path = tmp_path / "in.en"
+    path.write_text("\n".join(sentences(tiny_corpus)) + "\n", encoding="utf-8")
+    return path
+
+
+def options(**changes) -> TranslateOptions:
+    return TranslateOptions(**{"beam_size": 2, "device": "cpu", "chunk_lines": 4, **changes})
+
+
+def reference(trained_run, source, tmp_path, **changes) -> str:
+    out = tmp_path / "reference.txt"
+    translate_file(trained_run, str(source), str(out), options(**changes), **QUIET)
+    return out.read_text(encoding="utf-8")
+
+
+def test_several_files_and_a_folder_go_to_an_output_folder(tmp_path, trained_run, source):
+    expected = reference(trained_run, source, tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.en").write_bytes(source.read_bytes())
+    (inputs / "b.en").write_text("The dog sleeps.\n", encoding="utf-8")
+    result = translate_files(trained_run, [str(inputs)], str(tmp_path / "out"), options(), **QUIET)
+    assert result["files"] == 2
+    assert (tmp_path / "out" / "a.en").read_text(encoding="utf-8") == expected
+    assert len((tmp_path / "out" / "b.en").read_text().splitlines()) == 1
+    translate_files(
+        trained_run,
+        [str(inputs / "a.en"), str(inputs / "b.en")],
+        str(tmp_path / "out2"),
+        options(),
+        **QUIET,
+    )
+    assert (tmp_path / "out2" / "a.en").read_text(encoding="utf-8") == expected
+    with pytest.raises(UserError, match="same file name"):
+        translate_files(
+            trained_run,
+            [str(inputs / "a.en"), str(inputs / "a.en")],
+            str(tmp_path / "out3"),
+            options(),
+            **QUIET,
+        )
+
+
+def test_n_best_lines_hold_hypotheses_and_scores(tmp_path, trained_run, source):
+    best = reference(trained_run, source, tmp_path, beam_size=4).splitlines()
+    out = tmp_path / "nbest.txt"
+    translate_file(trained_run, str(source), str(out), options(beam_size=4, n_best=3), **QUIET)
+    lines = out.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(lines) == len(best)
+    for line, one_best in zip(lines, best):
+        if not one_best:
+            assert line == ""
+            continue
+        fields = line.split("\t")
+        assert len(fields) == 6
+        assert fields[0] == one_best
+        scores = [float(x) for x in fields[1::2]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_an_interrupted_translation_resumes_after_its_last_chunk(
+    tmp_path, trained_run, source, monkeypatch
+):
+    expected = reference(trained_run, source, tmp_path)
+    out = tmp_path / "out.txt"
+    original = translate_module.Parts.append
+    calls = []
+
+    def append_then_die(self, chunk, texts):
+        if len(calls) == 2:
+            self.files[0].write(b"half a chunk")  # as if killed mid-write
+            raise KeyboardInterrupt
+        calls.append(chunk)
+        original(self, chunk, texts)
+
+    monkeypatch.setattr(translate_module.Parts, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(trained_run, str(source), str(out), options(), **QUIET)
+    assert not out.exists()
+    assert (tmp_path / "out.txt.partial").is_file()
+    monkeypatch.setattr(translate_module.Parts, "append", original)
+    with pytest.raises(UserError, match="cannot resume, options changed"):
+        translate_file(
+            trained_run, str(source), str(out), options(beam_size=3), **QUIET, resume=True
+        )
+    result = translate_file(trained_run, str(source), str(out), options(), **QUIET, resume=True)
+    assert out.read_text(encoding="utf-8") == expected
+    assert result["sentences"] == len(sentences_in(source)) - 8  # two chunks were done
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.txt"]
+
+
+def sentences_in(path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_out_of_memory_splits_the_batch(tmp_path, trained_run, source, monkeypatch):
+    expected = reference(trained_run, source, tmp_path, batch_size=16)
+    import seq2seq.search as search_module
+
+    real_search = search_module.search
+    sizes = []
+
+    def small_device(model, src, *args, **kwargs):
+        sizes.append(src.size(0))
+        if src.size(0) > 3:
+            raise torch.OutOfMemoryError("pretend the batch does not fit")
+        return real_search(model, src, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "search", small_device)
+    out = tmp_path / "out.txt"
+    translate_file(
+        trained_run, str(source), str(out), options(batch_size=16, chunk_lines=100), **QUIET
+    )
+    assert out.read_text(encoding="utf-8") == expected
+    assert max(sizes) > 3 and sizes[-1] <= 3
+
+
+def test_long_lines_are_cut_and_counted(tmp_path, trained_run):
+    source = tmp_path / "long.en"
+    source.write_text("The dog sleeps. " * 200 + "\nThe cat reads.\n", encoding="utf-8")
+    messages = []
+    translate_file(
+        trained_run, str(source), str(tmp_path / "o.txt"), options(), log=messages.append
+    )
+    assert any("1 line(s) longer than 250 pieces were cut" in m for m in messages)
+
+
+def test_invalid_utf8_names_the_line_unless_replaced(tmp_path, trained_run):
+    source = tmp_path / "bad.en"
+    source.write_bytes(b"The dog sleeps.\nThe \xff cat.\n")
+    with pytest.raises(UserError, match=r"bad\.en:2: invalid UTF-8"):
+        translate_file(trained_run, str(source), str(tmp_path / "o.txt"), options(), **QUIET)
+    assert not (tmp_path / "o.txt").exists()
+    translate_file(
+        trained_run, str(source), str(tmp_path / "o.txt"), options(errors="replace"), **QUIET
+    )
+    assert len((tmp_path / "o.txt").read_text().splitlines()) == 2
+
+
+def test_two_torchrun_ranks_merge_in_input_order(tmp_path, trained_run, source):
+    expected = reference(trained_run, source, tmp_path, chunk_lines=3)
+    out = tmp_path / "ranks.txt"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(ROOT / "cli.py"),
+        "translate",
+        "-m",
+        str(trained_run),
+        "-i",
+        str(source),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--beam-size",
+        "2",
+        "--chunk-lines",
+        "3",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_text(encoding="utf-8") == expected
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ranks")) == ["ranks.txt"]
