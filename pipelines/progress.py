@@ -25,8 +25,9 @@ class Progress:
         unit: str = "it",
         every: float = 30.0,
         stream=None,
+        enabled: bool = True,
     ):
-        self.label, self.total, self.unit = label, total, unit
+        self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.every = 0.2 if self.interactive else every
@@ -67,6 +68,8 @@ class Progress:
         return " | ".join(parts)
 
     def _draw(self, final: bool) -> None:
+        if not self.enabled:
+            return
         if self.interactive:
             self.stream.write("\r\033[K" + self.line() + ("\n" if final else ""))
         else:

@@ -16,19 +16,23 @@ random state and the optimizer are restored, so resuming gives the model not sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from seq2seq.batching import TokenSequences, make_batch, training_batches
 from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetensors
 from seq2seq.config import Config, SearchConfig, to_dict
-from seq2seq.device import autocast, resolve_device
+from seq2seq.device import autocast
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq, Vocab
@@ -44,12 +48,14 @@ from seq2seq.training import (
     word_dropout,
 )
 
+from .distributed import Ranks
 from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
 from .score import corpus_scores
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite losses in a row before the run is stopped
+STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"]
 
 
 @dataclass
@@ -85,6 +91,27 @@ def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:
     return Vocab(src.vocab_size, tgt.vocab_size, tgt.pad_id, tgt.unk_id, tgt.bos_id, tgt.eos_id)
 
 
+@contextlib.contextmanager
+def _interrupt_flag():
+    """Ctrl-C (SIGINT) sets a flag that the loop reads between steps, so that it stops with
+    whole steps only and saves; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    flag: list[bool] = []
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(flag)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Trainer:
     """The training loop and what it writes; `run()` does the work."""
 
@@ -95,10 +122,12 @@ class Trainer:
         log: Callable[[str], None] = print,
         fresh: bool = False,
     ):
-        self.config, self.folder, self.log = config, run, log
+        self.config, self.folder = config, run
         self.tc = config.train
+        self.ranks = Ranks()
+        self.log = log if self.ranks.main else (lambda _: None)
         self.manifest = run.read_manifest()
-        self.device = resolve_device(self.tc.device)
+        self.device = self.ranks.device(self.tc.device)
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
@@ -114,6 +143,11 @@ class Trainer:
         self.dev = (dev_src, dev_tgt)
         self.dev_refs = (run.root / splits["dev"]["tgt"]).read_text(encoding="utf-8").splitlines()
         self.model = Seq2Seq(config.model, self.vocab).to(self.device)
+        self.ranks.start(self.device)
+        self.ddp_model = self.model
+        if self.ranks.world > 1:  # gradients are averaged over the ranks in backward
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = build_optimizer(self.model, self.tc)
         self.lr = LearningRate(self.tc)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.tc.precision == "fp16")
@@ -121,12 +155,15 @@ class Trainer:
         self.dropout_generator = None
         if run.train_state.is_file() and not fresh:
             self._restore()
-        else:
+        elif self.ranks.main:
             run.model_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.train_log, "")
-        # Temporary files of writes a kill interrupted: never finished, never needed.
-        for stale in [*run.model_dir.glob(".*.tmp*"), *run.root.glob(".*.tmp*")]:
-            stale.unlink(missing_ok=True)
+        if self.ranks.main:  # temporary files of writes a kill interrupted: never needed
+            for stale in [*run.model_dir.glob(".*.tmp*"), *run.root.glob(".*.tmp*")]:
+                stale.unlink(missing_ok=True)
+        if self.ranks.rank > 0:  # each rank its own dropout and word dropout
+            torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + self.state.step)
+        self.ranks.barrier()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -146,11 +183,13 @@ class Trainer:
             f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
             f"{len(self.train_src)} training pairs; from step {state.step}"
         )
-        progress = Progress("train", total=tc.max_steps or None, unit="steps")
+        progress = Progress(
+            "train", total=tc.max_steps or None, unit="steps", enabled=self.ranks.main
+        )
         window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "src_tokens": 0, "start": time.monotonic()}
         started = time.monotonic() - state.elapsed
         stop = self._budget_reached(started)
-        try:
+        with _interrupt_flag() as interrupted:
             while stop is None:
                 batches = self.epoch_batches(state.epoch)
                 while state.batch < len(batches) and stop is None:
@@ -172,19 +211,22 @@ class Trainer:
                     if state.step % tc.validate_every == 0:
                         stop = self.validate_and_save()
                     stop = stop or self._budget_reached(started)
+                    stop = stop or ("interrupted" if interrupted() else None)
+                    stop = self._agree(stop)
                 if state.batch >= len(batches):
                     state.epoch += 1
                     state.batch = 0
                     if tc.max_epochs and state.epoch >= tc.max_epochs:
                         stop = stop or "max_epochs"
-        except KeyboardInterrupt:
+        if stop == "interrupted":
             progress.close()
-            self.save(validation=None)
+            if self.ranks.main:
+                self.save(validation=None)
             self.log(
                 f"train: interrupted at step {state.step}; saved {self.folder.train_state}; "
                 "run `nmt train` again to resume"
             )
-            raise
+            raise KeyboardInterrupt
         progress.close()
         if state.validated_step != state.step:
             self.validate_and_save()
@@ -212,42 +254,58 @@ class Trainer:
         return None
 
     def train_step(self, group: list[list[int]]) -> dict | None:
-        """One optimizer step over `accumulate` batches; None when skipped (non-finite loss)."""
-        tc, vocab, model = self.tc, self.vocab, self.model
-        model.train()
+        """One optimizer step over `accumulate` batches; None when skipped (non-finite loss).
+
+        Each rank takes rows rank::world of every batch. The loss is divided by the target
+        tokens of the whole batch (all ranks) and multiplied by the number of ranks, so the
+        gradients DDP averages are those of one process training on the whole batch."""
+        tc, vocab, ranks = self.tc, self.vocab, self.ranks
+        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = [
-            make_batch(self.train_src, self.train_tgt, idx, vocab).to(self.device) for idx in group
-        ]
-        total_tokens = sum(b.num_tgt_tokens for b in batches)
-        loss_sum = nll_sum = 0.0
+        lengths = self.train_tgt.lengths
+        total_tokens = sum(int(lengths[idx].sum()) + len(idx) for idx in group)  # + eos
+        loss_sum = nll_sum = src_tokens = 0.0
         keep = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
-        for batch in batches:
+        for i, idx in enumerate(group):
+            rows, weight = idx[ranks.rank :: ranks.world], ranks.world / total_tokens
+            if not rows:  # fewer rows than ranks: a zero-weight row keeps the all-reduce in step
+                rows, weight = idx[:1], 0.0
+            batch = make_batch(self.train_src, self.train_tgt, rows, vocab).to(self.device)
             src = word_dropout(batch.src, tc.word_dropout, vocab.unk_id, keep)
             tgt_in = word_dropout(batch.tgt_in, tc.word_dropout, vocab.unk_id, keep)
-            with autocast(self.device, tc.precision):
-                log_probs = model(src, batch.src_lengths, tgt_in)  # (B, T, V)
-            loss, nll = label_smoothed_nll(
-                log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
+            last = i == len(group) - 1
+            sync = (
+                contextlib.nullcontext() if last or ranks.world == 1 else self.ddp_model.no_sync()
             )
-            self.scaler.scale(loss / total_tokens).backward()
-            loss_sum += loss.item()
-            nll_sum += nll.item()
+            with sync:
+                with autocast(self.device, tc.precision):
+                    log_probs = self.ddp_model(src, batch.src_lengths, tgt_in)  # (B, T, V)
+                loss, nll = label_smoothed_nll(
+                    log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
+                )
+                self.scaler.scale(loss * weight).backward()
+            if weight:
+                loss_sum += loss.item()
+                nll_sum += nll.item()
+                src_tokens += int(batch.src_lengths.sum())
+        loss_sum, nll_sum, src_tokens = ranks.sum([loss_sum, nll_sum, src_tokens], self.device)
         if not math.isfinite(loss_sum):
             return self._skip_step()
         self.scaler.unscale_(self.optimizer)
         if tc.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
         set_learning_rate(self.optimizer, self.lr(self.state.step))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._skipped_in_a_row = 0
-        return {
-            "loss": loss_sum,
-            "nll": nll_sum,
-            "tokens": total_tokens,
-            "src_tokens": sum(int(b.src_lengths.sum()) for b in batches),
-        }
+        return {"loss": loss_sum, "nll": nll_sum, "tokens": total_tokens, "src_tokens": src_tokens}
+
+    def _agree(self, stop: str | None) -> str | None:
+        """Every rank stops together, for the reason rank 0 (or any rank) has."""
+        if self.ranks.world == 1:
+            return stop
+        reasons = [None, *STOP_REASONS]
+        return reasons[self.ranks.agree_max(reasons.index(stop), self.device)]
 
     def _skip_step(self) -> None:
         self.state.skipped += 1
@@ -282,6 +340,8 @@ class Trainer:
         window.update(loss=0.0, nll=0.0, tokens=0, src_tokens=0, start=now)
 
     def _append_log(self, record: dict) -> None:
+        if not self.ranks.main:
+            return
         with open(self.folder.train_log, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -318,22 +378,27 @@ class Trainer:
         }
 
     def validate_and_save(self) -> str | None:
-        """Validate, keep the best checkpoints, save the train state; a reason to stop or None."""
+        """Validate, keep the best checkpoints, save the train state; a reason to stop or None.
+        Rank 0 does the work; the other ranks learn whether dev BLEU improved."""
         state = self.state
-        result = self.validate()
-        bleu = result["dev_bleu"]
-        improved = not state.best or bleu > state.best[0][0]
+        state.validated_step = state.step
+        improved = False
+        if self.ranks.main:
+            result = self.validate()
+            bleu = result["dev_bleu"]
+            improved = not state.best or bleu > state.best[0][0]
+            self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})
+            self.log(
+                f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
+                f"{result['dev_ppl']:.2f}, BLEU {bleu:.2f}, chrF {result['dev_chrf']:.2f}"
+                + (" (best)" if improved else "")
+            )
+        improved = bool(self.ranks.agree_max(int(improved), self.device))
         state.stale = 0 if improved else state.stale + 1
         self.lr.validated(improved)
-        state.validated_step = state.step
-        self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})
-        self.log(
-            f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
-            f"{result['dev_ppl']:.2f}, BLEU {bleu:.2f}, chrF {result['dev_chrf']:.2f}"
-            + (" (best)" if improved else "")
-        )
-        self.save(validation=result)
-        self.draw_learning_curve()
+        if self.ranks.main:
+            self.save(validation=result)
+            self.draw_learning_curve()
         if self.tc.patience and state.stale >= self.tc.patience:
             return "patience"
         return None
@@ -438,7 +503,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.lr.load_state_dict(json.loads(metadata["lr"]))
         self.state = TrainState(**json.loads(metadata["state"]))
-        self._truncate_log(self.state.step)
+        if self.ranks.main:
+            self._truncate_log(self.state.step)
         self.log(f"train: resuming from {path} at step {self.state.step}")
 
     def _truncate_log(self, step: int) -> None:
@@ -461,5 +527,9 @@ class Trainer:
 def train(
     config: Config, run: RunFolder, log: Callable[[str], None] = print, fresh: bool = False
 ) -> dict:
-    """Run the stage: train (or resume) until a budget or early stopping ends it."""
-    return Trainer(config, run, log, fresh).run()
+    """Run the stage: train (or resume) until a budget or early stopping ends it. Under
+    torchrun, every rank runs this; rank 0 alone writes."""
+    trainer = Trainer(config, run, log, fresh)
+    result = trainer.run()
+    trainer.ranks.stop()
+    return result

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from seq2seq.checkpoint import Checkpoint, load_checkpoint
 from seq2seq.config import SearchConfig
@@ -46,6 +45,7 @@ from seq2seq.errors import UserError
 from seq2seq.io import atomic_open, atomic_write_text, count_lines, read_lines
 from seq2seq.search import translate_ids
 
+from .distributed import Ranks
 from .layout import resolve_checkpoint
 from .progress import Progress
 
@@ -88,8 +88,10 @@ def search_settings(checkpoint: Checkpoint, options: TranslateOptions) -> Search
 class Translator:
     """A loaded model with its tokenizers, translating lists of lines."""
 
-    def __init__(self, model_path: str | Path, options: TranslateOptions):
-        self.device = resolve_device(options.device)
+    def __init__(
+        self, model_path: str | Path, options: TranslateOptions, device: torch.device | None = None
+    ):
+        self.device = device or resolve_device(options.device)
         self.checkpoint_path = resolve_checkpoint(model_path)
         self.checkpoint = load_checkpoint(self.checkpoint_path, self.device)
         self.search = search_settings(self.checkpoint, options)
@@ -184,22 +186,12 @@ class Job:
     alignments: str | None = None
 
 
-class Shard:
+class Shard(Ranks):
     """This process's share under torchrun: rank r of w translates the chunks k with
     k % w == r; rank 0 merges the parts in input order. A plain run is rank 0 of 1."""
 
-    def __init__(self, device: torch.device):
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
     def mine(self, chunk: int) -> bool:
         return chunk % self.world == self.rank
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
 
     def tag(self) -> str:
         return "partial" if self.world == 1 else f"rank{self.rank}"
@@ -445,14 +437,16 @@ def translate_files(
     """Translate one file, several, or a folder; returns counts and speed (this rank's)."""
     jobs = plan_jobs(inputs, output, alignments)
     _check_paths(jobs, resume)
-    translator = Translator(model, options)
-    shard = Shard(translator.device)
+    shard = Shard()
+    translator = Translator(model, options, shard.device(options.device))
+    shard.start(translator.device)
     start = time.monotonic()
     sentences = tokens = 0
     for job in jobs:
         done, produced = _run_job(translator, job, options, shard, resume, log)
         sentences, tokens = sentences + done, tokens + produced
     seconds = time.monotonic() - start
+    shard.stop()
     if translator.truncated:
         log(
             f"translate: warning: {translator.truncated} line(s) longer than "

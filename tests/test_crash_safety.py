@@ -1,0 +1,229 @@
+"""Kill tests: SIGKILL at chosen moments, resume, and get what an uninterrupted run gets.
+
+A driver process runs the real stage with a few functions wrapped to print where it is
+(STEP, VALIDATE, WRITE in the middle of a checkpoint write; CHUNK, APPEND between a chunk's
+write and its progress record), and to dwell there a little, so that the test can kill it
+exactly in each kind of moment."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from seq2seq.checkpoint import load_checkpoint
+
+from .conftest import ROOT, TINY_CONFIG
+
+TRAIN_DRIVER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+import pipelines.train as tr
+import seq2seq.checkpoint as ck
+from seq2seq.io import atomic_open
+from seq2seq.config import load_config
+from pipelines.layout import RunFolder
+from pathlib import Path
+
+def say(word, pause=0.0):
+    print(word, flush=True)
+    time.sleep(pause)
+
+def slow_write(path, data):
+    with atomic_open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        say("WRITE", 0.15)
+        f.write(data[len(data) // 2 :])
+
+ck.atomic_write_bytes = slow_write
+real_validate, real_step = tr.Trainer.validate, tr.Trainer.train_step
+tr.Trainer.validate = lambda self: (say("VALIDATE", 0.05), real_validate(self))[1]
+tr.Trainer.train_step = lambda self, group: (say("STEP"), real_step(self, group))[1]
+config = load_config(sys.argv[1], ["--train.max_steps=24", "--train.validate_every=4",
+                                   "--train.log_every=2", "--train.threads=1"])
+tr.train(config, RunFolder(Path(sys.argv[2])), log=lambda _: None)
+say("DONE")
+"""
+
+TRANSLATE_DRIVER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+import pipelines.translate as tl
+from seq2seq.io import atomic_write_text
+
+def say(word, pause=0.0):
+    print(word, flush=True)
+    time.sleep(pause)
+
+real_texts = tl._chunk_texts
+tl._chunk_texts = lambda *a, **k: (say("CHUNK"), real_texts(*a, **k))[1]
+real_write = tl.atomic_write_text
+def progress_write(path, text):
+    say("APPEND", 0.1)  # the chunk is on disk, its progress record not yet
+    real_write(path, text)
+tl.atomic_write_text = progress_write
+options = tl.TranslateOptions(beam_size=2, device="cpu", chunk_lines=3)
+tl.translate_file(sys.argv[1], sys.argv[2], sys.argv[3], options, log=lambda _: None,
+                  resume=True)
+say("DONE")
+"""
+
+
+def run_until(command: list[str], marker: str | None, nth: int, rng: random.Random) -> bool:
+    """Run the driver; SIGKILL it just after its nth `marker` line. True if it finished."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    seen = 0
+    finished = False
+    for line in process.stdout:
+        word = line.strip()
+        if word == "DONE":
+            finished = True
+        if word == marker:
+            seen += 1
+            if seen == nth:
+                time.sleep(rng.uniform(0.0, 0.04))
+                process.send_signal(signal.SIGKILL)
+                break
+    process.stdout.close()
+    process.wait()
+    return finished
+
+
+def state_of(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_corpus, trained_run):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    driver = TRAIN_DRIVER.format(root=str(ROOT))
+    runs = {}
+    for name in ("straight", "killed"):
+        run = shutil.copytree(trained_run, tmp_path / name)
+        shutil.rmtree(run / "model")
+        (run / "train_log.jsonl").unlink()
+        runs[name] = run
+    assert run_until(
+        [sys.executable, "-c", driver, str(config), str(runs["straight"])],
+        None,
+        0,
+        random.Random(0),
+    )
+    rng = random.Random(1)
+    plan = [
+        ("STEP", 3),
+        ("VALIDATE", 1),
+        ("WRITE", 2),
+        ("STEP", 6),
+        ("WRITE", 1),
+        ("VALIDATE", 2),
+        ("WRITE", 4),
+    ]
+    command = [sys.executable, "-c", driver, str(config), str(runs["killed"])]
+    for marker, nth in plan:
+        assert not run_until(command, marker, nth, rng), f"finished before the {marker} kill"
+        assert not any(
+            p.name.endswith(".safetensors") and p.stat().st_size == 0
+            for p in (runs["killed"] / "model").glob("*")
+        )
+    assert run_until(command, None, 0, rng)
+    expected = state_of(runs["straight"] / "model" / "last.safetensors")
+    got = state_of(runs["killed"] / "model" / "last.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert not list((runs["killed"] / "model").glob(".*tmp*"))
+    assert log_values(runs["killed"]) == log_values(runs["straight"])
+
+
+def log_values(run) -> list[tuple]:
+    """What the training log says, without the timings."""
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("dev_loss"), r.get("dev_bleu")) for r in records]
+
+
+def test_killed_translation_resumes_to_the_same_output(tmp_path, tiny_corpus, trained_run):
+    source = tmp_path / "in.en"
+    lines = (tiny_corpus / "test.en").read_text(encoding="utf-8").splitlines()
+    source.write_text("\n".join(lines[:10] + [""] + lines[10:20]) + "\n", encoding="utf-8")
+    driver = TRANSLATE_DRIVER.format(root=str(ROOT))
+    straight, killed = tmp_path / "straight.txt", tmp_path / "killed.txt"
+    assert run_until(
+        [sys.executable, "-c", driver, str(trained_run), str(source), str(straight)],
+        None,
+        0,
+        random.Random(0),
+    )
+    rng = random.Random(2)
+    command = [sys.executable, "-c", driver, str(trained_run), str(source), str(killed)]
+    for marker, nth in [("CHUNK", 2), ("APPEND", 1), ("CHUNK", 2), ("APPEND", 2)]:
+        assert not run_until(command, marker, nth, rng)
+        assert not killed.exists()  # never a final name before the end
+    assert run_until(command, None, 0, rng)
+    assert (
+        killed.read_text(encoding="utf-8").splitlines()
+        == straight.read_text(encoding="utf-8").splitlines()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("killed")) == [
+        "killed.txt"
+    ]
+
+
+def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, trained_run):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    overrides = [
+        "--train.max_steps=24",
+        "--train.validate_every=12",
+        "--train.log_every=1",
+        "--train.threads=1",
+    ]
+    runs = {}
+    for name in ("straight", "interrupted"):
+        run = shutil.copytree(trained_run, tmp_path / name)
+        shutil.rmtree(run / "model")
+        (run / "train_log.jsonl").unlink()
+        runs[name] = run
+    cli = [sys.executable, str(ROOT / "cli.py"), "train", str(config)]
+    subprocess.run(
+        [*cli, "--run-dir", str(runs["straight"]), *overrides],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    process = subprocess.Popen(
+        [*cli, "--run-dir", str(runs["interrupted"]), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    log = runs["interrupted"] / "train_log.jsonl"
+    deadline = time.monotonic() + 60
+    while (not log.is_file() or log.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted at step" in out
+    assert "Traceback" not in err
+    subprocess.run(
+        [*cli, "--run-dir", str(runs["interrupted"]), *overrides],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    expected = state_of(runs["straight"] / "model" / "last.safetensors")
+    got = state_of(runs["interrupted"] / "model" / "last.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

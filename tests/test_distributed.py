@@ -1,0 +1,82 @@
+"""Data-parallel training: two CPU ranks (gloo) train what one process does on the whole batch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from seq2seq.checkpoint import load_checkpoint
+
+from .conftest import ROOT, TINY_CONFIG
+
+# No dropout: the two runs then do the same arithmetic, in a different order of sums.
+OVERRIDES = [
+    "--model.embedding_dropout=0",
+    "--model.output_dropout=0",
+    "--train.threads=1",
+    "--train.batch_size=600",
+    "--train.validate_every=4",
+    "--train.log_every=2",
+]
+
+
+def fresh_run(tmp_path, trained_run, name):
+    run = shutil.copytree(trained_run, tmp_path / name)
+    shutil.rmtree(run / "model")
+    (run / "train_log.jsonl").unlink()
+    return run
+
+
+def train(config, run, steps: int, ranks: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    command = [
+        *launcher,
+        str(ROOT / "cli.py"),
+        "train",
+        str(config),
+        "--run-dir",
+        str(run),
+        "--max-steps",
+        str(steps),
+        *OVERRIDES,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_same_weights(a, b):
+    first = load_checkpoint(a / "model" / "last.safetensors").model.state_dict()
+    second = load_checkpoint(b / "model" / "last.safetensors").model.state_dict()
+    for key in first:
+        assert torch.allclose(first[key], second[key], atol=2e-4, rtol=1e-3), key
+
+
+def test_two_ranks_equal_one_process_on_the_combined_batch(tmp_path, tiny_corpus, trained_run):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    single, ranks = (
+        fresh_run(tmp_path, trained_run, "single"),
+        fresh_run(tmp_path, trained_run, "ddp"),
+    )
+    train(config, single, steps=8)
+    result = train(config, ranks, steps=4, ranks=2)
+    # one writer: each validation is logged once and announced once
+    log = [json.loads(line) for line in (ranks / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "dev_bleu" in r] == [4]
+    assert [r["step"] for r in log if "train_loss" in r] == [2, 4]
+    assert result.stdout.count("train: step 4: dev loss") == 1
+    assert load_checkpoint(ranks / "model" / "last.safetensors").info["step"] == 4
+    # the same 4 steps in one process
+    single_4 = fresh_run(tmp_path, trained_run, "single_4")
+    train(config, single_4, steps=4)
+    assert_same_weights(single_4, ranks)
+    # resume the 2-rank run in one process: it continues as if it had been one all along
+    train(config, ranks, steps=8)
+    assert_same_weights(single, ranks)
