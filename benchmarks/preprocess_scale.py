@@ -16,12 +16,14 @@ import argparse
 import gzip
 import random
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import run_timed  # noqa: E402
+
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
 
 CONFIG = """\
@@ -86,29 +88,13 @@ def main() -> None:
         config = args.work / f"scale-{pairs}.yaml"
         config.write_text(CONFIG.format(corpus=corpus), encoding="utf-8")
         run = args.work / f"run-{pairs}"
-        start = time.monotonic()
-        result = subprocess.run(
-            [
-                "/usr/bin/time",
-                "-v",
-                sys.executable,
-                str(ROOT / "cli.py"),
-                "preprocess",
-                str(config),
-                "--run-dir",
-                str(run),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+        timed = run_timed(
+            [sys.executable, str(ROOT / "cli.py"), "preprocess", str(config), "--run-dir", str(run)]
         )
-        wall = time.monotonic() - start
-        if result.returncode:
-            sys.exit(result.stderr[-2000:])
-        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-        kept = re.search(r"train: (\d+) pairs in, (\d+) kept", result.stdout)
-        rows.append((pairs, int(kept[2]), wall, rss / 1024))
-        print(f"{pairs:,} pairs: {wall:.1f} s, peak RSS {rss / 1024:,.0f} MiB", file=sys.stderr)
+        wall, rss = timed["wall"], timed["rss_mib"]
+        kept = re.search(r"train: (\d+) pairs in, (\d+) kept", timed["stdout"])
+        rows.append((pairs, int(kept[2]), wall, rss))
+        print(f"{pairs:,} pairs: {wall:.1f} s, peak RSS {rss:,.0f} MiB", file=sys.stderr)
     print("\n| training pairs | kept | wall | pairs/s | peak RSS |")
     print("| --- | --- | --- | --- | --- |")
     for pairs, kept, wall, rss in rows:

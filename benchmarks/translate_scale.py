@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import run_timed  # noqa: E402
+
 SOURCE = ROOT.parent / "shared" / "data" / "multi30k" / "test_2016_flickr.de.gz"
 
 
@@ -49,11 +51,8 @@ def main() -> None:
             if args.max_tokens
             else ["--batch-size", str(args.batch_size)]
         )
-        start = time.monotonic()
-        result = subprocess.run(
+        timed = run_timed(
             [
-                "/usr/bin/time",
-                "-v",
                 sys.executable,
                 str(ROOT / "cli.py"),
                 "translate",
@@ -70,22 +69,16 @@ def main() -> None:
                 args.device,
                 "--precision",
                 args.precision,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+            ]
         )
-        wall = time.monotonic() - start
-        if result.returncode:
-            sys.exit(result.stderr[-2000:])
-        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
+        wall, rss = timed["wall"], timed["rss_mib"]
         speed = re.search(
-            r"in ([\d.]+)s \(([\d.]+) sentences/s, (\d+) target tokens/s\)", result.stdout
+            r"in ([\d.]+)s \(([\d.]+) sentences/s, (\d+) target tokens/s\)", timed["stdout"]
         )
-        rows.append((size, float(speed[1]), float(speed[2]), int(speed[3]), wall, rss / 1024))
+        rows.append((size, float(speed[1]), float(speed[2]), int(speed[3]), wall, rss))
         print(
             f"{size:,} lines: {float(speed[1]):.1f} s, {float(speed[2]):.1f} sentences/s, "
-            f"peak RSS {rss / 1024:,.0f} MiB",
+            f"peak RSS {rss:,.0f} MiB",
             file=sys.stderr,
         )
     base_time, base_rss = rows[0][1] / rows[0][0], rows[0][5]

@@ -22,32 +22,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "joeynmt"
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import run_timed  # noqa: E402
 from seq2seq.io import read_lines  # noqa: E402
 from seq2seq.tokenizer import Tokenizer  # noqa: E402
-
-
-def timed(command: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run a command under /usr/bin/time -v; returns wall seconds and peak RSS in MiB."""
-    start = time.monotonic()
-    with open(log, "w") as out:
-        subprocess.run(
-            ["/usr/bin/time", "-v", "-o", f"{log}.time", *command],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=True,
-            env=env,
-            cwd=ROOT,
-        )
-    text = Path(f"{log}.time").read_text()
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
-    return {"wall": time.monotonic() - start, "rss_mib": rss}
 
 
 def count_tokens(path: Path, tokenizer: Tokenizer) -> int:
@@ -72,7 +55,7 @@ def ours(steps: int, work: Path, precision: str) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    train = timed(
+    train = run_timed(
         [
             *nmt,
             "train",
@@ -102,7 +85,7 @@ def ours(steps: int, work: Path, precision: str) -> dict:
     for beam in (5, 1):
         out = work / f"ours.b{beam}.en"
         log = work / f"ours_decode_b{beam}.log"
-        run_info = timed(
+        run_info = run_timed(
             [
                 *nmt,
                 "translate",

@@ -152,7 +152,6 @@ class Trainer:
         self.lr = LearningRate(self.tc)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.tc.precision == "fp16")
         self.state = TrainState()
-        self.dropout_generator = None
         if run.train_state.is_file() and not fresh:
             self._restore()
         elif self.ranks.main:
@@ -184,7 +183,12 @@ class Trainer:
             f"{len(self.train_src)} training pairs; from step {state.step}"
         )
         progress = Progress(
-            "train", total=tc.max_steps or None, unit="steps", enabled=self.ranks.main
+            "train",
+            total=tc.max_steps or None,
+            unit="steps",
+            enabled=self.ranks.main,
+            done=state.step,
+            deadline=(tc.max_time - state.elapsed) if tc.max_time else None,
         )
         window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "src_tokens": 0, "start": time.monotonic()}
         started = time.monotonic() - state.elapsed
@@ -201,10 +205,12 @@ class Trainer:
                     if result is not None:
                         for key in ("loss", "nll", "tokens", "src_tokens"):
                             window[key] += result[key]
+                        seconds = time.monotonic() - window["start"]
                         progress.update(
                             1,
                             loss=result["loss"] / max(1, result["tokens"]),
                             lr=self.lr(state.step - 1),
+                            **{"tgt tok/s": window["tokens"] / max(seconds, 1e-9)},
                         )
                     if state.step % tc.log_every == 0:
                         self._log_training(window)

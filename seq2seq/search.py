@@ -73,10 +73,10 @@ def _restrict(
 ) -> Tensor:
     """Apply the search rules to next-token log-probabilities (N, V) at output position `step`:
     never pad or begin-of-sentence; no end before min_len; end forced at max_len (N,);
-    optionally no repeated n-grams. A forced end keeps its true log-probability."""
+    optionally no repeated n-grams. A forced end keeps its true log-probability.
+    `log_probs` is changed in place: it is the step's own fresh tensor."""
     pad_id, bos_id, eos_id = special
     end_log_probs = log_probs[:, eos_id].clone()
-    log_probs = log_probs.clone()
     log_probs[:, [pad_id, bos_id]] = float("-inf")
     if step < config.min_len:
         log_probs[:, eos_id] = float("-inf")

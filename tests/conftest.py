@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,6 +63,23 @@ search:
   max_len_a: 1.2
   max_len_b: 5
 """
+
+
+def write_config(folder: Path, corpus: Path) -> Path:
+    """The tiny config, reading `corpus`, as folder/c.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "c.yaml"
+    path.write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    return path
+
+
+def copy_run(trained_run: Path, dest: Path, untrained: bool = False) -> Path:
+    """A copy of a run folder; `untrained` keeps only what preprocess wrote."""
+    run = shutil.copytree(trained_run, dest)
+    if untrained:
+        shutil.rmtree(run / "model")
+        (run / "train_log.jsonl").unlink()
+    return run
 
 
 @pytest.fixture(scope="session")

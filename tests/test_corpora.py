@@ -15,7 +15,7 @@ from pipelines.layout import RunFolder
 from pipelines.preprocess import preprocess
 from seq2seq.config import load_config
 
-from .conftest import TINY_CONFIG
+from .conftest import write_config
 from .test_stages import snapshot
 
 SPLIT_NAMES = {"train": "train", "dev": "validation", "test": "test"}
@@ -29,8 +29,7 @@ def pairs(tiny_corpus, split: str) -> list[tuple[str, str]]:
 
 def run_preprocess(tmp_path, corpus_path, overrides: list[str]) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=corpus_path), encoding="utf-8")
+    config_path = write_config(tmp_path, corpus_path)
     config = load_config(config_path, overrides)
     return preprocess(config, RunFolder(tmp_path / "run"), log=lambda _: None)
 
@@ -235,8 +234,7 @@ def test_bad_input_is_one_line_and_leaves_the_run_folder_alone(
     corpus, overrides = bad_corpus(tmp_path, tiny_corpus, problem)
     run = shutil.copytree(trained_run, tmp_path / "run")
     before = snapshot(run)
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, corpus)
     listing = sorted(p.name for p in tmp_path.iterdir())
     result = CliRunner().invoke(
         app, ["preprocess", str(config_path), "--run-dir", str(run), *overrides]

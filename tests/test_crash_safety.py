@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import torch
 
 from seq2seq.checkpoint import load_checkpoint
 
-from .conftest import ROOT, TINY_CONFIG
+from .conftest import ROOT, copy_run, write_config
 
 TRAIN_DRIVER = """
 import sys, time
@@ -105,15 +104,11 @@ def state_of(path):
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_corpus, trained_run):
-    config = tmp_path / "c.yaml"
-    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config = write_config(tmp_path, tiny_corpus)
     driver = TRAIN_DRIVER.format(root=str(ROOT))
     runs = {}
     for name in ("straight", "killed"):
-        run = shutil.copytree(trained_run, tmp_path / name)
-        shutil.rmtree(run / "model")
-        (run / "train_log.jsonl").unlink()
-        runs[name] = run
+        runs[name] = copy_run(trained_run, tmp_path / name, untrained=True)
     assert run_until(
         [sys.executable, "-c", driver, str(config), str(runs["straight"])],
         None,
@@ -180,8 +175,7 @@ def test_killed_translation_resumes_to_the_same_output(tmp_path, tiny_corpus, tr
 
 
 def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, trained_run):
-    config = tmp_path / "c.yaml"
-    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config = write_config(tmp_path, tiny_corpus)
     overrides = [
         "--train.max_steps=24",
         "--train.validate_every=12",
@@ -190,10 +184,7 @@ def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, tra
     ]
     runs = {}
     for name in ("straight", "interrupted"):
-        run = shutil.copytree(trained_run, tmp_path / name)
-        shutil.rmtree(run / "model")
-        (run / "train_log.jsonl").unlink()
-        runs[name] = run
+        runs[name] = copy_run(trained_run, tmp_path / name, untrained=True)
     cli = [sys.executable, str(ROOT / "cli.py"), "train", str(config)]
     subprocess.run(
         [*cli, "--run-dir", str(runs["straight"]), *overrides],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import torch
 
 from seq2seq.checkpoint import load_checkpoint
 
-from .conftest import ROOT, TINY_CONFIG
+from .conftest import ROOT, copy_run, write_config
 
 # No dropout: the two runs then do the same arithmetic, in a different order of sums.
 OVERRIDES = [
@@ -22,13 +21,6 @@ OVERRIDES = [
     "--train.validate_every=4",
     "--train.log_every=2",
 ]
-
-
-def fresh_run(tmp_path, trained_run, name):
-    run = shutil.copytree(trained_run, tmp_path / name)
-    shutil.rmtree(run / "model")
-    (run / "train_log.jsonl").unlink()
-    return run
 
 
 def train(config, run, steps: int, ranks: int = 1) -> subprocess.CompletedProcess:
@@ -59,11 +51,10 @@ def assert_same_weights(a, b):
 
 
 def test_two_ranks_equal_one_process_on_the_combined_batch(tmp_path, tiny_corpus, trained_run):
-    config = tmp_path / "c.yaml"
-    config.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config = write_config(tmp_path, tiny_corpus)
     single, ranks = (
-        fresh_run(tmp_path, trained_run, "single"),
-        fresh_run(tmp_path, trained_run, "ddp"),
+        copy_run(trained_run, tmp_path / "single", untrained=True),
+        copy_run(trained_run, tmp_path / "ddp", untrained=True),
     )
     train(config, single, steps=8)
     result = train(config, ranks, steps=4, ranks=2)
@@ -74,7 +65,7 @@ def test_two_ranks_equal_one_process_on_the_combined_batch(tmp_path, tiny_corpus
     assert result.stdout.count("train: step 4: dev loss") == 1
     assert load_checkpoint(ranks / "model" / "last.safetensors").info["step"] == 4
     # the same 4 steps in one process
-    single_4 = fresh_run(tmp_path, trained_run, "single_4")
+    single_4 = copy_run(trained_run, tmp_path / "single_4", untrained=True)
     train(config, single_4, steps=4)
     assert_same_weights(single_4, ranks)
     # resume the 2-rank run in one process: it continues as if it had been one all along

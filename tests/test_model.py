@@ -208,3 +208,19 @@ def test_checkpoint_gives_identical_log_probs_in_a_new_process(tmp_path, name):
     reloaded = load_checkpoint(path)
     assert reloaded.src_tokenizer.proto == tokenizer.proto
     assert reloaded.model.config == model.config
+
+
+def test_a_checkpoint_from_another_version_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from seq2seq.errors import UserError
+
+    path = tmp_path / "future.safetensors"
+    save_file(
+        {"x": torch.zeros(1)}, str(path), metadata={"format": "seq2seq-checkpoint", "version": "99"}
+    )
+    with pytest.raises(UserError, match="checkpoint version 99 is not supported"):
+        load_checkpoint(path)
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": "something-else"})
+    with pytest.raises(UserError, match="not a seq2seq checkpoint"):
+        load_checkpoint(path)

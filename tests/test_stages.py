@@ -19,7 +19,7 @@ from seq2seq.config import load_config
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import Tokenizer
 
-from .conftest import TINY_CONFIG, write_corpus
+from .conftest import write_config, write_corpus
 
 QUIET = {"log": lambda _: None}
 
@@ -57,8 +57,7 @@ def test_preprocess_cleans_train_but_keeps_every_dev_and_test_line(tmp_path, tin
     (corpus / "train.de").write_text("\n".join(train_de) + "\n", encoding="utf-8")
     (corpus / "test.en").write_text("\n\n" + (corpus / "test.en").read_text(), encoding="utf-8")
     (corpus / "test.de").write_text("a\nb\n" + (corpus / "test.de").read_text(), encoding="utf-8")
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, corpus)
     run = RunFolder(tmp_path / "run")
     manifest = preprocess(load_config(config_path), run, **QUIET)
     counts = manifest["cleaning"]["train"]
@@ -76,8 +75,7 @@ def test_failed_preprocess_leaves_the_run_folder_as_it_was(tmp_path, tiny_corpus
     corpus = shutil.copytree(tiny_corpus, tmp_path / "corpus")
     with open(corpus / "dev.de", "a", encoding="utf-8") as f:
         f.write("one line too many\n")
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, corpus)
     with pytest.raises(UserError, match=r"dev\.en has 15 lines but .*dev\.de has 16"):
         preprocess(load_config(config_path), RunFolder(run_copy), **QUIET)
     assert snapshot(run_copy) == before
@@ -99,8 +97,7 @@ def test_train_writes_checkpoints_log_and_curve(trained_run):
 
 def test_train_resumes_where_it_stopped(tmp_path, trained_run, tiny_corpus):
     run = RunFolder(shutil.copytree(trained_run, tmp_path / "run"))
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, tiny_corpus)
     config = load_config(config_path, ["--train.max_steps=18"])
     result = train(config, run, **QUIET)
     assert result["step"] == 18
@@ -155,8 +152,7 @@ def test_stages_refuse_a_run_folder_that_was_not_preprocessed(tmp_path, tiny_con
 
 def test_preprocess_carves_dev_and_test_out_of_train(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", {"train": 200})
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, corpus)
     config = load_config(
         config_path,
         ["--data.dev=null", "--data.test=null", "--data.dev_size=10", "--data.test_size=12"],
@@ -195,8 +191,7 @@ def test_kept_checkpoints_average_into_one(tmp_path, tiny_corpus, trained_run):
     from cli import app
 
     run = RunFolder(shutil.copytree(trained_run, tmp_path / "run"))
-    config_path = tmp_path / "c.yaml"
-    config_path.write_text(TINY_CONFIG.format(corpus=tiny_corpus), encoding="utf-8")
+    config_path = write_config(tmp_path, tiny_corpus)
     config = load_config(
         config_path, ["--train.keep_best=2", "--train.keep_last=3", "--train.validate_every=3"]
     )
