@@ -164,7 +164,9 @@ class DecoderConfig:
     num_layers: int = 1
     dropout: float = 0.2  # between layers
     input_feeding: bool = False  # feed the previous attentional vector to the RNN (Luong)
-    init: Literal["bridge", "zero", "last"] = "bridge"  # initial state from the encoder
+    # initial state: a learned projection of the final encoder states, zeros, or the final
+    # encoder states themselves (an LSTM decoder's cell then starts at zero)
+    init: Literal["bridge", "zero", "last"] = "bridge"
     combine: Literal["concat", "add"] = "concat"  # tanh(W [h; c]) or h + W c
 
 

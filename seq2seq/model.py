@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .config import AttentionConfig, ModelConfig
 
@@ -41,42 +40,64 @@ class Vocab:
 
 
 class Encoder(nn.Module):
-    """Embeddings, then a (bidirectional) RNN over packed sequences: no sorting needed."""
+    """Embeddings, then a stack of (bidirectional) RNN layers over padded batches.
+
+    Each direction of each layer is its own RNN, run over the whole padded batch at once.
+    A forward RNN's output at a real position never depends on the padding after it; the
+    backward direction reads each sentence reversed within its own length, so its padding
+    comes last too. The final state of a direction is its output after the last real token.
+    (Packed sequences give the same results, but PyTorch's CPU backward for them zero-fills
+    a full-size gradient at every time step.)"""
 
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__()
         enc = config.encoder
         self.embed = nn.Embedding(vocab.src_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.dropout = nn.Dropout(config.embedding_dropout)
-        self.rnn = RNN_CLASSES[enc.cell](
-            config.embedding_size,
-            enc.hidden_size,
-            enc.num_layers,
-            batch_first=True,
-            bidirectional=enc.bidirectional,
-            dropout=enc.dropout if enc.num_layers > 1 else 0.0,
+        self.layer_dropout = nn.Dropout(enc.dropout)
+        directions = 2 if enc.bidirectional else 1
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                RNN_CLASSES[enc.cell](
+                    config.embedding_size if layer == 0 else directions * enc.hidden_size,
+                    enc.hidden_size,
+                    batch_first=True,
+                )
+                for _ in range(directions)
+            )
+            for layer in range(enc.num_layers)
         )
-        self.num_directions = 2 if enc.bidirectional else 1
 
     def forward(self, src: Tensor, src_lengths: Tensor):
         """src (B, S), src_lengths (B,) -> states (B, S, D), final states per layer (L, B, D)
-        (a pair of them, hidden and cell, for an LSTM). Padded positions of `states` are 0."""
+        (the forward direction's state after the last real token, then the backward one's).
+        Padded positions of `states` are 0."""
+        batch, length = src.shape
+        positions = torch.arange(length, device=src.device)[None, :]  # (1, S)
+        lengths = src_lengths.to(src.device)[:, None]  # (B, 1)
+        mask = positions < lengths  # (B, S)
+        # Reverse each sentence within its length; padding stays where it is.
+        reverse = torch.where(mask, lengths - 1 - positions, positions)  # (B, S)
+        last = (lengths - 1).clamp(min=0)  # (B, 1)
         x = self.dropout(self.embed(src))  # (B, S, E)
-        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_states, final = self.rnn(packed)
-        states, _ = pad_packed_sequence(
-            packed_states, batch_first=True, total_length=src.size(1)
-        )  # (B, S, D)
-        if isinstance(final, tuple):
-            return states, tuple(self._join_directions(f) for f in final)
-        return states, self._join_directions(final)
+        finals = []
+        for depth, directions in enumerate(self.layers):
+            if depth > 0:
+                x = self.layer_dropout(x)
+            outputs, final = [], []
+            for direction, rnn in enumerate(directions):
+                inputs = x if direction == 0 else _gather_time(x, reverse)
+                output, _ = rnn(inputs)  # (B, S, H)
+                final.append(_gather_time(output, last)[:, 0])  # (B, H)
+                outputs.append(output if direction == 0 else _gather_time(output, reverse))
+            x = torch.cat(outputs, dim=-1) * mask[:, :, None]  # (B, S, D), zero on padding
+            finals.append(torch.cat(final, dim=-1))  # (B, D)
+        return x, torch.stack(finals)  # (B, S, D), (L, B, D)
 
-    def _join_directions(self, final: Tensor) -> Tensor:
-        """(L * directions, B, H) -> (L, B, directions * H), forward state first."""
-        layers_directions, batch, hidden = final.shape
-        layers = layers_directions // self.num_directions
-        final = final.view(layers, self.num_directions, batch, hidden)  # (L, dirs, B, H)
-        return final.permute(0, 2, 1, 3).reshape(layers, batch, self.num_directions * hidden)
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, S, F), index (B, S') -> x[b, index[b, t]] for each b, t: (B, S', F)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.size(2)))
 
 
 # --- attention ------------------------------------------------------------------------------
@@ -286,8 +307,9 @@ class Decoder(nn.Module):
         else:
             hidden, feed = state.hidden, state.feed
             outputs, all_weights = [], []
-            for t in range(x.size(1)):
-                rnn_input = torch.cat([x[:, t : t + 1], feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
+            # split, not x[:, t]: a slice's backward zero-fills a full-size gradient each step
+            for x_t in x.split(1, dim=1):  # (B, 1, E)
+                rnn_input = torch.cat([x_t, feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
                 rnn_output, hidden = self.rnn(rnn_input, hidden)  # (B, 1, H)
                 feed, weights = self.attend(rnn_output, memory)  # (B, 1, H), (B, 1, S)
                 outputs.append(feed)
@@ -342,20 +364,15 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[DecoderState, Memory]:
         """src (B, S) ending in end-of-sentence, src_lengths (B,) -> first decoder state, memory."""
-        states, final = self.encoder(src, src_lengths)  # (B, S, D)
+        states, final = self.encoder(src, src_lengths)  # (B, S, D), (L_enc, B, D)
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths[:, None]
         attention = self.decoder.attention
         keys, values = attention.prepare(states) if attention is not None else (None, None)
-        final_hidden = final[0] if isinstance(final, tuple) else final  # (L_enc, B, D)
-        hidden = self._initial_hidden(final_hidden, getattr(self, "bridge", None))
-        if self.lstm_decoder:
-            if self.config.decoder.init == "last" and isinstance(final, tuple):
-                cell = final[1].contiguous()
-            elif self.config.decoder.init == "bridge":
-                cell = self._initial_hidden(final_hidden, self.cell_bridge)
-            else:
-                cell = torch.zeros_like(hidden)
-            hidden = (hidden, cell)
+        hidden = self._initial_hidden(final, getattr(self, "bridge", None))
+        if self.lstm_decoder:  # an LSTM also needs a cell state: bridged, or zero
+            bridged = self.config.decoder.init == "bridge"
+            cell = self._initial_hidden(final, self.cell_bridge) if bridged else None
+            hidden = (hidden, cell if cell is not None else torch.zeros_like(hidden))
         feed = None
         if self.config.decoder.input_feeding:
             feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)

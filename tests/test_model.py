@@ -140,7 +140,7 @@ def test_tiny_model_learns_to_reverse(config):
     tgt_in, _ = pad(reversed_, VOCAB.pad_id, prefix=VOCAB.bos_id)
     tgt_out, _ = pad(reversed_, VOCAB.pad_id, suffix=VOCAB.eos_id)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(400):
+    for _ in range(800):
         log_probs = model(src, src_lengths, tgt_in)
         loss = torch.nn.functional.nll_loss(
             log_probs.transpose(1, 2), tgt_out, ignore_index=VOCAB.pad_id
