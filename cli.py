@@ -147,6 +147,9 @@ def translate(
     ),
     beam_size: int | None = typer.Option(None, help="Beam size; 1 is greedy."),
     n_best: int | None = typer.Option(None, help="Write this many hypotheses with scores."),
+    length_penalty: float | None = typer.Option(
+        None, help="GNMT length penalty alpha (0: none); default: the checkpoint's."
+    ),
     batch_size: int | None = typer.Option(None, help="Sentences per batch."),
     max_tokens: int | None = typer.Option(
         None, help="Source tokens per batch (instead of --batch-size)."
@@ -172,7 +175,15 @@ def translate(
     if chunk_lines < 1:
         raise UserError(f"option '--chunk-lines': expected an integer >= 1, got {chunk_lines}")
     options = TranslateOptions(
-        beam_size, batch_size, max_tokens, n_best, device, precision, errors, chunk_lines
+        beam_size=beam_size,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        n_best=n_best,
+        length_penalty=length_penalty,
+        device=device,
+        precision=precision,
+        errors=errors,
+        chunk_lines=chunk_lines,
     )
     log = _log_to_stderr if output == "-" else _log
     result = translate_files(model, input, output, options, log, alignments, resume)

@@ -47,7 +47,7 @@ def bleu(hypotheses: Path, references: Path) -> float:
 def ours(steps: int, work: Path, precision: str) -> dict:
     nmt = [sys.executable, str(ROOT / "cli.py")]
     config = ROOT / "benchmarks" / "joeynmt_size.yaml"
-    run = work / "ours"
+    run = work / f"ours-{precision}"
     subprocess.run(
         [*nmt, "preprocess", str(config), "--run-dir", str(run)],
         check=True,
@@ -67,7 +67,7 @@ def ours(steps: int, work: Path, precision: str) -> dict:
             str(steps),
             f"--train.precision={precision}",
         ],
-        work / "ours_train.log",
+        work / f"ours_{precision}_train.log",
     )
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     speed = [r for r in records if "tgt_tokens_per_s" in r][1:]  # the first includes warm-up
@@ -83,8 +83,8 @@ def ours(steps: int, work: Path, precision: str) -> dict:
     tokenizer = Tokenizer((run / "spm.model").read_bytes())
     source = run / "data" / "test.de"
     for beam in (5, 1):
-        out = work / f"ours.b{beam}.en"
-        log = work / f"ours_decode_b{beam}.log"
+        out = work / f"ours_{precision}.b{beam}.en"
+        log = work / f"ours_{precision}_decode_b{beam}.log"
         run_info = run_timed(
             [
                 *nmt,
@@ -158,22 +158,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs") / "vs_joeynmt")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="this toolkit's precision(s), each trained and timed in turn",
+    )
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0]
-    print(f"load average before the run: {load:.2f}", file=sys.stderr)
+    print(f"load average before the run: {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
-    results = {"this toolkit": ours(args.steps, args.work.resolve(), args.precision)}
-    tokenizer = results["this toolkit"].pop("tokenizer")
+    results = {}
+    for precision in args.precision:
+        results[f"this toolkit, {precision}"] = ours(args.steps, args.work.resolve(), precision)
+    tokenizer = next(iter(results.values()))["tokenizer"]
     if not args.skip_peer:
-        results["JoeyNMT 2.3"] = peer(args.steps, args.work.resolve(), tokenizer)
+        results["JoeyNMT 2.3, fp32"] = peer(args.steps, args.work.resolve(), tokenizer)
 
     print(
         f"\nMulti30k de->en, {args.steps} training steps, batch 64 sentences, 2-layer bi-GRU "
-        f"512 / 2-layer GRU 512, additive attention, input feeding; this toolkit in "
-        f"{args.precision}.\n"
+        "512 / 2-layer GRU 512, additive attention, input feeding, CPU.\n"
     )
     print("| toolkit | train steps/s | train target tok/s | train peak RSS |")
     print("| --- | --- | --- | --- |")
@@ -188,22 +194,25 @@ def main() -> None:
     for name, r in results.items():
         for beam in (5, 1):
             d = r[f"beam{beam}"]
-            label = "beam 5" if beam == 5 else "greedy"
             print(
-                f"| {name} | {label} | {1000 / d['generation']:.1f} | "
-                f"{d['tokens'] / d['generation']:,.0f} | {d['rss_mib']:,.0f} MiB | "
-                f"{d['bleu']:.2f} |"
+                f"| {name} | {'beam 5' if beam == 5 else 'greedy'} | "
+                f"{1000 / d['generation']:.1f} | {d['tokens'] / d['generation']:,.0f} | "
+                f"{d['rss_mib']:,.0f} MiB | {d['bleu']:.2f} |"
             )
-    if len(results) == 2:
-        a, b = results["this toolkit"], results["JoeyNMT 2.3"]
-        ratio = a["train"]["tgt_tokens_per_s"] / b["train"]["tgt_tokens_per_s"]
-        print(f"\ntraining target tokens/s: {ratio:.2f}x JoeyNMT")
+    peer_result = results.get("JoeyNMT 2.3, fp32")
+    if peer_result is None:
+        return
+    for name, r in results.items():
+        if r is peer_result:
+            continue
+        ratio = r["train"]["tgt_tokens_per_s"] / peer_result["train"]["tgt_tokens_per_s"]
+        print(f"\n{name}: training target tokens/s {ratio:.2f}x JoeyNMT")
         for beam in (5, 1):
-            x, y = a[f"beam{beam}"], b[f"beam{beam}"]
+            x, y = r[f"beam{beam}"], peer_result[f"beam{beam}"]
             print(
-                f"beam {beam}: {y['generation'] / x['generation']:.2f}x the sentences/s, "
-                f"{(x['tokens'] / x['generation']) / (y['tokens'] / y['generation']):.2f}x the "
-                "target tokens/s of JoeyNMT"
+                f"  beam {beam}: {y['generation'] / x['generation']:.2f}x the sentences/s, "
+                f"{(x['tokens'] / x['generation']) / (y['tokens'] / y['generation']):.2f}x "
+                "the target tokens/s of JoeyNMT"
             )
 
 

@@ -56,6 +56,7 @@ class TranslateOptions:
     batch_size: int | None = None
     max_tokens: int | None = None
     n_best: int | None = None  # > 1: "hypothesis<TAB>score" for each, tab-separated
+    length_penalty: float | None = None
     device: str = "auto"
     precision: str = "fp32"
     errors: str = "strict"  # invalid UTF-8 in the input: "strict" or "replace"
@@ -71,6 +72,7 @@ def search_settings(checkpoint: Checkpoint, options: TranslateOptions) -> Search
             ("batch_size", options.batch_size),
             ("max_tokens", options.max_tokens),
             ("n_best", options.n_best),
+            ("length_penalty", options.length_penalty),
         )
         if v is not None
     }

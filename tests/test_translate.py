@@ -72,9 +72,10 @@ def test_n_best_lines_hold_hypotheses_and_scores(tmp_path, trained_run, source):
     out = tmp_path / "nbest.txt"
     translate_file(trained_run, str(source), str(out), options(beam_size=4, n_best=3), **QUIET)
     lines = out.read_text(encoding="utf-8").split("\n")[:-1]
-    assert len(lines) == len(best)
-    for line, one_best in zip(lines, best):
-        if not one_best:
+    sources = source.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(best) == len(sources)
+    for line, one_best, src in zip(lines, best, sources):
+        if not src.strip():
             assert line == ""
             continue
         fields = line.split("\t")
