@@ -6,7 +6,7 @@ requested number of pairs, so that de-duplication keeps nearly all of it. Each s
 `nmt preprocess` in its own process under /usr/bin/time, and the script prints wall time,
 peak resident memory and pairs kept.
 
-    python benchmarks/preprocess_scale.py                       # 29k and 1M pairs
+    python benchmarks/preprocess_scale.py                       # 29k, 250k and 1M pairs
     python benchmarks/preprocess_scale.py --sizes 29000 250000 1000000 2000000
 """
 
@@ -77,7 +77,7 @@ def make_corpus(folder: Path, pairs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[29_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[29_000, 250_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=Path("runs") / "preprocess_scale")
     args = parser.parse_args()
     rows = []

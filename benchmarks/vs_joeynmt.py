@@ -10,6 +10,7 @@ included. The peer is set up by ../shared/peers/joeynmt/setup.sh and prepare.sh 
 
     python benchmarks/vs_joeynmt.py --steps 1000        # about 50 minutes on 2 cores
     python benchmarks/vs_joeynmt.py --steps 1000 --skip-peer   # this toolkit only
+    python benchmarks/vs_joeynmt.py --steps 1000 --decode-only # re-time decoding of both
 
 Run it on a quiet machine: any other load distorts both sides.
 """
@@ -44,10 +45,12 @@ def bleu(hypotheses: Path, references: Path) -> float:
     return score_files(hypotheses, references)["bleu"]
 
 
-def ours(steps: int, work: Path, precision: str) -> dict:
+def ours(steps: int, work: Path, precision: str, decode_only: bool) -> dict:
     nmt = [sys.executable, str(ROOT / "cli.py")]
     config = ROOT / "benchmarks" / "joeynmt_size.yaml"
     run = work / f"ours-{precision}"
+    if decode_only:
+        return {"train": None, **decode_ours(nmt, run, work, precision)}
     subprocess.run(
         [*nmt, "preprocess", str(config), "--run-dir", str(run)],
         check=True,
@@ -80,6 +83,11 @@ def ours(steps: int, work: Path, precision: str) -> dict:
             "steps_per_s": (steps_done[-1] - steps_done[0]) / (elapsed[-1] - elapsed[0]),
         }
     }
+    return {**result, **decode_ours(nmt, run, work, precision)}
+
+
+def decode_ours(nmt: list[str], run: Path, work: Path, precision: str) -> dict:
+    result = {}
     tokenizer = Tokenizer((run / "spm.model").read_bytes())
     source = run / "data" / "test.de"
     for beam in (5, 1):
@@ -117,34 +125,63 @@ def ours(steps: int, work: Path, precision: str) -> dict:
     return result
 
 
-def peer(steps: int, work: Path, tokenizer: Tokenizer) -> dict:
+PEER_DECODE = """set -euo pipefail
+cd "$1"; L="logs/bench_$2"; MD="models/rnn_bench_$2"; . venv/bin/activate
+export PYTHONWARNINGS=ignore
+for BEAM in 5 1; do
+  python "$3/mkcfg.py" "$L/dec_b$BEAM.yaml" model_dir="$MD" testing.load_model="$MD/$2.ckpt" \
+      testing.beam_size=$BEAM testing.batch_size=64 testing.batch_type=sentence
+  /usr/bin/time -v -o "$L/dec_b$BEAM.time" python -m joeynmt translate "$L/dec_b$BEAM.yaml" \
+      < data/test.de > "$L/test.b$BEAM.en" 2> "$L/dec_b$BEAM.out"
+done
+"""
+
+
+def peer(steps: int, work: Path, tokenizer: Tokenizer, decode_only: bool) -> dict:
+    """The peer's bench.sh (train, then decode); or, with `decode_only`, its decoding part
+    alone, on the model an earlier bench.sh run trained."""
     peer_work = Path(os.environ.get("PEER_WORK", Path.home() / ".cache" / "peer-joeynmt"))
     if not (peer_work / "venv").is_dir():
         subprocess.run(["bash", str(PEER / "setup.sh")], check=True)
     if not (peer_work / "data" / "spm" / "sp8k.model").is_file():
         subprocess.run(["bash", str(PEER / "prepare.sh")], check=True)
-    log = work / "peer_bench.log"
-    with open(log, "w") as out:
+    logs = peer_work / "logs" / f"bench_{steps}"
+    result: dict = {"train": None}
+    if decode_only:
         subprocess.run(
-            ["bash", str(PEER / "bench.sh"), str(steps)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            ["bash", "-c", PEER_DECODE, "decode", str(peer_work), str(steps), str(PEER)],
             check=True,
         )
-    text = log.read_text()
-    train = re.search(r"train loop ([\d.]+)s, ([\d.]+) steps/s, peak RSS (\d+) MiB", text)
-    tokens = re.search(r"mean excl\. first: (\d+)", text)
-    result = {
-        "train": {
+        text = ""
+        for beam in (5, 1):
+            out = (logs / f"dec_b{beam}.out").read_text()
+            seconds = re.search(r"Generation took ([\d.]+)\[sec\]", out).group(1)
+            rss = re.search(
+                r"Maximum resident set size \(kbytes\): (\d+)",
+                (logs / f"dec_b{beam}.time").read_text(),
+            ).group(1)
+            text += f"decode beam {beam}: generation {seconds}s . peak RSS {int(rss) // 1024} MiB\n"
+    else:
+        log = work / "peer_bench.log"
+        with open(log, "w") as out:
+            subprocess.run(
+                ["bash", str(PEER / "bench.sh"), str(steps)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+        text = log.read_text()
+        train = re.search(r"train loop ([\d.]+)s, ([\d.]+) steps/s, peak RSS (\d+) MiB", text)
+        tokens = re.search(r"mean excl\. first: (\d+)", text)
+        result["train"] = {
             "steps_per_s": float(train.group(2)),
             "rss_mib": float(train.group(3)),
             "tgt_tokens_per_s": float(tokens.group(1)),
         }
-    }
     refs = peer_work / "data" / "test.en"
     for beam in (5, 1):
         decode = re.search(rf"decode beam {beam}: generation ([\d.]+)s .* peak RSS (\d+) MiB", text)
-        out = peer_work / "logs" / f"bench_{steps}" / f"test.b{beam}.en"
+        out = logs / f"test.b{beam}.en"
         result[f"beam{beam}"] = {
             "generation": float(decode.group(1)),
             "rss_mib": float(decode.group(2)),
@@ -166,25 +203,35 @@ def main() -> None:
         help="this toolkit's precision(s), each trained and timed in turn",
     )
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="time decoding alone, on the models an earlier run of this script trained",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average before the run: {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
     results = {}
     for precision in args.precision:
-        results[f"this toolkit, {precision}"] = ours(args.steps, args.work.resolve(), precision)
+        results[f"this toolkit, {precision}"] = ours(
+            args.steps, args.work.resolve(), precision, args.decode_only
+        )
     tokenizer = next(iter(results.values()))["tokenizer"]
     if not args.skip_peer:
-        results["JoeyNMT 2.3, fp32"] = peer(args.steps, args.work.resolve(), tokenizer)
+        results["JoeyNMT 2.3, fp32"] = peer(
+            args.steps, args.work.resolve(), tokenizer, args.decode_only
+        )
 
     print(
         f"\nMulti30k de->en, {args.steps} training steps, batch 64 sentences, 2-layer bi-GRU "
         "512 / 2-layer GRU 512, additive attention, input feeding, CPU.\n"
     )
-    print("| toolkit | train steps/s | train target tok/s | train peak RSS |")
-    print("| --- | --- | --- | --- |")
-    for name, r in results.items():
-        t = r["train"]
+    trained = {name: r["train"] for name, r in results.items() if r["train"]}
+    if trained:
+        print("| toolkit | train steps/s | train target tok/s | train peak RSS |")
+        print("| --- | --- | --- | --- |")
+    for name, t in trained.items():
         print(
             f"| {name} | {t['steps_per_s']:.2f} | {t['tgt_tokens_per_s']:,.0f} | "
             f"{t['rss_mib']:,.0f} MiB |"
@@ -205,8 +252,10 @@ def main() -> None:
     for name, r in results.items():
         if r is peer_result:
             continue
-        ratio = r["train"]["tgt_tokens_per_s"] / peer_result["train"]["tgt_tokens_per_s"]
-        print(f"\n{name}: training target tokens/s {ratio:.2f}x JoeyNMT")
+        print(f"\n{name}:")
+        if r["train"] and peer_result["train"]:
+            ratio = r["train"]["tgt_tokens_per_s"] / peer_result["train"]["tgt_tokens_per_s"]
+            print(f"  training target tokens/s {ratio:.2f}x JoeyNMT")
         for beam in (5, 1):
             x, y = r[f"beam{beam}"], peer_result[f"beam{beam}"]
             print(

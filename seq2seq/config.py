@@ -65,7 +65,7 @@ class SubwordConfig:
     character_coverage: float = 1.0
     byte_fallback: bool = False  # spell unknown characters as bytes instead of <unk>
     user_symbols: tuple[str, ...] = ()  # pieces kept whole, such as tags
-    input_sentence_size: int = 2_000_000  # sample at most this many sentences to train on
+    input_sentence_size: int = 300_000  # sampled sentences SentencePiece trains on (bounds memory)
 
     def __post_init__(self):
         _check(self.vocab_size >= 8, "data.subwords.vocab_size", "an integer >= 8", self.vocab_size)

@@ -61,7 +61,6 @@ class Encoder(nn.Module):
                 RNN_CLASSES[enc.cell](
                     config.embedding_size if layer == 0 else directions * enc.hidden_size,
                     enc.hidden_size,
-                    batch_first=True,
                 )
                 for _ in range(directions)
             )
@@ -87,7 +86,7 @@ class Encoder(nn.Module):
             outputs, final = [], []
             for direction, rnn in enumerate(directions):
                 inputs = x if direction == 0 else _gather_time(x, reverse)
-                output, _ = rnn(inputs)  # (B, S, H)
+                output, _ = run_rnn(rnn, inputs)  # (B, S, H)
                 final.append(_gather_time(output, last)[:, 0])  # (B, H)
                 outputs.append(output if direction == 0 else _gather_time(output, reverse))
             x = torch.cat(outputs, dim=-1) * mask[:, :, None]  # (B, S, D), zero on padding
@@ -98,6 +97,21 @@ class Encoder(nn.Module):
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
     """x (B, S, F), index (B, S') -> x[b, index[b, t]] for each b, t: (B, S', F)."""
     return x.gather(1, index[:, :, None].expand(-1, -1, x.size(2)))
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """`layer` over the last axis of x (..., F) as one matrix product. On the CPU in bf16,
+    PyTorch may run a 3-d input as a batched product against a copy of the weight for every
+    row, which costs more than the product itself."""
+    return layer(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
+
+
+def run_rnn(rnn: nn.RNNBase, x: Tensor, hidden=None):
+    """A time-major RNN over batch-major x (B, T, F) -> output (B, T, H), final state.
+    The RNN gets a contiguous (T, B, F) input so its input product is one matrix product
+    (see `linear`)."""
+    output, hidden = rnn(x.transpose(0, 1).contiguous(), hidden)
+    return output.transpose(0, 1), hidden
 
 
 # --- attention ------------------------------------------------------------------------------
@@ -136,7 +150,7 @@ class GeneralAttention(DotAttention):
         self.key_layer = nn.Linear(memory_size, query_size, bias=False)
 
     def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        return self.key_layer(states), states  # keys (B, S, H), values (B, S, D)
+        return linear(self.key_layer, states), states  # keys (B, S, H), values (B, S, D)
 
 
 class AdditiveAttention(nn.Module):
@@ -150,12 +164,12 @@ class AdditiveAttention(nn.Module):
         self.context_size = memory_size
 
     def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        return self.key_layer(states), states  # keys (B, S, A), values (B, S, D)
+        return linear(self.key_layer, states), states  # keys (B, S, A), values (B, S, D)
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
-        q = self.query_layer(query)  # (B, T, A)
+        q = linear(self.query_layer, query)  # (B, T, A)
         energy = torch.tanh(q[:, :, None, :] + keys[:, None, :, :])  # (B, T, S, A)
-        scores = self.energy_layer(energy).squeeze(-1)  # (B, T, S)
+        scores = linear(self.energy_layer, energy).squeeze(-1)  # (B, T, S)
         weights = masked_softmax(scores, mask[:, None, :])  # (B, T, S)
         return torch.bmm(weights.to(values.dtype), values), weights  # (B, T, D), (B, T, S)
 
@@ -179,18 +193,18 @@ class MultiHeadAttention(nn.Module):
         return x.view(batch, length, self.heads, self.head_size).transpose(1, 2)  # (B, h, *, d)
 
     def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        keys = self._split_heads(self.key_layer(states))  # (B, h, S, d)
-        values = self._split_heads(self.value_layer(states))  # (B, h, S, d)
+        keys = self._split_heads(linear(self.key_layer, states))  # (B, h, S, d)
+        values = self._split_heads(linear(self.value_layer, states))  # (B, h, S, d)
         return keys, values
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
         batch, length, _ = query.shape
-        q = self._split_heads(self.query_layer(query))  # (B, h, T, d)
+        q = self._split_heads(linear(self.query_layer, query))  # (B, h, T, d)
         scores = q @ keys.transpose(2, 3) / math.sqrt(self.head_size)  # (B, h, T, S)
         weights = masked_softmax(scores, mask[:, None, None, :])  # (B, h, T, S)
         context = weights.to(values.dtype) @ values  # (B, h, T, d)
         context = context.transpose(1, 2).reshape(batch, length, -1)  # (B, T, A)
-        return self.output_layer(context), weights.mean(dim=1)  # (B, T, A), (B, T, S)
+        return linear(self.output_layer, context), weights.mean(dim=1)  # (B, T, A), (B, T, S)
 
 
 def build_attention(config: AttentionConfig, query_size: int, memory_size: int):
@@ -256,7 +270,6 @@ class Decoder(nn.Module):
             config.embedding_size + (hidden if dec.input_feeding else 0),
             hidden,
             dec.num_layers,
-            batch_first=True,
             dropout=dec.dropout if dec.num_layers > 1 else 0.0,
         )
         self.attention = build_attention(config.attention, hidden, memory_size)
@@ -289,9 +302,9 @@ class Decoder(nn.Module):
             rnn_output, memory.keys, memory.values, memory.mask
         )  # (B, T, C), (B, T, S)
         if self.combine_mode == "concat":
-            out = torch.tanh(self.combine_layer(torch.cat([rnn_output, context], dim=-1)))
+            out = torch.tanh(linear(self.combine_layer, torch.cat([rnn_output, context], dim=-1)))
         else:
-            out = rnn_output + self.context_layer(context)  # (B, T, H)
+            out = rnn_output + linear(self.context_layer, context)  # (B, T, H)
         return self.output_dropout(out), weights
 
     def forward(self, prev_tokens: Tensor, state: DecoderState, memory: Memory):
@@ -301,7 +314,7 @@ class Decoder(nn.Module):
         once; with it, the positions must be taken one at a time."""
         x = self.embed_dropout(self.embed(prev_tokens))  # (B, T, E)
         if not self.input_feeding:
-            rnn_output, hidden = self.rnn(x, state.hidden)  # (B, T, H)
+            rnn_output, hidden = run_rnn(self.rnn, x, state.hidden)  # (B, T, H)
             out, weights = self.attend(rnn_output, memory)  # (B, T, H), (B, T, S)
             next_state = DecoderState(hidden, None)
         else:
@@ -310,14 +323,14 @@ class Decoder(nn.Module):
             # split, not x[:, t]: a slice's backward zero-fills a full-size gradient each step
             for x_t in x.split(1, dim=1):  # (B, 1, E)
                 rnn_input = torch.cat([x_t, feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
-                rnn_output, hidden = self.rnn(rnn_input, hidden)  # (B, 1, H)
+                rnn_output, hidden = run_rnn(self.rnn, rnn_input, hidden)  # (B, 1, H)
                 feed, weights = self.attend(rnn_output, memory)  # (B, 1, H), (B, 1, S)
                 outputs.append(feed)
                 all_weights.append(weights)
             out = torch.cat(outputs, dim=1)  # (B, T, H)
             weights = torch.cat(all_weights, dim=1)  # (B, T, S)
             next_state = DecoderState(hidden, feed)
-        logits = self.output(self.pre_output(out))  # (B, T, V)
+        logits = linear(self.output, linear(self.pre_output, out))  # (B, T, V)
         return logits, next_state, weights
 
 
