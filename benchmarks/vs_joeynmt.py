@@ -125,6 +125,7 @@ def decode_ours(nmt: list[str], run: Path, work: Path, precision: str) -> dict:
     return result
 
 
+# The decoding half of the peer's bench.sh, which has no switch to skip its training.
 PEER_DECODE = """set -euo pipefail
 cd "$1"; L="logs/bench_$2"; MD="models/rnn_bench_$2"; . venv/bin/activate
 export PYTHONWARNINGS=ignore
@@ -152,15 +153,6 @@ def peer(steps: int, work: Path, tokenizer: Tokenizer, decode_only: bool) -> dic
             ["bash", "-c", PEER_DECODE, "decode", str(peer_work), str(steps), str(PEER)],
             check=True,
         )
-        text = ""
-        for beam in (5, 1):
-            out = (logs / f"dec_b{beam}.out").read_text()
-            seconds = re.search(r"Generation took ([\d.]+)\[sec\]", out).group(1)
-            rss = re.search(
-                r"Maximum resident set size \(kbytes\): (\d+)",
-                (logs / f"dec_b{beam}.time").read_text(),
-            ).group(1)
-            text += f"decode beam {beam}: generation {seconds}s . peak RSS {int(rss) // 1024} MiB\n"
     else:
         log = work / "peer_bench.log"
         with open(log, "w") as out:
@@ -179,12 +171,16 @@ def peer(steps: int, work: Path, tokenizer: Tokenizer, decode_only: bool) -> dic
             "tgt_tokens_per_s": float(tokens.group(1)),
         }
     refs = peer_work / "data" / "test.en"
-    for beam in (5, 1):
-        decode = re.search(rf"decode beam {beam}: generation ([\d.]+)s .* peak RSS (\d+) MiB", text)
+    for beam in (5, 1):  # what each decoding left behind, from bench.sh or PEER_DECODE alike
+        report = (logs / f"dec_b{beam}.out").read_text()
+        rss = re.search(
+            r"Maximum resident set size \(kbytes\): (\d+)",
+            (logs / f"dec_b{beam}.time").read_text(),
+        )
         out = logs / f"test.b{beam}.en"
         result[f"beam{beam}"] = {
-            "generation": float(decode.group(1)),
-            "rss_mib": float(decode.group(2)),
+            "generation": float(re.search(r"Generation took ([\d.]+)\[sec\]", report).group(1)),
+            "rss_mib": int(rss.group(1)) / 1024,
             "tokens": count_tokens(out, tokenizer),
             "bleu": bleu(out, refs),
         }

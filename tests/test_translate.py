@@ -193,3 +193,14 @@ def test_two_torchrun_ranks_merge_in_input_order(tmp_path, trained_run, source):
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_text(encoding="utf-8") == expected
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ranks")) == ["ranks.txt"]
+
+
+def test_length_penalty_option_overrides_the_checkpoint_and_is_checked(trained_run):
+    from pipelines.translate import Translator
+
+    plain = Translator(trained_run, options()).search
+    changed = Translator(trained_run, options(length_penalty=plain.length_penalty + 1.5)).search
+    assert changed.length_penalty == plain.length_penalty + 1.5
+    assert changed.beam_size == plain.beam_size
+    with pytest.raises(UserError, match="--length-penalty"):
+        Translator(trained_run, options(length_penalty=-1.0))
