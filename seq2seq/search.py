@@ -13,13 +13,18 @@ gives the plain log-probability. Hypotheses are ranked by score.
 Beam search follows fairseq: at each step the 2K best extensions are scored; those ending
 in end-of-sentence among the K best are set aside as finished, and the K best others go on.
 A sentence is done when K hypotheses have finished or it reaches its length limit
-max_len = a * source length + b, where end-of-sentence is forced; done sentences leave the
-batch, so the work shrinks as sentences finish. Every rule looks at one sentence only, so a
-sentence gets the same result alone as inside any batch.
+max_len = a * source length + b, where end-of-sentence is forced. Every rule looks at one
+sentence only, so a sentence gets the same result alone as inside any batch.
+
+The device never waits for the host inside the step loop but once a step, to learn how many
+sentences still run: the search rules, finished hypotheses and length limits are tensor
+operations on fixed-size buffers. When enough sentences are done, their rows leave the
+batch (see `_worth_compacting`), so the work shrinks as sentences finish.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +32,8 @@ from torch import Tensor
 
 from .batching import group_batches, pad
 from .config import SearchConfig
+
+NEG_INF = float("-inf")
 
 
 @dataclass
@@ -59,41 +66,55 @@ def _block_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> Tensor
     vocab = log_probs.size(1)
     banned = torch.where(match, ngrams[:, :, -1], vocab)  # (N, t - n + 1); vocab: no ban
     penalty = log_probs.new_zeros(log_probs.size(0), vocab + 1)
-    penalty.scatter_(1, banned, float("-inf"))
+    penalty.scatter_(1, banned, NEG_INF)
     return log_probs + penalty[:, :vocab]
 
 
-def _restrict(
-    log_probs: Tensor,
-    step: int,
-    max_len: Tensor,
-    history: Tensor,
-    config: SearchConfig,
-    special: tuple[int, int, int],
-) -> Tensor:
-    """Apply the search rules to next-token log-probabilities (N, V) at output position `step`:
+class _Rules:
+    """The search rules for next-token log-probabilities (N, V) at output position `step`:
     never pad or begin-of-sentence; no end before min_len; end forced at max_len (N,);
     optionally no repeated n-grams. A forced end keeps its true log-probability.
-    `log_probs` is changed in place: it is the step's own fresh tensor."""
-    pad_id, bos_id, eos_id = special
-    end_log_probs = log_probs[:, eos_id].clone()
-    log_probs[:, [pad_id, bos_id]] = float("-inf")
-    if step < config.min_len:
-        log_probs[:, eos_id] = float("-inf")
-    log_probs = _block_repeated_ngrams(log_probs, history, config.no_repeat_ngram)
-    forced = step >= max_len  # (N,)
-    if forced.any():
-        log_probs[forced] = float("-inf")
-        log_probs[forced, eos_id] = end_log_probs[forced]
-    return log_probs
+
+    Built once per batch from the length limits (B,): the host learns the shortest and the
+    longest limit there, so that no step before the shortest spends work on forcing."""
+
+    def __init__(self, vocab, config: SearchConfig, max_len: Tensor):
+        self.config, self.eos_id = config, vocab.eos_id
+        self.never = torch.tensor([vocab.pad_id, vocab.bos_id], device=max_len.device)
+        self.shortest, self.longest = torch.stack([max_len.min(), max_len.max()]).tolist()
+
+    def __call__(self, log_probs: Tensor, step: int, max_len: Tensor, history: Tensor) -> Tensor:
+        """`log_probs` is changed in place: it is the step's own fresh tensor."""
+        eos, forcing = self.eos_id, step >= self.shortest
+        if forcing:
+            end_log_probs = log_probs[:, eos].clone()  # (N,)
+        log_probs.index_fill_(1, self.never, NEG_INF)
+        if step < self.config.min_len:
+            log_probs[:, eos] = NEG_INF
+        log_probs = _block_repeated_ngrams(log_probs, history, self.config.no_repeat_ngram)
+        if forcing:
+            forced = step >= max_len  # (N,)
+            log_probs.masked_fill_(forced[:, None], NEG_INF)
+            log_probs[:, eos] = torch.where(forced, end_log_probs, log_probs[:, eos])
+        return log_probs
 
 
 def _weights(weights: Tensor | None, mask: Tensor) -> Tensor:
-    """Attention weights of one step (N, 1, S) in float32; zeros for a model without attention.
+    """Attention weights of one step (N, S) in float32; zeros for a model without attention.
     `mask` (N, S) is the source mask of the same rows."""
     if weights is None:
-        return mask.new_zeros(mask.size(0), 1, mask.size(1), dtype=torch.float)
-    return weights.float()
+        return mask.new_zeros(mask.shape, dtype=torch.float)
+    return weights[:, 0].float()
+
+
+def _worth_compacting(running: int, rows: int, device: torch.device) -> bool:
+    """Whether to drop the rows of finished sentences now. On the CPU every row costs its
+    share of each step, so they go as soon as one finishes. On a GPU a step costs about the
+    same at any batch size until it gets small, and each compaction copies the whole state:
+    there they go once half of them are finished."""
+    if device.type == "cpu":
+        return running < rows
+    return running <= rows // 2
 
 
 def _hypotheses(
@@ -104,75 +125,129 @@ def _hypotheses(
     attention: Tensor | None,
     n_best: int,
 ) -> list[list[Hypothesis]]:
-    """Unpack (B, N, L) token tensors, sorted best first, into lists of finite hypotheses."""
+    """Unpack (B, N, L) token tensors, sorted best first, into lists of finite hypotheses.
+    One transfer to the host for the whole batch."""
     tokens, lengths = tokens.tolist(), lengths.tolist()
     scores, log_probs = scores.tolist(), log_probs.tolist()
+    if attention is not None:
+        attention = attention.cpu()
     results = []
     for b in range(len(tokens)):
         kept = []
         for k in range(min(n_best, len(tokens[b]))):
-            if scores[b][k] == float("-inf"):
+            if scores[b][k] == NEG_INF:
                 break
             n = lengths[b][k]
-            weights = None if attention is None else attention[b, k, :n].cpu()
+            weights = None if attention is None else attention[b, k, :n]
             kept.append(Hypothesis(tokens[b][k][: n - 1], scores[b][k], log_probs[b][k], weights))
         results.append(kept)
     return results
 
 
-def _rows_of(sentences: Tensor, beam: int) -> Tensor:
-    """Row indices (A*K,) of the K beams of each sentence index in `sentences` (A,)."""
-    offsets = torch.arange(beam, device=sentences.device)
-    return (sentences[:, None] * beam + offsets).view(-1)
+# --- greedy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _GreedyRows:
+    """The rows greedy search is still stepping, one per sentence."""
+
+    sentences: Tensor  # (N,) which sentence of the batch
+    running: Tensor  # (N,) False once it has ended (its row may linger)
+    max_len: Tensor  # (N,) its length limit
+    tokens: Tensor  # (N, L) output so far, padded; pad after the end
+    log_prob: Tensor  # (N,)
+    attention: Tensor | None  # (N, L, S)
+
+    def select(self, index: Tensor) -> _GreedyRows:
+        def pick(x):
+            return None if x is None else x[index]
+
+        return _GreedyRows(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+
+@dataclass
+class _GreedyOutput:
+    """Each sentence's result, stored when its row leaves the batch (and at the end)."""
+
+    tokens: Tensor  # (B, L)
+    log_prob: Tensor  # (B,)
+    attention: Tensor | None  # (B, L, S)
+
+    def store(self, rows: _GreedyRows) -> None:
+        self.tokens[rows.sentences] = rows.tokens
+        self.log_prob[rows.sentences] = rows.log_prob
+        if self.attention is not None:
+            self.attention[rows.sentences] = rows.attention
+
+    def hypotheses(self, pad_id: int, alpha: float) -> list[list[Hypothesis]]:
+        lengths = (self.tokens != pad_id).sum(dim=1)  # pad never comes before the end
+        scores = self.log_prob / length_penalty(lengths, alpha)
+        attention = None if self.attention is None else self.attention[:, None]
+        return _hypotheses(
+            self.tokens[:, None],
+            lengths[:, None],
+            scores[:, None],
+            self.log_prob[:, None],
+            attention,
+            1,
+        )
 
 
 @torch.no_grad()
 def greedy_search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
-    """The most probable next token at every step, for a batch of B sentences at once.
-
-    Sentences leave the batch as soon as they end, so the rest run on fewer rows."""
+    """The most probable next token at every step, for a batch of B sentences at once."""
     vocab = model.vocab
-    special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
     batch, device = src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
     max_len = max_output_lengths(src_lengths, config)  # (B,)
-    longest = int(max_len.max()) + 1
-    tokens = torch.full((batch, longest), vocab.pad_id, dtype=torch.long, device=device)
-    attention = src.new_zeros(batch, longest, src.size(1), dtype=torch.float)
-    log_prob = torch.zeros(batch, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    active = torch.arange(batch, device=device)  # (A,) sentences still running
-    prev = torch.full((batch, 1), vocab.bos_id, dtype=torch.long, device=device)
-    history = prev.new_zeros(batch, 0)  # (A, t)
-    for step in range(longest):
-        log_probs, state, weights = model.step(prev, state, memory)  # (A, 1, V)
-        log_probs = _restrict(log_probs[:, 0], step, max_len[active], history, config, special)
-        best_log_prob, best = log_probs.max(dim=-1)  # (A,)
-        log_prob[active] += best_log_prob
-        lengths[active] += 1
-        tokens[active, step] = best
-        if return_attention:
-            attention[active, step] = _weights(weights, memory.mask)[:, 0]
-        done = best == vocab.eos_id  # (A,); the end is forced at max_len
-        if done.all():
-            break
-        if done.any():
-            keep = (~done).nonzero().squeeze(1)  # (A',)
-            active, best, history = active[keep], best[keep], history[keep]
-            state, memory = state.select(keep), memory.select(keep)
-        history = torch.cat([history, best[:, None]], dim=1)
-        prev = best[:, None]
-    scores = log_prob / length_penalty(lengths, config.length_penalty)
-    return _hypotheses(
-        tokens[:, None],
-        lengths[:, None],
-        scores[:, None],
-        log_prob[:, None],
-        attention[:, None] if return_attention else None,
-        1,
+    rules = _Rules(vocab, config, max_len)
+    longest = rules.longest + 1
+
+    def new(*shape, value=0.0, dtype=torch.float):
+        return torch.full(shape, value, dtype=dtype, device=device)
+
+    attention = new(batch, longest, src.size(1)) if return_attention else None
+    tokens = new(batch, longest, value=vocab.pad_id, dtype=torch.long)
+    out = _GreedyOutput(tokens, new(batch), attention)
+    rows = _GreedyRows(
+        torch.arange(batch, device=device),
+        new(batch, value=True, dtype=torch.bool),
+        max_len,
+        tokens.clone(),
+        new(batch),
+        None if attention is None else attention.clone(),
     )
+    prev = new(batch, 1, value=vocab.bos_id, dtype=torch.long)
+    all_running = True  # known on the host: no row has ended yet
+    for step in range(longest):
+        log_probs, state, weights = model.step(prev, state, memory)  # (N, 1, V)
+        log_probs = rules(log_probs[:, 0], step, rows.max_len, rows.tokens[:, :step])
+        best_log_prob, best = log_probs.max(dim=-1)  # (N,)
+        if not all_running:  # lingering rows add nothing
+            best = best.masked_fill(~rows.running, vocab.pad_id)
+            best_log_prob = best_log_prob.masked_fill(~rows.running, 0.0)
+        rows.tokens[:, step] = best
+        rows.log_prob += best_log_prob
+        if return_attention:
+            rows.attention[:, step] = _weights(weights, memory.mask) * rows.running[:, None]
+        rows.running &= best != vocab.eos_id  # the end is forced at max_len
+        alive = int(rows.running.sum())  # the step's one wait for the device
+        if alive == 0:
+            break
+        all_running = alive == rows.running.numel()
+        if _worth_compacting(alive, rows.running.numel(), device):
+            out.store(rows.select(~rows.running))
+            keep = rows.running.nonzero().squeeze(1)  # (N',)
+            rows, state, memory = rows.select(keep), state.select(keep), memory.select(keep)
+            best, all_running = best[keep], True
+        prev = best[:, None]
+    out.store(rows)
+    return out.hypotheses(vocab.pad_id, config.length_penalty)
+
+
+# --- beam -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -182,8 +257,8 @@ class _Finished:
     scores: Tensor  # (B, K) length-penalized; -inf for empty slots
     log_probs: Tensor  # (B, K)
     lengths: Tensor  # (B, K) tokens including end-of-sentence
-    tokens: Tensor  # (B, K, L_max)
-    attention: Tensor | None  # (B, K, L_max, S)
+    tokens: Tensor  # (B, K, L) padded
+    attention: Tensor | None  # (B, K, L, S)
     count: Tensor  # (B,) hypotheses finished so far (kept or not)
 
     @classmethod
@@ -191,7 +266,7 @@ class _Finished:
         cls,
         batch: int,
         beam: int,
-        max_tokens: int,
+        length: int,
         src_len: int,
         pad_id: int,
         with_attention: bool,
@@ -201,11 +276,11 @@ class _Finished:
             return torch.full(shape, value, dtype=dtype, device=device)
 
         return cls(
-            full(batch, beam, value=float("-inf")),
-            full(batch, beam, value=float("-inf")),
+            full(batch, beam, value=NEG_INF),
+            full(batch, beam, value=NEG_INF),
             full(batch, beam, dtype=torch.long),
-            full(batch, beam, max_tokens, value=pad_id, dtype=torch.long),
-            full(batch, beam, max_tokens, src_len) if with_attention else None,
+            full(batch, beam, length, value=pad_id, dtype=torch.long),
+            full(batch, beam, length, src_len) if with_attention else None,
             full(batch, dtype=torch.long),
         )
 
@@ -220,7 +295,7 @@ class _Finished:
         new: Tensor,
     ) -> None:
         """Merge K candidates for each of `sentences` (A,) (score -inf: no candidate) and
-        keep the K best of each."""
+        keep the K best of each; `new` (A, K) marks the real candidates."""
         beam = self.scores.size(1)
         merged_scores = torch.cat([self.scores[sentences], scores], dim=1)  # (A, 2K)
         best_scores, best = merged_scores.topk(beam, dim=1)  # (A, K), sorted
@@ -239,97 +314,154 @@ class _Finished:
         self.count[sentences] += new.sum(dim=1)
 
 
-def _pad_to(x: Tensor, length: int, dim: int, value: float) -> Tensor:
-    missing = length - x.size(dim)
-    if missing <= 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x, x.new_full(shape, value)], dim=dim)
+@dataclass
+class _Beams:
+    """The K live hypotheses of each of the A sentences still in the batch (row a*K + k)."""
+
+    sentences: Tensor  # (A,) which sentence of the batch
+    running: Tensor  # (A,) False once the sentence is done (its rows may linger)
+    max_len: Tensor  # (A,) its length limit
+    scores: Tensor  # (A, K) log-probabilities so far
+    history: Tensor  # (A*K, L) tokens so far, padded
+    weights: Tensor | None  # (A*K, L, S) attention so far, when asked for
+
+    def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The 2K best one-token extensions of each sentence's beams: their scores, the rows
+        they extend and their last tokens, each (A, 2K), best first."""
+        sentences, vocab_size = self.scores.size(0), log_probs.size(1)
+        beam = self.scores.size(1)
+        candidates = (self.scores.view(-1, 1) + log_probs).view(sentences, -1)  # (A, K*V)
+        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
+        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (A, 2K)
+        first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam
+        return top_scores, first_row + top_beams, top_tokens
+
+    def go_on(self, rows: Tensor, tokens: Tensor, scores: Tensor, step: int) -> None:
+        """Continue from `rows` (A, K) of this step with `tokens` (A, K) at `step` and their
+        `scores` (A, K)."""
+        rows = rows.view(-1)
+        self.history = self.history[rows]
+        self.history[:, step] = tokens.view(-1)
+        if self.weights is not None:
+            self.weights = self.weights[rows]
+        self.scores = scores
+
+    def keep(self, keep: Tensor) -> Tensor:
+        """Keep only the sentences `keep` (A',), before `go_on` picks their rows; returns
+        the rows (A'*K,) they had."""
+        self.sentences, self.running = self.sentences[keep], self.running[keep]
+        self.max_len = self.max_len[keep]
+        return _rows_of(keep, self.scores.size(1))
+
+
+def _rows_of(sentences: Tensor, beam: int) -> Tensor:
+    """Row indices (A*K,) of the K beams of each sentence index in `sentences` (A,)."""
+    offsets = torch.arange(beam, device=sentences.device)
+    return (sentences[:, None] * beam + offsets).view(-1)
+
+
+def _ending(beams: _Beams, top: tuple[Tensor, Tensor, Tensor], eos_id: int) -> Tensor:
+    """Which of each sentence's K best extensions end in end-of-sentence (A, K): these are
+    finished hypotheses (sentences already done take none)."""
+    beam = beams.scores.size(1)
+    scores, _, tokens = (t[:, :beam] for t in top)  # (A, K)
+    return (tokens == eos_id) & scores.isfinite() & beams.running[:, None]
+
+
+def _finish(
+    finished: _Finished,
+    beams: _Beams,
+    top: tuple[Tensor, Tensor, Tensor],
+    new: Tensor,
+    step: int,
+    alpha: float,
+) -> None:
+    """Set aside the extensions `new` (A, K) among each sentence's K best."""
+    beam = beams.scores.size(1)
+    scores, rows, tokens = (t[:, :beam] for t in top)  # (A, K)
+    candidates = beams.history[rows]  # (A, K, L)
+    candidates[:, :, step] = tokens
+    lengths = torch.full_like(rows, step + 1)
+    penalized = scores / length_penalty(lengths, alpha)
+    attention = None if beams.weights is None else beams.weights[rows]  # (A, K, L, S)
+    finished.add(
+        beams.sentences,
+        penalized.masked_fill(~new, NEG_INF),
+        scores,
+        lengths,
+        candidates,
+        attention,
+        new,
+    )
+
+
+def _survivors(top: tuple[Tensor, Tensor, Tensor], beam: int, eos_id: int):
+    """The K best extensions of each sentence that do not end: scores, rows, tokens (A, K).
+    (At most K of the 2K end, one per beam, so there are always K.)"""
+    scores, rows, tokens = top
+    ends = tokens == eos_id  # (A, 2K)
+    rank = torch.arange(ends.size(1), device=ends.device)
+    order = (ends.long() * ends.size(1) + rank).topk(beam, dim=1, largest=False).indices
+    return scores.gather(1, order), rows.gather(1, order), tokens.gather(1, order)
 
 
 @torch.no_grad()
 def beam_search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
-    """Beam search for a batch of B sentences: the K beams of the A sentences still
-    searching are stepped together as A*K rows; a sentence leaves the batch when done."""
+    """Beam search for a batch of B sentences: the K beams of the A sentences still in the
+    batch are stepped together as A*K rows."""
     vocab = model.vocab
-    special = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
     beam, batch, device = config.beam_size, src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
-    rows = torch.arange(batch, device=device).repeat_interleave(beam)  # (B*K,)
-    state, memory = state.select(rows), memory.select(rows)
+    sentence_of_row = torch.arange(batch, device=device)[:, None].expand(-1, beam).reshape(-1)
+    state, memory = state.select(sentence_of_row), memory.select(sentence_of_row)  # B*K rows
     max_len = max_output_lengths(src_lengths, config)  # (B,)
-    longest = int(max_len.max()) + 1
+    rules = _Rules(vocab, config, max_len)
+    longest = rules.longest + 1
     finished = _Finished.empty(
         batch, beam, longest, src.size(1), vocab.pad_id, return_attention, device
     )
-
-    active = torch.arange(batch, device=device)  # (A,) sentences still searching
-    # Alive beams: only the first is real at the start, so the K first extensions differ.
-    alive_scores = torch.full((batch, beam), float("-inf"), device=device)  # (A, K)
-    alive_scores[:, 0] = 0.0
-    history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)  # (A*K, t)
-    weights_history = src.new_zeros(batch * beam, 0, src.size(1), dtype=torch.float)
-    prev = torch.full((batch * beam, 1), vocab.bos_id, dtype=torch.long, device=device)
-
+    # Only the first beam is real at the start, so the K first extensions differ.
+    scores = torch.full((batch, beam), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    rows = batch * beam
+    beams = _Beams(
+        torch.arange(batch, device=device),
+        torch.ones(batch, dtype=torch.bool, device=device),
+        max_len,
+        scores,
+        torch.full((rows, longest), vocab.pad_id, dtype=torch.long, device=device),
+        src.new_zeros(rows, longest, src.size(1), dtype=torch.float) if return_attention else None,
+    )
+    prev = torch.full((rows, 1), vocab.bos_id, dtype=torch.long, device=device)
     for step in range(longest):
-        n_active = active.numel()
         log_probs, state, weights = model.step(prev, state, memory)  # (A*K, 1, V)
-        row_max_len = max_len[active].repeat_interleave(beam)  # (A*K,)
-        log_probs = _restrict(log_probs[:, 0], step, row_max_len, history, config, special)
-        vocab_size = log_probs.size(1)
-        candidates = (alive_scores.view(-1, 1) + log_probs).view(n_active, -1)  # (A, K*V)
-        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
-        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (A, 2K)
-        top_rows = (torch.arange(n_active, device=device) * beam)[:, None] + top_beams
+        row_max_len = beams.max_len[:, None].expand(-1, beam).reshape(-1)  # (A*K,)
+        log_probs = rules(log_probs[:, 0], step, row_max_len, beams.history[:, :step])
         if return_attention:
-            weights_history = torch.cat([weights_history, _weights(weights, memory.mask)], 1)
-        ends = top_tokens == vocab.eos_id  # (A, 2K)
-
-        # 1. Candidates ending here, among the K best, are finished.
-        new = ends[:, :beam] & top_scores[:, :beam].isfinite()  # (A, K)
-        if new.any():
-            rows_k = top_rows[:, :beam]  # (A, K)
-            tokens = torch.cat([history[rows_k], top_tokens[:, :beam, None]], dim=2)
-            log_prob = top_scores[:, :beam]
-            lengths = torch.full_like(rows_k, step + 1)
-            score = log_prob / length_penalty(lengths, config.length_penalty)
-            attention = None
-            if return_attention:
-                attention = _pad_to(weights_history[rows_k], longest, 2, 0.0)  # (A, K, L, S)
-            finished.add(
-                active,
-                score.masked_fill(~new, float("-inf")),
-                log_prob,
-                lengths,
-                _pad_to(tokens, longest, 2, vocab.pad_id),
-                attention,
-                new,
-            )
-        done = (finished.count[active] >= beam) | (step >= max_len[active])  # (A,)
-        if done.all():
+            beams.weights[:, step] = _weights(weights, memory.mask)
+        top = beams.extensions(log_probs)  # (A, 2K) each
+        new = _ending(beams, top, vocab.eos_id)  # (A, K)
+        count = finished.count[beams.sentences] + new.sum(dim=1)  # (A,)
+        beams.running &= (count < beam) & (step < beams.max_len)
+        any_new, alive = torch.stack([new.any(), beams.running.sum()]).tolist()  # one wait
+        if any_new:
+            _finish(finished, beams, top, new, step, config.length_penalty)
+        if alive == 0:
             break
-
-        # 2. The K best candidates that do not end go on; done sentences leave the batch.
-        rank = torch.arange(ends.size(1), device=device)
-        order = (ends.long() * ends.size(1) + rank).topk(beam, dim=1, largest=False).indices
-        alive_scores = top_scores.gather(1, order)  # (A, K)
-        next_rows = top_rows.gather(1, order)  # (A, K) rows of the previous step
-        next_tokens = top_tokens.gather(1, order)  # (A, K)
-        if done.any():
-            keep = (~done).nonzero().squeeze(1)  # (A',)
-            active, alive_scores = active[keep], alive_scores[keep]
-            next_rows, next_tokens = next_rows[keep], next_tokens[keep]
-            memory = memory.select(_rows_of(keep, beam))
-        next_rows = next_rows.view(-1)
-        state = state.select(next_rows)
-        history = torch.cat([history[next_rows], next_tokens.view(-1, 1)], dim=1)
-        if return_attention:
-            weights_history = weights_history[next_rows]
+        next_scores, next_rows, next_tokens = _survivors(top, beam, vocab.eos_id)  # (A, K)
+        if _worth_compacting(alive, beams.running.numel(), device):
+            keep = beams.running.nonzero().squeeze(1)  # (A',)
+            memory = memory.select(beams.keep(keep))
+            next_scores, next_rows, next_tokens = (
+                next_scores[keep],
+                next_rows[keep],
+                next_tokens[keep],
+            )
+        beams.go_on(next_rows, next_tokens, next_scores, step)
+        state = state.select(next_rows.view(-1))
         prev = next_tokens.view(-1, 1)
-
     return _hypotheses(
         finished.tokens,
         finished.lengths,
