@@ -58,6 +58,15 @@ class Ranks:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
 
+    def any_flag(self, flag: torch.Tensor) -> torch.Tensor:
+        """A boolean tensor that is True on every rank when it is True on any, without
+        waiting on the host (the all-reduce is queued on the device)."""
+        if self.world == 1:
+            return flag
+        value = flag.to(torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value.bool()
+
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if self.world == 1:
             return values

@@ -3,15 +3,16 @@
 Reads (from the run folder, see layout.py): manifest.json, the SentencePiece model(s),
 data/train.<lang>.bin/.idx, data/dev.<lang>.bin/.idx and data/dev.<tgt_lang> (references).
 Writes:
-    model/best.safetensors          best checkpoint by dev BLEU (self-contained: see checkpoint.py)
-    model/best-<N>.safetensors      the best `train.keep_best` checkpoints (when more than 1)
-    model/last-<N>.safetensors      the latest `train.keep_last` checkpoints (when more than 1)
-    model/last.safetensors          the latest checkpoint
-    model/train_state.safetensors   weights, optimizer, schedule, data position, random state
+    model/*.safetensors             checkpoints and the training state (see checkpoints.py)
     train_log.jsonl                 one JSON object per log line and per validation
     learning_curve.png              train loss, dev loss and dev BLEU by step
 Training resumes from model/train_state.safetensors when it exists: the data order, the
 random state and the optimizer are restored, so resuming gives the model not stopping would.
+
+A training step never waits for the device: losses are summed there and read when a line
+is logged, and a step whose gradients are not finite is skipped by the optimizer itself
+(its `found_inf` flag), so nothing is decided on the host. On a GPU the next step's batches
+are padded on a background thread, in pinned memory, while the current step runs.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from seq2seq.batching import TokenSequences, make_batch, training_batches
-from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetensors
-from seq2seq.config import Config, SearchConfig, to_dict
+from seq2seq.batching import Batch, TokenSequences, make_batch, training_batches
+from seq2seq.config import Config, SearchConfig
 from seq2seq.device import autocast
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
@@ -41,36 +41,20 @@ from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import (
     LearningRate,
     build_optimizer,
-    flatten_state,
     label_smoothed_nll,
     set_learning_rate,
-    unflatten_state,
     word_dropout,
 )
 
+from .checkpoints import Checkpoints, Optimization, TrainState, all_finite
 from .distributed import Ranks
 from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
 from .score import corpus_scores
 
-MAX_SKIPPED_IN_A_ROW = 20  # non-finite losses in a row before the run is stopped
+MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
 STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"]
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved with every checkpoint so that it can resume exactly."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    batch: int = 0  # batches of the current epoch already used
-    elapsed: float = 0.0  # seconds of training, across resumes
-    best: list = field(default_factory=list)  # [dev BLEU, step] of the best, best first
-    last: list = field(default_factory=list)  # steps of the latest validated checkpoints
-    stale: int = 0  # validations since dev BLEU last improved
-    skipped: int = 0  # steps skipped for a non-finite loss
-    validated_step: int = -1  # step of the last validation
 
 
 def load_tokenizers(run: RunFolder, manifest: dict) -> tuple[Tokenizer, Tokenizer]:
@@ -112,8 +96,82 @@ def _interrupt_flag():
         signal.signal(signal.SIGINT, previous)
 
 
+def finite_or_null(record: dict) -> dict:
+    """The record with non-finite numbers as None, so that the log stays strict JSON."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
+
+
+# --- the steps ahead ------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """The batches of one optimizer step, as this rank sees them."""
+
+    parts: list[tuple[Batch, float]]  # this rank's rows of each batch, and their loss weight
+    batches: int  # batches in the step
+    tgt_tokens: int  # target tokens of the whole step (all ranks), end-of-sentence included
+    src_tokens: int  # likewise for the source
+
+
+def prepared(groups: list, prepare: Callable, ahead: bool) -> Iterator:
+    """`prepare(group)` for each group in turn; with `ahead`, each is made on a background
+    thread while the caller works on the one before."""
+    if not ahead:
+        yield from map(prepare, groups)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
+        pending = pool.submit(prepare, groups[0]) if groups else None
+        for i in range(len(groups)):
+            current = pending.result()
+            pending = pool.submit(prepare, groups[i + 1]) if i + 1 < len(groups) else None
+            yield current
+
+
+class StepFigures:
+    """Loss and token counts of the steps since the last log line, and the steps skipped,
+    summed on the device so that no step waits for them; read in one transfer."""
+
+    def __init__(self, device: torch.device):
+        def zero():
+            return torch.zeros((), dtype=torch.float64, device=device)
+
+        self.loss, self.nll, self.tgt_tokens, self.src_tokens = zero(), zero(), zero(), zero()
+        self.skipped, self.in_a_row, self.most_in_a_row = zero(), zero(), zero()
+        self.start = time.monotonic()
+        self.tokens_seen = 0  # target tokens of every step, skipped or not, for speed
+
+    def add(self, loss, nll, tgt_tokens: int, src_tokens: int, skip) -> None:
+        """loss, nll: device sums; skip: device 0/1, whether the optimizer skipped the step."""
+        taken = 1 - skip
+        self.loss += taken * loss
+        self.nll += taken * nll
+        self.tgt_tokens += taken * tgt_tokens
+        self.src_tokens += taken * src_tokens
+        self.skipped += skip
+        self.in_a_row = (self.in_a_row + 1) * skip
+        self.most_in_a_row = torch.maximum(self.most_in_a_row, self.in_a_row)
+        self.tokens_seen += tgt_tokens
+
+    def read(self) -> dict:
+        """The sums so far (one wait for the device); starts the next window."""
+        names = ["loss", "nll", "tgt_tokens", "src_tokens", "skipped", "most_in_a_row"]
+        values = torch.stack([getattr(self, name) for name in names]).tolist()
+        for name in names:
+            getattr(self, name).zero_()
+        self.most_in_a_row.copy_(self.in_a_row)
+        now = time.monotonic()
+        seconds, self.start, self.tokens_seen = max(1e-9, now - self.start), now, 0
+        return {**dict(zip(names, values)), "seconds": seconds}
+
+
+# --- the trainer ----------------------------------------------------------------------------
+
+
 class Trainer:
-    """The training loop and what it writes; `run()` does the work."""
+    """The training loop; `run()` does the work, `Checkpoints` writes what it keeps."""
 
     def __init__(
         self,
@@ -135,34 +193,45 @@ class Trainer:
         self.vocab = make_vocab(self.src_tokenizer, self.tgt_tokenizer)
         if config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
             raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
-        splits = self.manifest["splits"]
-        self.train_src = TokenSequences.load(run.root / splits["train"]["src_ids"])
-        self.train_tgt = TokenSequences.load(run.root / splits["train"]["tgt_ids"])
-        dev_src = TokenSequences.load(run.root / splits["dev"]["src_ids"])
-        dev_tgt = TokenSequences.load(run.root / splits["dev"]["tgt_ids"])
-        self.dev = (dev_src, dev_tgt)
-        self.dev_refs = (run.root / splits["dev"]["tgt"]).read_text(encoding="utf-8").splitlines()
+        self._load_data()
         self.model = Seq2Seq(config.model, self.vocab).to(self.device)
         self.ranks.start(self.device)
         self.ddp_model = self.model
         if self.ranks.world > 1:  # gradients are averaged over the ranks in backward
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = build_optimizer(self.model, self.tc)
-        self.lr = LearningRate(self.tc)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.tc.precision == "fp16")
+        self.optimization = Optimization(
+            build_optimizer(self.model, self.tc),
+            torch.amp.GradScaler("cuda", enabled=self.tc.precision == "fp16"),
+            LearningRate(self.tc),
+        )
+        self.checkpoints = Checkpoints(
+            config, run, (self.src_tokenizer, self.tgt_tokenizer), self.manifest
+        )
         self.state = TrainState()
         if run.train_state.is_file() and not fresh:
-            self._restore()
+            self.state = self.checkpoints.restore(self.model, self.optimization)
+            if self.ranks.main:
+                self.checkpoints.truncate_log(self.state.step)
+            self.log(f"train: resuming from {run.train_state} at step {self.state.step}")
         elif self.ranks.main:
             run.model_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.train_log, "")
-        if self.ranks.main:  # temporary files of writes a kill interrupted: never needed
-            for stale in [*run.model_dir.glob(".*.tmp*"), *run.root.glob(".*.tmp*")]:
-                stale.unlink(missing_ok=True)
+        if self.ranks.main:
+            self.checkpoints.remove_stale_temporaries()
         if self.ranks.rank > 0:  # each rank its own dropout and word dropout
             torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + self.state.step)
+        self.figures = StepFigures(self.device)
         self.ranks.barrier()
+
+    def _load_data(self) -> None:
+        splits, root = self.manifest["splits"], self.folder.root
+        self.train_src = TokenSequences.load(root / splits["train"]["src_ids"])
+        self.train_tgt = TokenSequences.load(root / splits["train"]["tgt_ids"])
+        dev_src = TokenSequences.load(root / splits["dev"]["src_ids"])
+        dev_tgt = TokenSequences.load(root / splits["dev"]["tgt_ids"])
+        self.dev = (dev_src, dev_tgt)
+        self.dev_refs = (root / splits["dev"]["tgt"]).read_text(encoding="utf-8").splitlines()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -182,7 +251,7 @@ class Trainer:
             f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
             f"{len(self.train_src)} training pairs; from step {state.step}"
         )
-        progress = Progress(
+        self.progress = Progress(
             "train",
             total=tc.max_steps or None,
             unit="steps",
@@ -190,56 +259,28 @@ class Trainer:
             done=state.step,
             deadline=(tc.max_time - state.elapsed) if tc.max_time else None,
         )
-        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "src_tokens": 0, "start": time.monotonic()}
-        started = time.monotonic() - state.elapsed
-        stop = self._budget_reached(started)
+        self.started = time.monotonic() - state.elapsed
+        stop = self._budget_reached()
         with _interrupt_flag() as interrupted:
             while stop is None:
-                batches = self.epoch_batches(state.epoch)
-                while state.batch < len(batches) and stop is None:
-                    group = batches[state.batch : state.batch + tc.accumulate]
-                    result = self.train_step(group)
-                    state.batch += len(group)
-                    state.step += 1
-                    state.elapsed = time.monotonic() - started
-                    if result is not None:
-                        for key in ("loss", "nll", "tokens", "src_tokens"):
-                            window[key] += result[key]
-                        seconds = time.monotonic() - window["start"]
-                        progress.update(
-                            1,
-                            loss=result["loss"] / max(1, result["tokens"]),
-                            lr=self.lr(state.step - 1),
-                            **{"tgt tok/s": window["tokens"] / max(seconds, 1e-9)},
-                        )
-                    if state.step % tc.log_every == 0:
-                        self._log_training(window)
-                    if state.step % tc.validate_every == 0:
-                        stop = self.validate_and_save()
-                    stop = stop or self._budget_reached(started)
-                    stop = stop or ("interrupted" if interrupted() else None)
-                    stop = self._agree(stop)
-                if state.batch >= len(batches):
-                    state.epoch += 1
-                    state.batch = 0
-                    if tc.max_epochs and state.epoch >= tc.max_epochs:
-                        stop = stop or "max_epochs"
+                stop = self._epoch(interrupted)
+        self.progress.close()
         if stop == "interrupted":
-            progress.close()
+            self._sync_figures(log=False)
+            self._check_weights()
             if self.ranks.main:
-                self.save(validation=None)
+                self.checkpoints.save(self.model, self.optimization, state, validation=None)
             self.log(
                 f"train: interrupted at step {state.step}; saved {self.folder.train_state}; "
                 "run `nmt train` again to resume"
             )
             raise KeyboardInterrupt
-        progress.close()
         if state.validated_step != state.step:
             self.validate_and_save()
+        best = state.best[0][0] if state.best else float("nan")
         self.log(
             f"train: stopped ({stop}) at step {state.step}, epoch {state.epoch}, after "
-            f"{state.elapsed:.0f}s; best dev BLEU "
-            f"{state.best[0][0] if state.best else float('nan'):.2f}"
+            f"{state.elapsed:.0f}s; best dev BLEU {best:.2f}"
         )
         return {
             "stop": stop,
@@ -249,37 +290,87 @@ class Trainer:
             "skipped": state.skipped,
         }
 
-    def _budget_reached(self, started: float) -> str | None:
+    def _epoch(self, interrupted: Callable[[], bool]) -> str | None:
+        """Train on the rest of the current epoch; a reason to stop, or None at its end."""
+        tc, state = self.tc, self.state
+        batches = self.epoch_batches(state.epoch)
+        groups = [
+            batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
+        ]
+        steps = prepared(groups, self._prepare, ahead=self.device.type == "cuda")
+        for step in steps:
+            self.train_step(step)
+            state.batch += step.batches
+            state.step += 1
+            state.elapsed = time.monotonic() - self.started
+            seconds = time.monotonic() - self.figures.start
+            self.progress.update(
+                1,
+                lr=self.lr(state.step - 1),
+                **{"tgt tok/s": self.figures.tokens_seen / max(seconds, 1e-9)},
+            )
+            stop = None
+            if state.step % tc.log_every == 0:
+                self._sync_figures(log=True)
+            if state.step % tc.validate_every == 0:
+                stop = self.validate_and_save()
+            stop = stop or self._budget_reached()
+            stop = stop or ("interrupted" if interrupted() else None)
+            stop = self._agree(stop)
+            if stop is not None:
+                steps.close()
+                return stop
+        state.epoch += 1
+        state.batch = 0
+        if tc.max_epochs and state.epoch >= tc.max_epochs:
+            return "max_epochs"
+        return None
+
+    @property
+    def lr(self) -> LearningRate:
+        return self.optimization.lr
+
+    def _budget_reached(self) -> str | None:
         tc, state = self.tc, self.state
         if tc.max_steps and state.step >= tc.max_steps:
             return "max_steps"
-        if tc.max_time and time.monotonic() - started >= tc.max_time:
+        if tc.max_time and time.monotonic() - self.started >= tc.max_time:
             return "max_time"
         if tc.patience and state.stale >= tc.patience:
             return "patience"
         return None
 
-    def train_step(self, group: list[list[int]]) -> dict | None:
-        """One optimizer step over `accumulate` batches; None when skipped (non-finite loss).
-
-        Each rank takes rows rank::world of every batch. The loss is divided by the target
-        tokens of the whole batch (all ranks) and multiplied by the number of ranks, so the
+    def _prepare(self, group: list[list[int]]) -> Step:
+        """This rank's rows of each batch of one step, padded (pinned for a GPU). Each rank
+        takes rows rank::world of every batch; the loss weight divides by the target tokens
+        of the whole step (all ranks) and multiplies by the number of ranks, so the
         gradients DDP averages are those of one process training on the whole batch."""
-        tc, vocab, ranks = self.tc, self.vocab, self.ranks
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        lengths = self.train_tgt.lengths
-        total_tokens = sum(int(lengths[idx].sum()) + len(idx) for idx in group)  # + eos
-        loss_sum = nll_sum = src_tokens = 0.0
-        keep = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
-        for i, idx in enumerate(group):
-            rows, weight = idx[ranks.rank :: ranks.world], ranks.world / total_tokens
+        ranks, vocab = self.ranks, self.vocab
+        tgt_lengths, src_lengths = self.train_tgt.lengths, self.train_src.lengths
+        tgt_tokens = sum(int(tgt_lengths[idx].sum()) + len(idx) for idx in group)  # + eos
+        src_tokens = sum(int(src_lengths[idx].sum()) + len(idx) for idx in group)
+        parts = []
+        for idx in group:
+            rows, weight = idx[ranks.rank :: ranks.world], ranks.world / tgt_tokens
             if not rows:  # fewer rows than ranks: a zero-weight row keeps the all-reduce in step
                 rows, weight = idx[:1], 0.0
-            batch = make_batch(self.train_src, self.train_tgt, rows, vocab).to(self.device)
+            batch = make_batch(self.train_src, self.train_tgt, rows, vocab)
+            parts.append((batch.pin_memory() if self.device.type == "cuda" else batch, weight))
+        return Step(parts, len(group), tgt_tokens, src_tokens)
+
+    def train_step(self, step: Step) -> None:
+        """One optimizer step over the step's batches; nothing in it waits for the device."""
+        tc, vocab, ranks = self.tc, self.vocab, self.ranks
+        self.model.train()
+        optimizer, scaler = self.optimization.optimizer, self.optimization.scaler
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = nll_sum = torch.zeros((), device=self.device)
+        keep = (vocab.pad_id, vocab.bos_id, vocab.eos_id)
+        for i, (cpu_batch, weight) in enumerate(step.parts):
+            batch = cpu_batch.to(self.device)
             src = word_dropout(batch.src, tc.word_dropout, vocab.unk_id, keep)
             tgt_in = word_dropout(batch.tgt_in, tc.word_dropout, vocab.unk_id, keep)
-            last = i == len(group) - 1
+            last = i == len(step.parts) - 1
             sync = (
                 contextlib.nullcontext() if last or ranks.world == 1 else self.ddp_model.no_sync()
             )
@@ -289,22 +380,24 @@ class Trainer:
                 loss, nll = label_smoothed_nll(
                     log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
                 )
-                self.scaler.scale(loss * weight).backward()
+                scaler.scale(loss * weight).backward()
             if weight:
-                loss_sum += loss.item()
-                nll_sum += nll.item()
-                src_tokens += int(batch.src_lengths.sum())
-        loss_sum, nll_sum, src_tokens = ranks.sum([loss_sum, nll_sum, src_tokens], self.device)
-        if not math.isfinite(loss_sum):
-            return self._skip_step()
-        self.scaler.unscale_(self.optimizer)
-        if tc.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
-        set_learning_rate(self.optimizer, self.lr(self.state.step))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self._skipped_in_a_row = 0
-        return {"loss": loss_sum, "nll": nll_sum, "tokens": total_tokens, "src_tokens": src_tokens}
+                loss_sum, nll_sum = loss_sum + loss.detach(), nll_sum + nll.detach()
+        scaler.unscale_(optimizer)
+        # The norm is computed even without clipping: a non-finite one skips the step.
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), tc.clip_grad_norm or math.inf
+        )
+        skip = ranks.any_flag(~(norm.isfinite() & loss_sum.isfinite())).float()
+        set_learning_rate(optimizer, self.lr(self.state.step))
+        if tc.precision == "fp16":
+            scaler.step(optimizer)  # the scaler skips non-finite steps and lowers its scale
+        else:
+            optimizer.found_inf = skip  # the fused optimizer leaves everything as it was
+            optimizer.step()
+            del optimizer.found_inf
+        scaler.update()
+        self.figures.add(loss_sum, nll_sum, step.tgt_tokens, step.src_tokens, skip)
 
     def _agree(self, stop: str | None) -> str | None:
         """Every rank stops together, for the reason rank 0 (or any rank) has."""
@@ -313,43 +406,39 @@ class Trainer:
         reasons = [None, *STOP_REASONS]
         return reasons[self.ranks.agree_max(reasons.index(stop), self.device)]
 
-    def _skip_step(self) -> None:
-        self.state.skipped += 1
-        self._skipped_in_a_row = getattr(self, "_skipped_in_a_row", 0) + 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.tc.precision == "fp16":
-            self.scaler.update()  # lower the loss scale and try again
-            return None
-        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+    def _sync_figures(self, log: bool) -> None:
+        """Read what the device summed since the last time: log it, count the skipped steps,
+        and stop a run whose steps keep failing."""
+        figures = self.figures.read()
+        self.state.skipped += int(figures["skipped"])
+        if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.tc.precision != "fp16":
             raise UserError(
-                f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a "
-                f"non-finite loss at step {self.state.step}; the last good checkpoint "
-                f"is {self.folder.last}; try a lower train.lr"
+                f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite "
+                f"loss by step {self.state.step}; {self.checkpoints.last_good()}; try a "
+                "lower train.lr"
             )
-        return None
-
-    def _log_training(self, window: dict) -> None:
-        now = time.monotonic()
-        seconds = max(1e-9, now - window["start"])
-        tokens = max(1, window["tokens"])
+        if not log:
+            return
+        loss, nll = self.ranks.sum([figures["loss"], figures["nll"]], self.device)
+        tokens, seconds = max(1.0, figures["tgt_tokens"]), figures["seconds"]
         record = {
             "step": self.state.step,
             "epoch": self.state.epoch,
             "lr": self.lr(self.state.step - 1),
-            "train_loss": window["loss"] / tokens,
-            "train_ppl": math.exp(min(50.0, window["nll"] / tokens)),
-            "tgt_tokens_per_s": window["tokens"] / seconds,
-            "src_tgt_tokens_per_s": (window["tokens"] + window["src_tokens"]) / seconds,
+            "train_loss": loss / tokens,
+            "train_ppl": math.exp(min(50.0, nll / tokens)),
+            "tgt_tokens_per_s": figures["tgt_tokens"] / seconds,
+            "src_tgt_tokens_per_s": (figures["tgt_tokens"] + figures["src_tokens"]) / seconds,
             "elapsed": round(self.state.elapsed, 1),
         }
+        self.progress.update(0, loss=record["train_loss"])
         self._append_log(record)
-        window.update(loss=0.0, nll=0.0, tokens=0, src_tokens=0, start=now)
 
     def _append_log(self, record: dict) -> None:
         if not self.ranks.main:
             return
         with open(self.folder.train_log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
 
@@ -359,15 +448,16 @@ class Trainer:
         model, vocab = self.model, self.vocab
         model.eval()
         dev_src, dev_tgt = self.dev
-        nll_sum, tokens = 0.0, 0
+        nll_sum, tokens = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for start in range(0, len(dev_src), 64):
             idx = list(range(start, min(start + 64, len(dev_src))))
             batch = make_batch(dev_src, dev_tgt, idx, vocab).to(self.device)
             with autocast(self.device, self.tc.precision):
                 log_probs = model(batch.src, batch.src_lengths, batch.tgt_in)
             _, nll = label_smoothed_nll(log_probs, batch.tgt_out, vocab.pad_id, 0.0)
-            nll_sum += nll.item()
+            nll_sum += nll
             tokens += batch.num_tgt_tokens
+        dev_loss = float(nll_sum) / tokens
         search = SearchConfig(
             **{**asdict(self.config.search), "beam_size": self.tc.dev_beam_size, "n_best": 1}
         )
@@ -377,18 +467,29 @@ class Trainer:
         texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
         scores = corpus_scores(texts, self.dev_refs)
         return {
-            "dev_loss": nll_sum / tokens,
-            "dev_ppl": math.exp(min(50.0, nll_sum / tokens)),
+            "dev_loss": dev_loss,
+            "dev_ppl": math.exp(min(50.0, dev_loss)) if math.isfinite(dev_loss) else dev_loss,
             "dev_bleu": scores["bleu"],
             "dev_chrf": scores["chrf"],
         }
 
+    def _check_weights(self) -> None:
+        """Stop a run whose weights are no longer finite, before anything saves them."""
+        if not all_finite(self.model):
+            raise UserError(
+                f"training diverged: the weights are no longer finite at step "
+                f"{self.state.step}; {self.checkpoints.last_good()}; try a lower train.lr"
+            )
+
     def validate_and_save(self) -> str | None:
         """Validate, keep the best checkpoints, save the train state; a reason to stop or None.
-        Rank 0 does the work; the other ranks learn whether dev BLEU improved."""
+        Rank 0 does the work; the other ranks learn whether dev BLEU improved. Weights that
+        are no longer finite stop the run, and are never saved."""
         state = self.state
+        self._sync_figures(log=False)
+        self._check_weights()
         state.validated_step = state.step
-        improved = False
+        improved, result = False, None
         if self.ranks.main:
             result = self.validate()
             bleu = result["dev_bleu"]
@@ -403,131 +504,11 @@ class Trainer:
         state.stale = 0 if improved else state.stale + 1
         self.lr.validated(improved)
         if self.ranks.main:
-            self.save(validation=result)
-            self.draw_learning_curve()
+            self.checkpoints.save(self.model, self.optimization, state, validation=result)
+            draw_learning_curve(self.folder.train_log, self.folder.learning_curve)
         if self.tc.patience and state.stale >= self.tc.patience:
             return "patience"
         return None
-
-    def checkpoint_info(self, validation: dict | None) -> dict:
-        return {
-            "step": self.state.step,
-            "epoch": self.state.epoch,
-            **(validation or {}),
-            "normalize": self.config.data.cleaning.normalize,
-            "max_pieces": self.config.data.cleaning.max_pieces,
-            "languages": self.manifest["languages"],
-            "run": self.config.name,
-        }
-
-    def save(self, validation: dict | None) -> None:
-        """Checkpoints first, the train state last: a kill in between only repeats work."""
-        state, run = self.state, self.folder
-        info = self.checkpoint_info(validation)
-
-        def save(path: Path) -> None:
-            save_checkpoint(
-                path, self.model, self.src_tokenizer, self.tgt_tokenizer, self.config.search, info
-            )
-
-        save(run.last)
-        if validation is not None:
-            keep_best, keep_last = self.tc.keep_best, self.tc.keep_last
-            best = sorted(
-                state.best + [[validation["dev_bleu"], state.step]],
-                key=lambda item: (-item[0], item[1]),
-            )
-            if best[0][1] == state.step:
-                save(run.best)
-            if keep_best > 1 and state.step in [step for _, step in best[:keep_best]]:
-                save(run.kept("best", state.step))
-            for _, step in best[keep_best:]:
-                run.kept("best", step).unlink(missing_ok=True)
-            state.best = best[:keep_best]
-            last = state.last + [state.step]
-            if keep_last > 1:
-                save(run.kept("last", state.step))
-            for step in last[:-keep_last]:
-                run.kept("last", step).unlink(missing_ok=True)
-            state.last = last[-keep_last:]
-        self._save_train_state()
-
-    def _save_train_state(self) -> None:
-        tensors: dict[str, torch.Tensor] = {}
-        skeleton = {
-            "optimizer": flatten_state(self.optimizer.state_dict(), tensors, "optimizer"),
-            "scaler": flatten_state(self.scaler.state_dict(), tensors, "scaler"),
-            "rng": flatten_state(
-                {
-                    "cpu": torch.get_rng_state(),
-                    "cuda": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
-                },
-                tensors,
-                "rng",
-            ),
-        }
-        for name, tensor in self.model.state_dict().items():
-            tensors[f"model.{name}"] = tensor
-        metadata = {
-            "format": "seq2seq-train-state",
-            "version": "1",
-            "state": json.dumps(asdict(self.state)),
-            "lr": json.dumps(self.lr.state_dict()),
-            "skeleton": json.dumps(skeleton),
-            "model": json.dumps(to_dict(self.config.model)),
-            "tokenizer": json.dumps(self.manifest["tokenizer"]),
-        }
-        # Tied weights share storage; safetensors stores each once.
-        unique, seen = {}, set()
-        for key, tensor in tensors.items():
-            if key.startswith("model.") and tensor.data_ptr() in seen:
-                continue
-            seen.add(tensor.data_ptr())
-            unique[key] = tensor
-        write_safetensors(self.folder.train_state, unique, metadata)
-
-    def _restore(self) -> None:
-        path = self.folder.train_state
-        tensors, metadata = read_safetensors(path)
-        if metadata.get("format") != "seq2seq-train-state":
-            raise UserError(f"{path}: not a training state file")
-        if json.loads(metadata["model"]) != to_dict(self.config.model):
-            raise UserError(
-                f"{path}: was trained with a different model config; pass --fresh to "
-                "start over (overwrites this run's checkpoints) or use another --run-dir"
-            )
-        if json.loads(metadata["tokenizer"]) != self.manifest["tokenizer"]:
-            raise UserError(f"{path}: the run folder was preprocessed again since; pass --fresh")
-        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state, strict=False)
-        skeleton = json.loads(metadata["skeleton"])
-        self.optimizer.load_state_dict(unflatten_state(skeleton["optimizer"], tensors))
-        self.scaler.load_state_dict(unflatten_state(skeleton["scaler"], tensors))
-        rng = unflatten_state(skeleton["rng"], tensors)
-        torch.set_rng_state(rng["cpu"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.lr.load_state_dict(json.loads(metadata["lr"]))
-        self.state = TrainState(**json.loads(metadata["state"]))
-        if self.ranks.main:
-            self._truncate_log(self.state.step)
-        self.log(f"train: resuming from {path} at step {self.state.step}")
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the state we resume from (they will be redone)."""
-        if not self.folder.train_log.is_file():
-            return
-        kept = []
-        for line in self.folder.train_log.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line cut short by a kill
-        atomic_write_text(self.folder.train_log, "".join(line + "\n" for line in kept))
-
-    def draw_learning_curve(self) -> None:
-        draw_learning_curve(self.folder.train_log, self.folder.learning_curve)
 
 
 def train(

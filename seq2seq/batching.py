@@ -121,6 +121,16 @@ class Batch:
     tgt_out: Tensor  # (B, T) target ids + end-of-sentence, padded
     num_tgt_tokens: int  # real (non-pad) tokens in tgt_out
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory, so that copies to a GPU can run async."""
+        return Batch(
+            self.src.pin_memory(),
+            self.src_lengths.pin_memory(),
+            self.tgt_in.pin_memory(),
+            self.tgt_out.pin_memory(),
+            self.num_tgt_tokens,
+        )
+
     def to(self, device: torch.device) -> Batch:
         return Batch(
             self.src.to(device, non_blocking=True),

@@ -1,0 +1,194 @@
+"""What training writes besides the log: checkpoints, the ones kept for averaging, and the
+training state that makes resuming exact.
+
+    model/last.safetensors          the latest checkpoint
+    model/best.safetensors          the best by dev BLEU
+    model/best-<N>.safetensors      the best `train.keep_best` (when more than 1)
+    model/last-<N>.safetensors      the latest `train.keep_last` validated (when more than 1)
+    model/train_state.safetensors   weights, optimizer, scaler, schedule, data position, RNG
+
+Checkpoints are written first and the training state last, so a kill in between only
+repeats work. Weights that are not all finite are never written under any of these names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetensors
+from seq2seq.config import Config, to_dict
+from seq2seq.errors import UserError
+from seq2seq.io import atomic_write_text
+from seq2seq.tokenizer import Tokenizer
+from seq2seq.training import LearningRate, flatten_state, unflatten_state
+
+from .layout import RunFolder
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every checkpoint so that it can resume exactly."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch already used
+    elapsed: float = 0.0  # seconds of training, across resumes
+    best: list = field(default_factory=list)  # [dev BLEU, step] of the best, best first
+    last: list = field(default_factory=list)  # steps of the latest validated checkpoints
+    stale: int = 0  # validations since dev BLEU last improved
+    skipped: int = 0  # steps skipped for a non-finite loss
+    validated_step: int = -1  # step of the last validation
+
+
+@dataclass
+class Optimization:
+    """What changes along with the weights in training, and must resume with them."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr: LearningRate
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """True when every weight is a finite number (one wait for the device)."""
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
+
+
+class Checkpoints:
+    """Writes and reads the checkpoints and the training state of one run folder."""
+
+    def __init__(
+        self,
+        config: Config,
+        run: RunFolder,
+        tokenizers: tuple[Tokenizer, Tokenizer],
+        manifest: dict,
+    ):
+        self.config, self.run, self.manifest = config, run, manifest
+        self.src_tokenizer, self.tgt_tokenizer = tokenizers
+
+    def info(self, state: TrainState, validation: dict | None) -> dict:
+        return {
+            "step": state.step,
+            "epoch": state.epoch,
+            **(validation or {}),
+            "normalize": self.config.data.cleaning.normalize,
+            "max_pieces": self.config.data.cleaning.max_pieces,
+            "languages": self.manifest["languages"],
+            "run": self.config.name,
+        }
+
+    def last_good(self) -> str:
+        """Where the newest good checkpoint is, for messages about a failed run."""
+        if self.run.last.is_file():
+            return f"the last good checkpoint is {self.run.last}"
+        return "no checkpoint was written before"
+
+    def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):
+        """Write last (and best and the kept ones, after a validation), then the state."""
+        info = self.info(state, validation)
+        tc, run = self.config.train, self.run
+
+        def save(path: Path) -> None:
+            save_checkpoint(
+                path, model, self.src_tokenizer, self.tgt_tokenizer, self.config.search, info
+            )
+
+        save(run.last)
+        if validation is not None:
+            best = sorted(
+                state.best + [[validation["dev_bleu"], state.step]],
+                key=lambda item: (-item[0], item[1]),
+            )
+            if best[0][1] == state.step:
+                save(run.best)
+            if tc.keep_best > 1 and state.step in [step for _, step in best[: tc.keep_best]]:
+                save(run.kept("best", state.step))
+            for _, step in best[tc.keep_best :]:
+                run.kept("best", step).unlink(missing_ok=True)
+            state.best = best[: tc.keep_best]
+            last = state.last + [state.step]
+            if tc.keep_last > 1:
+                save(run.kept("last", state.step))
+            for step in last[: -tc.keep_last]:
+                run.kept("last", step).unlink(missing_ok=True)
+            state.last = last[-tc.keep_last :]
+        self.save_state(model, parts, state)
+
+    def save_state(self, model, parts: Optimization, state: TrainState) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = {
+            "optimizer": flatten_state(parts.optimizer.state_dict(), tensors, "optimizer"),
+            "scaler": flatten_state(parts.scaler.state_dict(), tensors, "scaler"),
+            "rng": flatten_state(
+                {
+                    "cpu": torch.get_rng_state(),
+                    "cuda": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+                },
+                tensors,
+                "rng",
+            ),
+        }
+        seen = set()  # tied weights share storage; safetensors stores each once
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                tensors[f"model.{name}"] = tensor
+        metadata = {
+            "format": "seq2seq-train-state",
+            "version": "1",
+            "state": json.dumps(asdict(state)),
+            "lr": json.dumps(parts.lr.state_dict()),
+            "skeleton": json.dumps(skeleton),
+            "model": json.dumps(to_dict(self.config.model)),
+            "tokenizer": json.dumps(self.manifest["tokenizer"]),
+        }
+        write_safetensors(self.run.train_state, tensors, metadata)
+
+    def restore(self, model, parts: Optimization) -> TrainState:
+        """Load the training state into the model and `parts`; returns where it stood."""
+        path = self.run.train_state
+        tensors, metadata = read_safetensors(path)
+        if metadata.get("format") != "seq2seq-train-state":
+            raise UserError(f"{path}: not a training state file")
+        if json.loads(metadata["model"]) != to_dict(self.config.model):
+            raise UserError(
+                f"{path}: was trained with a different model config; pass --fresh to "
+                "start over (overwrites this run's checkpoints) or use another --run-dir"
+            )
+        if json.loads(metadata["tokenizer"]) != self.manifest["tokenizer"]:
+            raise UserError(f"{path}: the run folder was preprocessed again since; pass --fresh")
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(model_state, strict=False)
+        skeleton = json.loads(metadata["skeleton"])
+        parts.optimizer.load_state_dict(unflatten_state(skeleton["optimizer"], tensors))
+        parts.scaler.load_state_dict(unflatten_state(skeleton["scaler"], tensors))
+        rng = unflatten_state(skeleton["rng"], tensors)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        parts.lr.load_state_dict(json.loads(metadata["lr"]))
+        return TrainState(**json.loads(metadata["state"]))
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines written after the state we resume from (they will be redone)."""
+        log = self.run.train_log
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by a kill
+        atomic_write_text(log, "".join(line + "\n" for line in kept))
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files of writes that a kill interrupted: never needed."""
+        for stale in [*self.run.model_dir.glob(".*.tmp*"), *self.run.root.glob(".*.tmp*")]:
+            stale.unlink(missing_ok=True)
