@@ -535,3 +535,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         resolved = str((path.parent / data.path).resolve())
         config = dataclasses.replace(config, data=dataclasses.replace(data, path=resolved))
     return config
+
+
+def override_search(base: SearchConfig, changes: dict[str, Any]) -> SearchConfig:
+    """`base` (a checkpoint's search section) with `changes` by key, checked like the config
+    file. A new beam size also caps n_best unless n_best is given; a batch size given
+    without max_tokens batches by sentences."""
+    changes = dict(changes)
+    if "beam_size" in changes and "n_best" not in changes:
+        beam = _convert(int, changes["beam_size"], "search.beam_size")
+        changes["n_best"] = max(1, min(base.n_best, beam))
+    if "batch_size" in changes and "max_tokens" not in changes:
+        changes["max_tokens"] = 0
+    return from_dict(SearchConfig, {**to_dict(base), **changes}, "search")

@@ -7,9 +7,11 @@ renamed over the final name, so an interrupted write never leaves a file that lo
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
+import select
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,9 @@ from typing import IO
 from .errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
+BOM = "\ufeff"
+# Failures to write that the user can fix: permissions, a read-only or full disk.
+WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def _temporary_name(path: Path) -> Path:
@@ -38,7 +43,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except PermissionError as e:
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -72,31 +79,79 @@ def open_binary(path: str | Path) -> IO[bytes]:
     return f
 
 
-def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (gzip or plain) without their line endings.
+def decode_line(raw: bytes, where: str, number: int, errors: str = "strict") -> str:
+    """One line of UTF-8 text without its line ending, by the rules every reader follows:
+    a byte-order mark opening the first line is dropped; a NUL byte marks a binary file;
+    invalid UTF-8 is an error naming the line, or U+FFFD with errors="replace"."""
+    if b"\x00" in raw:
+        raise UserError(
+            f"{where}:{number}: NUL byte found; this looks like a binary file, expected UTF-8 text"
+        )
+    try:
+        line = raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{where}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+            f"{e.start + 1}); expected UTF-8 text"
+        ) from None
+    if number == 1 and line.startswith(BOM):
+        line = line[1:]
+    return line.rstrip("\n").rstrip("\r")
 
-    errors="strict" stops at the first invalid UTF-8 with an error naming the line;
-    "replace" puts U+FFFD in place of each bad byte. NUL bytes mark a binary file.
-    """
+
+def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (gzip or plain) by the rules of `decode_line`."""
     path = Path(path)
     with open_binary(path) as f:
         try:
             for number, raw in enumerate(f, start=1):
-                if b"\x00" in raw:
-                    raise UserError(
-                        f"{path}:{number}: NUL byte found; this looks like a binary "
-                        "file, expected UTF-8 text"
-                    )
-                try:
-                    line = raw.decode("utf-8", errors=errors)
-                except UnicodeDecodeError as e:
-                    raise UserError(
-                        f"{path}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                        f"{e.start + 1}); expected UTF-8 text"
-                    ) from None
-                yield line.rstrip("\n").rstrip("\r")
+                yield decode_line(raw, str(path), number, errors)
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise UserError(f"{path}: corrupt gzip data ({e})") from None
+
+
+class StreamLines:
+    """The lines of a stream (standard input) as they arrive, by the rules of `decode_line`.
+
+    `waiting()` tells whether the next line is not there yet: a person typing, or a program
+    that writes a line and waits for its answer. Readers then answer what they have instead
+    of waiting for a full chunk."""
+
+    def __init__(self, stream, where: str = "stdin", errors: str = "strict"):
+        self.stream, self.where, self.errors = stream, where, errors
+        try:
+            self.fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None  # an in-memory stream: everything is there already
+        self.buffer = b""
+        self.ended = False
+
+    def _fill(self) -> None:
+        data = os.read(self.fd, 1 << 16) if self.fd is not None else self.stream.read(1 << 16)
+        if data:
+            self.buffer += data
+        else:
+            self.ended = True
+
+    def waiting(self) -> bool:
+        if self.buffer or self.ended or self.fd is None:
+            return False
+        return not select.select([self.fd], [], [], 0)[0]
+
+    def __iter__(self) -> Iterator[str]:
+        number = 0
+        while True:
+            end = self.buffer.find(b"\n")
+            while end < 0 and not self.ended:
+                self._fill()
+                end = self.buffer.find(b"\n")
+            if end < 0:
+                end = len(self.buffer) - 1
+                if end < 0:
+                    return
+            raw, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+            number += 1
+            yield decode_line(raw, self.where, number, self.errors)
 
 
 def count_lines(path: str | Path) -> int:
@@ -110,3 +165,38 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- destinations ---------------------------------------------------------------------------
+
+SPECIAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same spelling after links and `..` are resolved,
+    or (when both exist) the same file on disk, hard links included."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_destination(path: str | Path, folder: bool = False) -> None:
+    """Refuse, before any work is done, a destination that cannot take the output: a file
+    name that is a folder or a special file, a folder name that is a file, a missing or
+    unwritable parent folder, or a place on a special file system (/proc, /sys, /dev)."""
+    path = Path(path)
+    if path.exists() and folder and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder; expected a folder")
+    if path.exists() and not folder and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise UserError(f"{path}: is {kind}; expected a file name")
+    parent = path if folder and path.is_dir() else path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UserError(f"{path}: folder {parent} {what}")
+    resolved = parent.resolve()
+    if any(resolved == root or root in resolved.parents for root in SPECIAL_FILE_SYSTEMS):
+        raise UserError(f"{path}: {resolved} is a special file system; write to a normal folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write in folder {parent} (permission denied)")
