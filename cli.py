@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from seq2seq.config import Config, load_config
+from seq2seq.config import Config, load_config, parse_override
 from seq2seq.errors import UserError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -131,8 +131,9 @@ def train(
     _log(f"train: best checkpoint {run.best}")
 
 
-@app.command()
+@app.command(context_settings=OVERRIDES)
 def translate(
+    ctx: typer.Context,
     model: Path = typer.Option(
         ..., "-m", "--model", help="Run folder, model folder or checkpoint."
     ),
@@ -145,14 +146,15 @@ def translate(
     output: str = typer.Option(
         ..., "-o", "--output", help="Output file ('-': stdout), or a folder for several inputs."
     ),
-    beam_size: int | None = typer.Option(None, help="Beam size; 1 is greedy."),
-    n_best: int | None = typer.Option(None, help="Write this many hypotheses with scores."),
+    # Aliases of --search.<key>=VALUE, which sets any key of the checkpoint's search section.
+    beam_size: int | None = typer.Option(None, help="search.beam_size: 1 is greedy."),
+    n_best: int | None = typer.Option(None, help="search.n_best: hypotheses with scores."),
     length_penalty: float | None = typer.Option(
-        None, help="GNMT length penalty alpha (0: none); default: the checkpoint's."
+        None, help="search.length_penalty: GNMT alpha (0: none)."
     ),
-    batch_size: int | None = typer.Option(None, help="Sentences per batch."),
+    batch_size: int | None = typer.Option(None, help="search.batch_size: sentences a batch."),
     max_tokens: int | None = typer.Option(
-        None, help="Source tokens per batch (instead of --batch-size)."
+        None, help="search.max_tokens: source tokens a batch (instead of --batch-size)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
@@ -165,7 +167,8 @@ def translate(
     ),
     chunk_lines: int = typer.Option(4000, help="Lines read, sorted and translated together."),
 ):
-    """Translate a text file line by line, in input order."""
+    """Translate text files line by line, in input order. Any search setting can be changed
+    with --search.KEY=VALUE (see README, search); the checkpoint's are the defaults."""
     from pipelines.translate import TranslateOptions, translate_files
 
     if precision not in ("fp32", "bf16", "fp16"):
@@ -174,17 +177,16 @@ def translate(
         raise UserError(f"option '--errors': expected strict or replace, got {errors!r}")
     if chunk_lines < 1:
         raise UserError(f"option '--chunk-lines': expected an integer >= 1, got {chunk_lines}")
-    options = TranslateOptions(
-        beam_size=beam_size,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        n_best=n_best,
-        length_penalty=length_penalty,
-        device=device,
-        precision=precision,
-        errors=errors,
-        chunk_lines=chunk_lines,
-    )
+    aliases = {
+        "beam_size": beam_size,
+        "n_best": n_best,
+        "length_penalty": length_penalty,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+    }
+    search = {key: value for key, value in aliases.items() if value is not None}
+    search.update(_search_overrides(ctx))
+    options = TranslateOptions(search, device, precision, errors, chunk_lines)
     log = _log_to_stderr if output == "-" else _log
     result = translate_files(model, input, output, options, log, alignments, resume)
     log(
@@ -192,6 +194,19 @@ def translate(
         f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
         "target tokens/s)"
     )
+
+
+def _search_overrides(ctx: typer.Context) -> dict:
+    """`--search.key=value` arguments as {key: value}; translate takes no other section."""
+    changes = {}
+    for arg in ctx.args:
+        path, value = parse_override(arg)
+        if len(path) != 2 or path[0] != "search":
+            raise UsageError(
+                f"unexpected argument '{arg}'; translate takes --search.KEY=VALUE overrides", ctx
+            )
+        changes[path[1]] = value
+    return changes
 
 
 @app.command()

@@ -150,22 +150,22 @@ CASES = [
     (
         "output under a file",
         "translate -m {run} -i {root}/in.en -o {root}/a_file/o.txt",
-        r"a_file does not exist",
+        r"a_file is not a folder",
     ),
     (
         "beam size zero",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --beam-size 0",
-        r"'--beam-size': expected an integer >= 1",
+        r"'search\.beam_size': expected an integer >= 1",
     ),
     (
         "batch size zero",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --batch-size 0",
-        r"'--batch-size': expected an integer >= 1",
+        r"'search\.batch_size': expected an integer >= 1",
     ),
     (
         "n-best beyond beam",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --beam-size 2 --n-best 5",
-        r"'--n-best': expected an integer from 1 to beam-size",
+        r"'search\.n_best': expected an integer from 1 to beam_size",
     ),
     (
         "bad precision",

@@ -65,14 +65,15 @@ def say(word, pause=0.0):
     print(word, flush=True)
     time.sleep(pause)
 
-real_texts = tl._chunk_texts
-tl._chunk_texts = lambda *a, **k: (say("CHUNK"), real_texts(*a, **k))[1]
-real_write = tl.atomic_write_text
+real_texts = tl.Translator.texts
+tl.Translator.texts = lambda *a, **k: (say("CHUNK"), real_texts(*a, **k))[1]
+import pipelines.outputs as out
+real_write = out.atomic_write_text
 def progress_write(path, text):
     say("APPEND", 0.1)  # the chunk is on disk, its progress record not yet
     real_write(path, text)
-tl.atomic_write_text = progress_write
-options = tl.TranslateOptions(beam_size=2, device="cpu", chunk_lines=3)
+out.atomic_write_text = progress_write
+options = tl.TranslateOptions(search={{"beam_size": 2}}, device="cpu", chunk_lines=3)
 tl.translate_file(sys.argv[1], sys.argv[2], sys.argv[3], options, log=lambda _: None,
                   resume=True)
 say("DONE")

@@ -109,7 +109,7 @@ def test_translate_keeps_lines_in_order_and_repeats_exactly(tmp_path, trained_ru
     source = tmp_path / "in.txt"
     lines = ["The dog sleeps.", "", "A woman reads the book in the garden.", "Heute.", "", "x"]
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    options = TranslateOptions(beam_size=2, batch_size=2, device="cpu")
+    options = TranslateOptions(search={"beam_size": 2, "batch_size": 2}, device="cpu")
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     translate_file(trained_run, str(source), str(first), options, **QUIET)
     translate_file(
@@ -165,7 +165,7 @@ def test_alignments_hold_one_attention_matrix_per_line(tmp_path, trained_run):
     source = tmp_path / "in.txt"
     source.write_text("The dog sleeps.\n\nA woman reads the old book.\n", encoding="utf-8")
     aligned = tmp_path / "align.jsonl"
-    options = TranslateOptions(beam_size=3, device="cpu")
+    options = TranslateOptions(search={"beam_size": 3}, device="cpu")
     translate_file(
         trained_run,
         str(source),

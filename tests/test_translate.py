@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from pipelines import translate as translate_module
+from pipelines import outputs as outputs_module
 from pipelines.translate import TranslateOptions, translate_file, translate_files
 from seq2seq.errors import UserError
 
@@ -29,8 +29,18 @@ def source(tmp_path, tiny_corpus):
     return path
 
 
+RUN_OPTIONS = {"device", "precision", "errors", "chunk_lines"}
+
+
 def options(**changes) -> TranslateOptions:
-    return TranslateOptions(**{"beam_size": 2, "device": "cpu", "chunk_lines": 4, **changes})
+    """Beam 2 on the CPU, chunks of 4 lines; other keywords change search keys."""
+    run = {
+        "device": "cpu",
+        "chunk_lines": 4,
+        **{k: v for k, v in changes.items() if k in RUN_OPTIONS},
+    }
+    search = {"beam_size": 2, **{k: v for k, v in changes.items() if k not in RUN_OPTIONS}}
+    return TranslateOptions(search=search, **run)
 
 
 def reference(trained_run, source, tmp_path, **changes) -> str:
@@ -90,7 +100,7 @@ def test_an_interrupted_translation_resumes_after_its_last_chunk(
 ):
     expected = reference(trained_run, source, tmp_path)
     out = tmp_path / "out.txt"
-    original = translate_module.Parts.append
+    original = outputs_module.FileSink.append
     calls = []
 
     def append_then_die(self, chunk, texts):
@@ -100,13 +110,13 @@ def test_an_interrupted_translation_resumes_after_its_last_chunk(
         calls.append(chunk)
         original(self, chunk, texts)
 
-    monkeypatch.setattr(translate_module.Parts, "append", append_then_die)
+    monkeypatch.setattr(outputs_module.FileSink, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
         translate_file(trained_run, str(source), str(out), options(), **QUIET)
     assert not out.exists()
     assert (tmp_path / "out.txt.partial").is_file()
-    monkeypatch.setattr(translate_module.Parts, "append", original)
-    with pytest.raises(UserError, match="cannot resume, options changed"):
+    monkeypatch.setattr(outputs_module.FileSink, "append", original)
+    with pytest.raises(UserError, match="cannot resume, search changed"):
         translate_file(
             trained_run, str(source), str(out), options(beam_size=3), **QUIET, resume=True
         )
@@ -202,5 +212,5 @@ def test_length_penalty_option_overrides_the_checkpoint_and_is_checked(trained_r
     changed = Translator(trained_run, options(length_penalty=plain.length_penalty + 1.5)).search
     assert changed.length_penalty == plain.length_penalty + 1.5
     assert changed.beam_size == plain.beam_size
-    with pytest.raises(UserError, match="--length-penalty"):
+    with pytest.raises(UserError, match="search.length_penalty"):
         Translator(trained_run, options(length_penalty=-1.0))

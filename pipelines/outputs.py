@@ -1,0 +1,288 @@
+"""Where translations go: the jobs of a run (an input and its outputs), the checks made
+before any work, and the sinks that take finished chunks (stdout, or resumable files).
+
+A file output is written as `<output>.partial` (under torchrun, `<output>.rank<r>` for each
+rank, merged by rank 0), chunk by chunk, each flushed to disk and recorded in
+`<output>.partial.progress`. Outputs take their final names only when every job of the run
+is done, so a run that fails leaves no half-done result under a final name, and no earlier
+result is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seq2seq.errors import UserError
+from seq2seq.io import atomic_open, atomic_write_text, check_destination, same_file
+
+
+@dataclass
+class Job:
+    """One input file and where its outputs go (one line per input line in each)."""
+
+    input: str
+    output: str
+    alignments: str | None = None
+
+    def targets(self) -> list[Path]:
+        return [Path(self.output)] + ([Path(self.alignments)] if self.alignments else [])
+
+
+@dataclass
+class Plan:
+    """The jobs of one run, and the output folder it writes into (several inputs)."""
+
+    jobs: list[Job]
+    folder: Path | None = None
+    created: list[Path] = field(default_factory=list)  # what this run made, to undo on failure
+
+    def create_folder(self) -> None:
+        if self.folder is not None and not self.folder.exists():
+            self.folder.mkdir()
+            self.created.append(self.folder)
+
+    def remove_created(self) -> None:
+        for path in reversed(self.created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _files_of(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if name == "-":
+            raise UserError("'-' (stdin) cannot be one of several inputs")
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such input file or folder")
+    return files
+
+
+def plan_jobs(
+    inputs: list[str],
+    output: str,
+    alignments: str | None,
+    resume: bool,
+    model: Path,
+    world: int,
+) -> Plan:
+    """One job for one input file; several files or a folder go to an output folder. Every
+    pairing that cannot work is refused here, before anything is read or written."""
+    if alignments == "-":
+        raise UserError("--alignments needs a file name; '-' is for -i and -o")
+    if len(inputs) == 1 and not Path(inputs[0]).is_dir():
+        plan = Plan([Job(inputs[0], output, alignments)])
+    else:
+        if output == "-" or alignments is not None:
+            raise UserError("several inputs need -o FOLDER (and no --alignments file)")
+        files = _files_of(inputs)
+        if not files:
+            raise UserError(f"{', '.join(inputs)}: no files to translate")
+        names = [p.name for p in files]
+        if len(set(names)) != len(names):
+            raise UserError("two inputs have the same file name; their outputs would collide")
+        folder = Path(output)
+        check_destination(folder, folder=True)
+        plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder)
+    _check_plan(plan, resume, model, world)
+    return plan
+
+
+def _check_plan(plan: Plan, resume: bool, model: Path, world: int) -> None:
+    sources = [Path(job.input) for job in plan.jobs if job.input != "-"]
+    for source in sources:
+        if not source.is_file():
+            raise UserError(f"{source}: no such input file")
+    targets: list[Path] = []
+    for job in plan.jobs:
+        if job.input == "-" and resume:
+            raise UserError("--resume needs an input file; stdin cannot be read again")
+        if job.output == "-":
+            if resume:
+                raise UserError("--resume needs an output file, not stdout")
+            if world > 1:
+                raise UserError("-o - (stdout) cannot take the output of several ranks; use a file")
+        for target in job.targets():
+            if str(target) == "-":
+                continue
+            if plan.folder is None or plan.folder.is_dir():  # else: made by this run
+                check_destination(target)
+            for other in [*sources, model]:
+                if same_file(target, other):
+                    raise UserError(f"{target}: is the input {other}; choose another output")
+            for other in targets:
+                if same_file(target, other):
+                    raise UserError(f"{target}: named twice as an output")
+            targets.append(target)
+
+
+# --- sinks ----------------------------------------------------------------------------------
+
+
+def _new_file(path: Path, created: list[Path], size: int = 0):
+    """Open `path` for writing from byte `size` on, noting it in `created` if it is new."""
+    if not path.exists():
+        created.append(path)
+    f = open(path, "r+b" if size else "wb")
+    f.truncate(size)
+    f.seek(size)
+    return f
+
+
+class StdoutSink:
+    """Writes each finished chunk to stdout at once; alignments, if any, go to
+    `<alignments>.partial` until `commit`."""
+
+    def __init__(self, alignments: str | None, created: list[Path]):
+        self.total, self.done_lines = None, 0
+        partial = Path(f"{alignments}.partial")
+        self.aligned = _new_file(partial, created) if alignments else None
+
+    def wants(self, chunk: int) -> bool:
+        return True
+
+    def append(self, chunk: int, texts: list[str]) -> None:
+        sys.stdout.write(texts[0])
+        sys.stdout.flush()
+        if self.aligned is not None:
+            self.aligned.write(texts[1].encode("utf-8"))
+
+    def close(self) -> None:
+        if self.aligned is not None:
+            self.aligned.close()
+
+    def finish(self) -> None:
+        if self.aligned is not None:
+            self.aligned.flush()
+            os.fsync(self.aligned.fileno())
+        self.close()
+
+
+class FileSink:
+    """The outputs of one job while they are written, resumable.
+
+    Each completed chunk is appended to `<output>.<tag>` for every output and flushed to
+    disk; then `<output>.<tag>.progress` (replaced atomically) records the next chunk and
+    the bytes written, so `--resume` truncates any half-written chunk and goes on after the
+    last completed one. `finish` leaves each output complete as `<output>.partial`;
+    `commit` gives it its final name."""
+
+    def __init__(
+        self,
+        job: Job,
+        shard,
+        chunk_lines: int,
+        total: int | None,
+        fingerprint: dict | None,
+        resume: bool,
+        created: list[Path],
+        log: Callable[[str], None],
+    ):
+        self.targets, self.shard, self.chunk_lines = job.targets(), shard, chunk_lines
+        tag = "partial" if shard.world == 1 else f"rank{shard.rank}"
+        self.paths = [Path(f"{t}.{tag}") for t in self.targets]
+        self.progress_path = Path(f"{self.targets[0]}.{tag}.progress")
+        self.fingerprint = fingerprint
+        self.next_chunk, sizes = 0, [0] * len(self.targets)
+        if resume:
+            state = self._read_progress()
+            if state is None:
+                log(f"translate: nothing to resume for {job.output}; starting from the beginning")
+            else:
+                self.next_chunk, sizes = state["next_chunk"], state["bytes"]
+                log(f"translate: resuming {job.output} at chunk {self.next_chunk}")
+        self.files = [_new_file(path, created, size) for path, size in zip(self.paths, sizes)]
+        if not self.progress_path.exists():
+            created.append(self.progress_path)
+        self.lines = total
+        self.total = None if total is None else total / shard.world
+        self.done_lines = min(self.total or 0, self.next_chunk * chunk_lines / shard.world)
+
+    def _read_progress(self) -> dict | None:
+        if not self.progress_path.is_file():
+            return None
+        try:
+            state = json.loads(self.progress_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            before = state.get("fingerprint") or {}
+            changed = [k for k in self.fingerprint if before.get(k) != self.fingerprint[k]]
+            raise UserError(
+                f"{self.progress_path}: cannot resume, {', '.join(changed)} changed "
+                "since; run without --resume to start over"
+            )
+        if any(not p.is_file() or p.stat().st_size < n for p, n in zip(self.paths, state["bytes"])):
+            return None
+        return state
+
+    def wants(self, chunk: int) -> bool:
+        return chunk >= self.next_chunk and self.shard.mine(chunk)
+
+    def append(self, chunk: int, texts: list[str]) -> None:
+        """Write one finished chunk to every output, then record it as done."""
+        for f, text in zip(self.files, texts):
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        self.next_chunk = chunk + 1
+        state = {
+            "next_chunk": self.next_chunk,
+            "bytes": [f.tell() for f in self.files],
+            "fingerprint": self.fingerprint,
+        }
+        atomic_write_text(self.progress_path, json.dumps(state) + "\n")
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def finish(self) -> None:
+        """Every output complete as `<output>.partial` (rank 0 merges the ranks' parts)."""
+        self.close()
+        if self.shard.world == 1:
+            return
+        self.shard.barrier()
+        if self.shard.rank == 0:
+            self._merge()
+        self.shard.barrier()
+        for path in [*self.paths, self.progress_path]:
+            path.unlink(missing_ok=True)
+
+    def _merge(self) -> None:
+        """Interleave the ranks' parts chunk by chunk, in input order."""
+        world, size, total = self.shard.world, self.chunk_lines, self.lines or 0
+        chunks = (total + size - 1) // size
+        for target in self.targets:
+            parts = [open(f"{target}.rank{r}", encoding="utf-8") for r in range(world)]
+            try:
+                with atomic_open(f"{target}.partial") as out:
+                    for k in range(chunks):
+                        for _ in range(min(size, total - k * size)):
+                            out.write(parts[k % world].readline())
+            finally:
+                for part in parts:
+                    part.close()
+
+
+def commit(plan: Plan, main: bool) -> None:
+    """Give every finished output its final name (rank 0), once all jobs are done."""
+    if not main:
+        return
+    for job in plan.jobs:
+        for target in job.targets():
+            if str(target) != "-":
+                os.replace(f"{target}.partial", target)
+        Path(f"{job.output}.partial.progress").unlink(missing_ok=True)
