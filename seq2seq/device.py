@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
 from .errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it.
+    Without it, PyTorch emulates bf16 products (80 times slower than fp32 on an AVX2 CPU)
+    and oneDNN has no bf16 LSTM at all."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str) -> torch.device:

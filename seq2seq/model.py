@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import AttentionConfig, ModelConfig
+from .device import cpu_has_native_bf16
 
 RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -110,7 +111,24 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor, hidden=None):
     """A time-major RNN over batch-major x (B, T, F) -> output (B, T, H), final state.
     The RNN gets a contiguous (T, B, F) input so its input product is one matrix product
     (see `linear`)."""
-    output, hidden = rnn(x.transpose(0, 1).contiguous(), hidden)
+    x = x.transpose(0, 1).contiguous()
+    if isinstance(rnn, nn.LSTM) and _cpu_autocast_without_bf16_lstm(x):
+        with torch.autocast("cpu", enabled=False):  # an fp32 LSTM, as autocast would leave it
+            return _run_lstm_fp32(rnn, x, hidden)
+    output, hidden = rnn(x, hidden)
+    return output.transpose(0, 1), hidden
+
+
+def _cpu_autocast_without_bf16_lstm(x: Tensor) -> bool:
+    """oneDNN has no bf16 LSTM on a CPU without native bf16: under autocast there, the LSTM
+    runs in fp32 instead of failing."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
+
+
+def _run_lstm_fp32(rnn: nn.LSTM, x: Tensor, hidden):
+    if hidden is not None:
+        hidden = tuple(h.float() for h in hidden)
+    output, hidden = rnn(x.float(), hidden)
     return output.transpose(0, 1), hidden
 
 
