@@ -23,8 +23,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,6 +45,7 @@ from seq2seq.training import (
     word_dropout,
 )
 
+from .background import ahead, worth_it
 from .checkpoints import Checkpoints, Optimization, TrainState, all_finite
 from .distributed import Ranks
 from .layout import RunFolder
@@ -114,20 +114,6 @@ class Step:
     batches: int  # batches in the step
     tgt_tokens: int  # target tokens of the whole step (all ranks), end-of-sentence included
     src_tokens: int  # likewise for the source
-
-
-def prepared(groups: list, prepare: Callable, ahead: bool) -> Iterator:
-    """`prepare(group)` for each group in turn; with `ahead`, each is made on a background
-    thread while the caller works on the one before."""
-    if not ahead:
-        yield from map(prepare, groups)
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
-        pending = pool.submit(prepare, groups[0]) if groups else None
-        for i in range(len(groups)):
-            current = pending.result()
-            pending = pool.submit(prepare, groups[i + 1]) if i + 1 < len(groups) else None
-            yield current
 
 
 class StepFigures:
@@ -297,7 +283,7 @@ class Trainer:
         groups = [
             batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
         ]
-        steps = prepared(groups, self._prepare, ahead=self.device.type == "cuda")
+        steps = ahead(self._prepare, groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)
             state.batch += step.batches
