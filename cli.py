@@ -8,6 +8,7 @@ Problems a user can fix print one line on stderr and exit with code 2.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -26,22 +27,51 @@ UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageE
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+# Failures of the file system that the user can fix; anything else is a bug and keeps its
+# traceback.
+FILE_SYSTEM_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
+
+
+def one_line(message: str) -> str:
+    """Any message, whichever library wrote it, folded onto one line."""
+    return " ".join(str(message).split())
+
+
+def fail(message: str, code: int = 2, where: str = ""):
+    typer.echo(f"error{where}: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
 class OneLineErrors(TyperGroup):
-    """Turn user errors and usage errors into one line on stderr and exit code 2."""
+    """Turn user errors, usage errors and file-system failures into one line on stderr and
+    exit code 2."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(str(e))
         except UsageError as e:
             where = f" ({e.ctx.command_path})" if e.ctx is not None else ""
-            typer.echo(f"error{where}: {e.format_message()}", err=True)
-            sys.exit(2)
+            fail(e.format_message(), where=where)
         except ClickException as e:
-            typer.echo(f"error: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
+            fail(e.format_message(), e.exit_code)
+        except OSError as e:
+            if e.errno not in FILE_SYSTEM_ERRORS:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
         except typer.Abort:
             typer.echo("interrupted", err=True)
             sys.exit(130)
@@ -211,8 +241,8 @@ def _search_overrides(ctx: typer.Context) -> dict:
 
 @app.command()
 def score(
-    hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a line."),
-    refs: Path = typer.Option(..., "-r", "--refs", help="References, one a line."),
+    hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a line ('-': stdin)."),
+    refs: Path = typer.Option(..., "-r", "--refs", help="References, one a line ('-': stdin)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """BLEU and chrF (sacreBLEU, cased, detokenized) with their signatures."""
@@ -232,40 +262,9 @@ def average(
     last: int | None = typer.Option(None, help="Average the run's latest K kept checkpoints."),
 ):
     """Average the weights of several checkpoints of one model into one checkpoint."""
-    from pipelines.layout import RunFolder
-    from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+    from pipelines.average import average as run_average
 
-    paths = list(checkpoints)
-    if best is not None or last is not None:
-        if len(paths) != 1 or not paths[0].is_dir() or (best is not None) == (last is not None):
-            raise UserError("--best K or --last K takes exactly one run folder (and not both)")
-        kind, count = ("best", best) if best is not None else ("last", last)
-        kept = RunFolder(paths[0]).kept_checkpoints(kind)
-        if count < 1 or len(kept) < count:
-            raise UserError(
-                f"{paths[0]}: {len(kept)} kept '{kind}' checkpoints, asked for "
-                f"{count}; raise train.keep_{kind} when training"
-            )
-        paths = kept[-count:] if kind == "last" else kept
-        if kind == "best":
-            from seq2seq.checkpoint import read_safetensors
-
-            scored = [
-                (json.loads(read_safetensors(p)[1]["info"]).get("dev_bleu", 0), p) for p in paths
-            ]
-            paths = [p for _, p in sorted(scored, key=lambda x: -x[0])[:count]]
-    if not output.parent.is_dir():
-        raise UserError(f"{output}: folder {output.parent} does not exist")
-    averaged = average_checkpoints(paths)
-    save_checkpoint(
-        output,
-        averaged.model,
-        averaged.src_tokenizer,
-        averaged.tgt_tokenizer,
-        averaged.search,
-        averaged.info,
-    )
-    _log(f"average: {len(paths)} checkpoints -> {output}")
+    run_average(list(checkpoints), output, best, last, _log)
 
 
 @app.command("plot-attention")
@@ -275,9 +274,9 @@ def plot_attention(
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write."),
 ):
     """Draw one sentence's attention weights as a heatmap with the pieces on the axes."""
-    from pipelines.plots import draw_attention, read_alignment
+    from pipelines.plots import plot_attention as run_plot
 
-    draw_attention(read_alignment(alignments, line), output)
+    run_plot(alignments, line, output)
     _log(f"plot-attention: wrote {output}")
 
 

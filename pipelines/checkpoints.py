@@ -70,6 +70,7 @@ class Checkpoints:
     ):
         self.config, self.run, self.manifest = config, run, manifest
         self.src_tokenizer, self.tgt_tokenizer = tokenizers
+        self.ours = False  # whether last.safetensors was written by this run (or resumed one)
 
     def info(self, state: TrainState, validation: dict | None) -> dict:
         return {
@@ -84,9 +85,9 @@ class Checkpoints:
 
     def last_good(self) -> str:
         """Where the newest good checkpoint is, for messages about a failed run."""
-        if self.run.last.is_file():
+        if self.ours and self.run.last.is_file():
             return f"the last good checkpoint is {self.run.last}"
-        return "no checkpoint was written before"
+        return "this run wrote no checkpoint before"
 
     def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):
         """Write last (and best and the kept ones, after a validation), then the state."""
@@ -99,6 +100,7 @@ class Checkpoints:
             )
 
         save(run.last)
+        self.ours = True
         if validation is not None:
             best = sorted(
                 state.best + [[validation["dev_bleu"], state.step]],

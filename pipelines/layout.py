@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seq2seq.errors import UserError
+from seq2seq.io import check_destination
 
 SPLITS = ("train", "dev", "test")
 
@@ -86,6 +87,24 @@ class RunFolder:
     @property
     def score(self) -> Path:
         return self.root / "score.json"
+
+    def check_writable(self) -> None:
+        """Refuse, before any work, a run folder that cannot be written: a file, a place
+        under a file, an unwritable folder, a special file system."""
+        check_destination(self.root, folder=True, parents=True)
+        for sub in (self.data, self.model_dir, self.translation("test", "x").parent):
+            if sub.exists() and not sub.is_dir():
+                raise UserError(f"{sub}: exists and is not a folder; the run folder needs it")
+
+    def preprocess_writes(self, path: Path) -> bool:
+        """Whether `path` is (or links to) a place preprocess writes: the manifest, a
+        SentencePiece model, anything in data/."""
+        path = Path(path).resolve()
+        root = self.root.resolve()
+        if path.parent == root / "data":
+            return True
+        tokenizer = path.name.startswith("spm") and path.suffix == ".model"
+        return path.parent == root and (path.name == "manifest.json" or tokenizer)
 
     def read_manifest(self) -> dict:
         if not self.manifest.is_file():

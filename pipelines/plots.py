@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_bytes, read_lines
+from seq2seq.io import atomic_write_bytes, check_destination, read_lines, same_file
 
 
 def _pyplot():
@@ -82,6 +82,14 @@ def draw_attention(record: dict, png_path: Path) -> None:
     fig.colorbar(image, ax=axis, fraction=0.04)
     fig.tight_layout()
     _save(fig, png_path)
+
+
+def plot_attention(alignments: Path, line: int, png_path: Path) -> None:
+    """The stage behind `nmt plot-attention`: one line of an alignments file as a PNG."""
+    check_destination(png_path)
+    if same_file(png_path, alignments):
+        raise UserError(f"{png_path}: is the input {alignments}; choose another output")
+    draw_attention(read_alignment(alignments, line), png_path)
 
 
 def read_alignment(path: Path, line: int) -> dict:

@@ -164,6 +164,8 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
             raise UserError(f"{path}: no such file")
         builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
         options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
+        if data.format != "parquet":  # a byte-order mark is dropped, as every reader does
+            options["encoding"] = "utf-8-sig"
         try:
             dataset = datasets.load_dataset(
                 builder,
@@ -392,11 +394,41 @@ def _staging_folder(run: RunFolder) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{run.root.name}.preprocess.", dir=anchor))
 
 
+def local_inputs(data: DataConfig) -> list[Path]:
+    """The corpus files a local source reads (those that exist)."""
+    if data.source != "local":
+        return []
+    folder = Path(data.path)
+    names = [name for name in (data.train, data.dev, data.test) if name is not None]
+    if data.format != "text":
+        return [folder / name for name in names if (folder / name).is_file()]
+    candidates = [
+        folder / f"{name}.{lang}{gz}"
+        for name in names
+        for lang in (data.src_lang, data.tgt_lang)
+        for gz in ("", ".gz")
+    ]
+    return [path for path in candidates if path.is_file()]
+
+
+def check_destinations(config: Config, run: RunFolder) -> None:
+    """Refuse, before reading anything, a run folder that cannot be written or whose outputs
+    would land on the corpus itself."""
+    run.check_writable()
+    for path in local_inputs(config.data):
+        if run.preprocess_writes(path):
+            raise UserError(
+                f"{path}: the corpus file is where preprocess writes its output in {run.root}; "
+                "choose another --run-dir"
+            )
+
+
 def preprocess(config: Config, run: RunFolder, log: Callable[[str], None] = print) -> dict:
     """Run the stage; returns the manifest it wrote."""
     data = config.data
     if not data.path:
         raise UserError("config key 'data.path': expected the corpus location, got nothing")
+    check_destinations(config, run)
     staging = _staging_folder(run)
     try:
         manifest = _build(config, RunFolder(staging), log)

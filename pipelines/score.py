@@ -1,7 +1,7 @@
 """Stage 4, score: hypotheses + references -> BLEU and chrF with sacreBLEU signatures.
 
-Reads: a hypothesis file and a reference file, one detokenized, cased sentence a line, with
-equal line counts.
+Reads: a hypothesis file and a reference file ("-": standard input, for one of them), one
+detokenized, cased sentence a line, with equal line counts.
 Writes: nothing itself; `nmt score --json` prints the result and the pipeline saves it as
 score.json in the run folder:
     {"bleu": float, "chrf": float, "signature": "<BLEU signature>",
@@ -37,6 +37,9 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
 
 
 def score_files(hypotheses: str | Path, references: str | Path) -> dict:
+    """Score two files ("-" for one of them: standard input)."""
+    if str(hypotheses) == "-" and str(references) == "-":
+        raise UserError("-H - and -r - both name stdin; at most one of them can be '-'")
     hyps = list(read_lines(hypotheses))
     refs = list(read_lines(references))
     if len(hyps) != len(refs):

@@ -170,6 +170,8 @@ class Trainer:
         self.tc = config.train
         self.ranks = Ranks()
         self.log = log if self.ranks.main else (lambda _: None)
+        if self.ranks.main:
+            run.check_writable()
         self.manifest = run.read_manifest()
         self.device = self.ranks.device(self.tc.device)
         if self.tc.threads:
@@ -197,6 +199,7 @@ class Trainer:
         self.state = TrainState()
         if run.train_state.is_file() and not fresh:
             self.state = self.checkpoints.restore(self.model, self.optimization)
+            self.checkpoints.ours = True  # last.safetensors belongs to the run we resume
             if self.ranks.main:
                 self.checkpoints.truncate_log(self.state.step)
             self.log(f"train: resuming from {run.train_state} at step {self.state.step}")

@@ -84,7 +84,11 @@ def save_checkpoint(
     search: SearchConfig,
     info: dict,
 ) -> None:
-    tensors = {f"model.{k}": v for k, v in _unique_state(model).items()}
+    state = _unique_state(model)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # a diverged model is never published
+        raise UserError(f"{path}: not written, weights are not finite ({', '.join(bad[:3])})")
+    tensors = {f"model.{k}": v for k, v in state.items()}
     tensors["tokenizer.src"] = _bytes_tensor(src_tokenizer.proto)
     if tgt_tokenizer.proto != src_tokenizer.proto:
         tensors["tokenizer.tgt"] = _bytes_tensor(tgt_tokenizer.proto)

@@ -14,6 +14,7 @@ out-of-range values are a UserError that names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -435,17 +436,41 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 f"config key '{key}': expected a list of {len(args)} items, got {value!r}"
             )
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
+    if tp in (int, float):
+        return _number(tp, value, key)
+    ok = {bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
     if ok is None:
         raise TypeError(f"unsupported config annotation {tp!r} at {key}")
     if not ok:
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    return float(value) if tp is float else value
+    return value
+
+
+# How people write numbers: 0.001, 1e-3, 1E-3, +2, 1_000. PyYAML reads an exponent without a
+# dot ("1e-3") as a string, so strings are parsed here; nan and infinity never make sense.
+NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
+NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def _number(tp: type, value: Any, key: str) -> int | float:
+    """An int or float field's value, from a number or a string spelling one; finite only.
+    An int field takes a float spelling of a whole number (1e4)."""
+    given = value
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        text = value.strip().replace("_", "")
+        value = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    non_finite = isinstance(value, float) and not math.isfinite(value)
+    if non_finite or (isinstance(value, str) and NON_FINITE.fullmatch(value.strip())):
+        raise UserError(f"config key '{key}': expected a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is float:
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise UserError(f"config key '{key}': expected an integer, got {given!r}")
+        return int(value)
+    return value
 
 
 def from_dict(cls: type, raw: Any, prefix: str = ""):

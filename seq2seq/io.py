@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import select
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,7 +101,11 @@ def decode_line(raw: bytes, where: str, number: int, errors: str = "strict") -> 
 
 
 def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (gzip or plain) by the rules of `decode_line`."""
+    """Yield the lines of a UTF-8 text file (gzip or plain; "-" for standard input) by the
+    rules of `decode_line`."""
+    if str(path) == "-":
+        yield from StreamLines(sys.stdin.buffer, "stdin", errors)
+        return
     path = Path(path)
     with open_binary(path) as f:
         try:
@@ -181,10 +186,12 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_destination(path: str | Path, folder: bool = False) -> None:
+def check_destination(path: str | Path, folder: bool = False, parents: bool = False) -> None:
     """Refuse, before any work is done, a destination that cannot take the output: a file
     name that is a folder or a special file, a folder name that is a file, a missing or
-    unwritable parent folder, or a place on a special file system (/proc, /sys, /dev)."""
+    unwritable parent folder, or a place on a special file system (/proc, /sys, /dev).
+    With `parents`, missing folders on the way will be made: the nearest existing one is
+    checked instead."""
     path = Path(path)
     if path.exists() and folder and not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder; expected a folder")
@@ -192,6 +199,8 @@ def check_destination(path: str | Path, folder: bool = False) -> None:
         kind = "a folder" if path.is_dir() else "not a regular file"
         raise UserError(f"{path}: is {kind}; expected a file name")
     parent = path if folder and path.is_dir() else path.parent
+    while parents and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
         what = "is not a folder" if parent.exists() else "does not exist"
         raise UserError(f"{path}: folder {parent} {what}")
