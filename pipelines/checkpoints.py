@@ -83,10 +83,12 @@ class Checkpoints:
             "run": self.config.name,
         }
 
-    def last_good(self) -> str:
-        """Where the newest good checkpoint is, for messages about a failed run."""
-        if self.ours and self.run.last.is_file():
-            return f"the last good checkpoint is {self.run.last}"
+    def last_good(self, state: TrainState) -> str:
+        """Where a good checkpoint is, for messages about a run that diverged: the best by
+        dev BLEU that this run (or the run it resumed) wrote."""
+        if self.ours and state.best and self.run.best.is_file():
+            bleu, step = state.best[0]
+            return f"the best checkpoint is {self.run.best} (dev BLEU {bleu:.2f}, step {step})"
         return "this run wrote no checkpoint before"
 
     def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):

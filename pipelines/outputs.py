@@ -83,6 +83,8 @@ def plan_jobs(
     if alignments == "-":
         raise UserError("--alignments needs a file name; '-' is for -i and -o")
     if len(inputs) == 1 and not Path(inputs[0]).is_dir():
+        if inputs[0] != "-" and output != "-" and Path(output).is_dir():  # as cp does
+            output = str(Path(output) / Path(inputs[0]).name)
         plan = Plan([Job(inputs[0], output, alignments)])
     else:
         if output == "-" or alignments is not None:

@@ -403,7 +403,7 @@ class Trainer:
         if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.tc.precision != "fp16":
             raise UserError(
                 f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite "
-                f"loss by step {self.state.step}; {self.checkpoints.last_good()}; try a "
+                f"loss by step {self.state.step}; {self.checkpoints.last_good(self.state)}; try a "
                 "lower train.lr"
             )
         if not log:
@@ -467,7 +467,7 @@ class Trainer:
         if not all_finite(self.model):
             raise UserError(
                 f"training diverged: the weights are no longer finite at step "
-                f"{self.state.step}; {self.checkpoints.last_good()}; try a lower train.lr"
+                f"{self.state.step}; {self.checkpoints.last_good(self.state)}; try a lower train.lr"
             )
 
     def validate_and_save(self) -> str | None:
@@ -481,6 +481,11 @@ class Trainer:
         improved, result = False, None
         if self.ranks.main:
             result = self.validate()
+            if not math.isfinite(result["dev_loss"]):  # finite weights, but gone astray
+                raise UserError(
+                    f"training diverged: the dev loss is {result['dev_loss']} at step "
+                    f"{state.step}; {self.checkpoints.last_good(state)}; try a lower train.lr"
+                )
             bleu = result["dev_bleu"]
             improved = not state.best or bleu > state.best[0][0]
             self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})

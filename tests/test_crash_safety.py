@@ -219,3 +219,20 @@ def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, tra
     got = state_of(runs["interrupted"] / "model" / "last.safetensors")
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_kills_at_random_moments_resume_to_identical_results(tmp_path, tiny_corpus, trained_run):
+    """The short version of benchmarks/kill_test.py: two random kills of each command."""
+    from benchmarks import kill_test
+
+    config = write_config(tmp_path, tiny_corpus)
+    preprocessed = copy_run(trained_run, tmp_path / "preprocessed", untrained=True)
+    rng = random.Random(5)
+    kills = [rng.uniform(0.3, 0.95) for _ in range(2)]
+    said = []
+    assert kill_test.train_trials(config, preprocessed, tmp_path, kills, said.append) == 2, said
+    source = tmp_path / "source.en"
+    lines = (tiny_corpus / "test.en").read_text(encoding="utf-8").splitlines()
+    source.write_text("\n".join(lines * 5) + "\n", encoding="utf-8")
+    model = tmp_path / "train-straight"
+    assert kill_test.translate_trials(model, source, tmp_path, kills, said.append) == 2, said

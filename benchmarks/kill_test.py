@@ -1,0 +1,220 @@
+"""Kill test: SIGKILL `nmt train` and `nmt translate --resume` at random moments, resume,
+and compare with an uninterrupted run: identical weights, log and translations.
+
+Each trial starts the real command line on a fresh copy of the same work, kills it at a
+moment drawn uniformly from the length of an uninterrupted run (seeded), then runs the same
+command again until it finishes. A kill can land anywhere: while Python starts, in a
+training step, in validation, in the middle of a checkpoint write, between a chunk's write
+and its progress record.
+
+    python benchmarks/kill_test.py                     # 30 kills of each, about 10 minutes
+    python benchmarks/kill_test.py --kills 5 --seed 3
+
+Prints one line per trial and the tally; exits 1 if any trial differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLI = [sys.executable, str(ROOT / "cli.py")]
+
+CONFIG = """\
+name: kill
+data:
+  path: {corpus}
+  subwords: {{vocab_size: 200}}
+model:
+  embedding_size: 32
+  encoder: {{hidden_size: 32}}
+  decoder: {{hidden_size: 64}}
+  attention: {{scoring: general}}
+train:
+  batch_size: 600
+  max_steps: 48
+  validate_every: 6
+  log_every: 2
+  threads: 1
+  keep_best: 2
+  keep_last: 2
+search:
+  beam_size: 3
+"""
+
+
+def make_corpus(folder: Path, pairs: int) -> Path:
+    """The first lines of the bundled demo corpus, as plain text pairs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {"train": pairs, "dev": 40, "test": 40}
+    for split, size in sizes.items():
+        for lang in ("en", "de"):
+            with gzip.open(ROOT / "data" / "demo" / f"{split}.{lang}.gz", "rt") as f:
+                lines = [next(f) for _ in range(size)]
+            (folder / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def run_killed(command: list[str], after: float | None) -> bool:
+    """Run `command`; SIGKILL it `after` seconds in (None: never). True if it finished."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        process.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return False
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}")
+    return True
+
+
+def timed(command: list[str]) -> float:
+    start = time.monotonic()
+    run_killed(command, None)
+    return time.monotonic() - start
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def training_record(run: Path) -> dict:
+    """What must match: every checkpoint's weights and the log without its timings."""
+    from seq2seq.checkpoint import load_checkpoint
+
+    weights = {}
+    for path in sorted((run / "model").glob("*.safetensors")):
+        if path.name != "train_state.safetensors":
+            weights[path.name] = load_checkpoint(path).model.state_dict()
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    timings = {"elapsed", "tgt_tokens_per_s", "src_tgt_tokens_per_s"}
+    return {
+        "weights": weights,
+        "log": [{k: v for k, v in r.items() if k not in timings} for r in log],
+    }
+
+
+def same_training(a: dict, b: dict) -> bool:
+    import torch
+
+    if a["log"] != b["log"] or a["weights"].keys() != b["weights"].keys():
+        return False
+    return all(
+        torch.equal(a["weights"][name][key], b["weights"][name][key])
+        for name in a["weights"]
+        for key in a["weights"][name]
+    )
+
+
+def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float], say) -> int:
+    """Kill training at each moment (seconds), resume, compare; returns the trials that
+    matched the uninterrupted run."""
+    straight = work / "train-straight"
+    shutil.copytree(preprocessed, straight)
+    seconds = timed([*CLI, "train", str(config), "--run-dir", str(straight)])
+    expected = training_record(straight)
+    matched = 0
+    for i, fraction in enumerate(kills):
+        run = work / f"train-{i}"
+        shutil.copytree(preprocessed, run)
+        command = [*CLI, "train", str(config), "--run-dir", str(run)]
+        moment = fraction * seconds
+        interrupted = not run_killed(command, moment)
+        if interrupted:
+            run_killed(command, None)
+        same = same_training(training_record(run), expected)
+        leftovers = list(run.glob("**/.*.tmp*"))
+        ok = same and not leftovers
+        matched += ok
+        say(
+            f"train trial {i + 1}: killed at {moment:.2f} s of {seconds:.1f} s"
+            + ("" if interrupted else " (had finished)")
+            + f": {'identical' if same else 'DIFFERENT'}"
+            + (f", {len(leftovers)} temporary files left" if leftovers else "")
+        )
+        shutil.rmtree(run)
+    return matched
+
+
+# --- translation ----------------------------------------------------------------------------
+
+
+def translate_trials(model: Path, source: Path, work: Path, kills: list[float], say) -> int:
+    """Kill `translate --resume` at each moment, run it again, compare the output bytes."""
+    common = ["-m", str(model), "-i", str(source), "--chunk-lines", "16", "--device", "cpu"]
+    straight = work / "straight.de"
+    seconds = timed([*CLI, "translate", *common, "-o", str(straight)])
+    expected = straight.read_bytes()
+    matched = 0
+    for i, fraction in enumerate(kills):
+        out = work / f"trial-{i}.de"
+        command = [*CLI, "translate", *common, "-o", str(out), "--resume"]
+        moment = fraction * seconds
+        interrupted = not run_killed(command, moment)
+        early = interrupted and out.exists()  # a final name before the end is a failure
+        if interrupted:
+            run_killed(command, None)
+        same = out.read_bytes() == expected
+        leftovers = [p.name for p in work.glob(f"trial-{i}.de*") if p != out]
+        ok = same and not early and not leftovers
+        matched += ok
+        say(
+            f"translate trial {i + 1}: killed at {moment:.2f} s of {seconds:.1f} s"
+            + ("" if interrupted else " (had finished)")
+            + f": {'identical' if same else 'DIFFERENT'}"
+            + (", final name before the end" if early else "")
+            + (f", left {leftovers}" if leftovers else "")
+        )
+        out.unlink()
+    return matched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=30, help="trials of each command")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "kill_test")
+    parser.add_argument("--lines", type=int, default=1500, help="lines translated per trial")
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    rng = random.Random(args.seed)
+    moments = {name: [rng.random() for _ in range(args.kills)] for name in ("train", "translate")}
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    corpus = make_corpus(args.work / "corpus", 1500)
+    config = args.work / "kill.yaml"
+    config.write_text(CONFIG.format(corpus=corpus), encoding="utf-8")
+    preprocessed = args.work / "preprocessed"
+    run_killed([*CLI, "preprocess", str(config), "--run-dir", str(preprocessed)], None)
+    train_ok = train_trials(config, preprocessed, args.work, moments["train"], say)
+
+    lines = (preprocessed / "data" / "test.en").read_text(encoding="utf-8").splitlines()
+    source = args.work / "source.en"
+    source.write_text("\n".join((lines * (args.lines // len(lines) + 1))[: args.lines]) + "\n")
+    model = args.work / "train-straight"
+    translate_ok = translate_trials(model, source, args.work, moments["translate"], say)
+    say(
+        f"\nkill test (seed {args.seed}): train {train_ok}/{args.kills} identical, "
+        f"translate {translate_ok}/{args.kills} identical"
+    )
+    sys.exit(0 if train_ok == translate_ok == args.kills else 1)
+
+
+if __name__ == "__main__":
+    main()
