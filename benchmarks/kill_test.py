@@ -164,7 +164,8 @@ def translate_trials(model: Path, source: Path, work: Path, kills: list[float], 
         command = [*CLI, "translate", *common, "-o", str(out), "--resume"]
         moment = fraction * seconds
         interrupted = not run_killed(command, moment)
-        early = interrupted and out.exists()  # a final name before the end is a failure
+        # the final name comes last: if it is there, the work must be complete
+        early = interrupted and out.exists() and out.read_bytes() != expected
         if interrupted:
             run_killed(command, None)
         same = out.read_bytes() == expected
@@ -175,7 +176,7 @@ def translate_trials(model: Path, source: Path, work: Path, kills: list[float], 
             f"translate trial {i + 1}: killed at {moment:.2f} s of {seconds:.1f} s"
             + ("" if interrupted else " (had finished)")
             + f": {'identical' if same else 'DIFFERENT'}"
-            + (", final name before the end" if early else "")
+            + (", a final name on unfinished work" if early else "")
             + (f", left {leftovers}" if leftovers else "")
         )
         out.unlink()

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from seq2seq.batching import Batch, TokenSequences, make_batch, training_batches
 from seq2seq.config import Config, SearchConfig
-from seq2seq.device import autocast
+from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq, Vocab
@@ -174,6 +174,8 @@ class Trainer:
             run.check_writable()
         self.manifest = run.read_manifest()
         self.device = self.ranks.device(self.tc.device)
+        self.precision, precision_note = resolve_precision(self.tc.precision, self.device)
+        self.log(f"train: {precision_note}")
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
@@ -190,7 +192,7 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimization = Optimization(
             build_optimizer(self.model, self.tc),
-            torch.amp.GradScaler("cuda", enabled=self.tc.precision == "fp16"),
+            torch.amp.GradScaler("cuda", enabled=self.precision == "fp16"),
             LearningRate(self.tc),
         )
         self.checkpoints = Checkpoints(
@@ -364,7 +366,7 @@ class Trainer:
                 contextlib.nullcontext() if last or ranks.world == 1 else self.ddp_model.no_sync()
             )
             with sync:
-                with autocast(self.device, tc.precision):
+                with autocast(self.device, self.precision):
                     log_probs = self.ddp_model(src, batch.src_lengths, tgt_in)  # (B, T, V)
                 loss, nll = label_smoothed_nll(
                     log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
@@ -379,7 +381,7 @@ class Trainer:
         )
         skip = ranks.any_flag(~(norm.isfinite() & loss_sum.isfinite())).float()
         set_learning_rate(optimizer, self.lr(self.state.step))
-        if tc.precision == "fp16":
+        if self.precision == "fp16":
             scaler.step(optimizer)  # the scaler skips non-finite steps and lowers its scale
         else:
             optimizer.found_inf = skip  # the fused optimizer leaves everything as it was
@@ -400,7 +402,7 @@ class Trainer:
         and stop a run whose steps keep failing."""
         figures = self.figures.read()
         self.state.skipped += int(figures["skipped"])
-        if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.tc.precision != "fp16":
+        if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.precision != "fp16":
             raise UserError(
                 f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite "
                 f"loss by step {self.state.step}; {self.checkpoints.last_good(self.state)}; try a "
@@ -441,7 +443,7 @@ class Trainer:
         for start in range(0, len(dev_src), 64):
             idx = list(range(start, min(start + 64, len(dev_src))))
             batch = make_batch(dev_src, dev_tgt, idx, vocab).to(self.device)
-            with autocast(self.device, self.tc.precision):
+            with autocast(self.device, self.precision):
                 log_probs = model(batch.src, batch.src_lengths, batch.tgt_in)
             _, nll = label_smoothed_nll(log_probs, batch.tgt_out, vocab.pad_id, 0.0)
             nll_sum += nll
@@ -451,7 +453,7 @@ class Trainer:
             **{**asdict(self.config.search), "beam_size": self.tc.dev_beam_size, "n_best": 1}
         )
         sources = [dev_src[i].tolist() for i in range(len(dev_src))]
-        with autocast(self.device, self.tc.precision):
+        with autocast(self.device, self.precision):
             hypotheses = translate_ids(model, sources, search, self.device)
         texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
         scores = corpus_scores(texts, self.dev_refs)

@@ -48,7 +48,7 @@ import torch
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import SearchConfig, override_search
-from seq2seq.device import autocast, resolve_device
+from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import StreamLines, count_lines, read_lines
 from seq2seq.search import Hypothesis, translate_ids
@@ -64,7 +64,7 @@ from .progress import Progress
 class TranslateOptions:
     search: dict[str, Any] = field(default_factory=dict)  # changes to the checkpoint's search
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # see seq2seq.device.resolve_precision
     errors: str = "strict"  # invalid UTF-8 in the input: "strict" or "replace"
     chunk_lines: int = 4000  # lines read, sorted by length and translated together
 
@@ -102,9 +102,9 @@ class Translator:
         if self.device.type == "cuda" and not asked and not self.search.max_tokens:
             tokens = card_sized_tokens(self.checkpoint.model, self.search, self.device)
             self.search = override_search(self.search, {"max_tokens": tokens})
-        self.precision = options.precision
-        if self.precision == "fp16" and self.device.type != "cuda":
+        if options.precision == "fp16" and self.device.type != "cuda":
             raise UserError("option '--precision fp16' needs a CUDA GPU; use bf16 on the CPU")
+        self.precision, self.precision_note = resolve_precision(options.precision, self.device)
         info = self.checkpoint.info
         self.normalize = info.get("normalize", "nfc")
         self.max_pieces = info.get("max_pieces", 250)
@@ -239,7 +239,7 @@ def _fingerprint(job: Job, translator: Translator, options: TranslateOptions, wo
         "input": [str(Path(job.input).resolve()), source.st_size, source.st_mtime_ns],
         "model": [str(translator.checkpoint_path.resolve()), model.st_size, model.st_mtime_ns],
         "search": options.search,
-        "precision": options.precision,
+        "precision": translator.precision,
         "errors": options.errors,
         "chunk_lines": options.chunk_lines,
         "alignments": job.alignments is not None,
@@ -319,6 +319,8 @@ def translate_files(
     plan = plan_jobs(inputs, output, alignments, resume, resolve_checkpoint(model), shard.world)
     check_inputs(plan.jobs, options.errors)
     translator = Translator(model, options, shard.device(options.device))
+    if shard.main:
+        log(f"translate: {translator.precision_note}")
     shard.start(translator.device)
     loaded = time.monotonic()
     sentences = tokens = 0

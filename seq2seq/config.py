@@ -245,7 +245,9 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto (cuda when there is one), cpu, cuda, cuda:N
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 scales loss
+    # auto: bf16 where it is faster (CPUs with native bf16), else fp32 (see device.py);
+    # bf16/fp16: autocast; fp16 scales the loss (CUDA only)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int = 0  # CPU threads for torch; 0: one per core
     batch_type: Literal["tokens", "sentences"] = "tokens"
     batch_size: int = 4096  # per batch: padded tokens (max of source and target) or sentences

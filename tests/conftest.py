@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+# The precision rule asks whether this CPU has native bf16; the tests answer "no", so that
+# `auto` means fp32 and results are alike on every machine (subprocesses inherit it).
+os.environ["NMT_CPU_BF16"] = "0"
 
 
 def load_generator():

@@ -170,7 +170,7 @@ CASES = [
     (
         "bad precision",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --precision fp64",
-        r"'--precision': expected fp32, bf16 or fp16",
+        r"'--precision': expected auto, fp32, bf16 or fp16",
     ),
     (
         "fp16 on cpu",

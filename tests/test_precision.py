@@ -1,0 +1,48 @@
+"""The precision rule: `auto` is bf16 where it is faster (a CPU with native bf16), fp32
+elsewhere; an explicit bf16 on a CPU without native bf16 runs, with a warning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2seq.device import resolve_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def has(answer: bool):
+    return lambda: answer
+
+
+@pytest.mark.parametrize(
+    "asked, device, native, expected",
+    [
+        ("auto", CPU, True, "bf16"),
+        ("auto", CPU, False, "fp32"),
+        ("auto", CUDA, True, "fp32"),
+        ("auto", CUDA, False, "fp32"),
+        ("fp32", CPU, True, "fp32"),
+        ("bf16", CPU, False, "bf16"),
+        ("bf16", CPU, True, "bf16"),
+        ("fp16", CUDA, False, "fp16"),
+    ],
+)
+def test_the_rule(asked, device, native, expected):
+    precision, note = resolve_precision(asked, device, native_bf16=has(native))
+    assert precision == expected
+    assert expected in note
+    assert ("warning" in note) == (asked == "bf16" and device == CPU and not native)
+
+
+def test_the_choice_is_printed_when_training_and_translating(tmp_path, trained_run):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    (tmp_path / "in.en").write_text("The dog sleeps.\n")
+    args = ["translate", "-m", str(trained_run), "-i", str(tmp_path / "in.en")]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out.de")])
+    assert result.exit_code == 0 and "precision auto: fp32" in result.stdout
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out.de"), "--precision", "bf16"])
+    assert result.exit_code == 0 and "warning: precision bf16" in result.stdout
