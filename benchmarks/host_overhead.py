@@ -37,8 +37,9 @@ from seq2seq.config import (  # noqa: E402
     ModelConfig,
     SearchConfig,
 )
-from seq2seq.model import Seq2Seq, Vocab  # noqa: E402
+from seq2seq.model import Seq2Seq  # noqa: E402
 from seq2seq.search import search  # noqa: E402
+from seq2seq.vocab import Vocab  # noqa: E402
 
 VOCAB = Vocab(src_size=40, tgt_size=40, pad_id=1, unk_id=0, bos_id=2, eos_id=3)
 

@@ -1,26 +1,42 @@
-"""This toolkit against JoeyNMT 2.3, same data, model size, batch and steps, in one run.
+"""This toolkit against JoeyNMT 2.3 on the CPU: same data, model, batch size and steps, the
+same timing window, repeated and interleaved.
 
-Both train the model of benchmarks/joeynmt_size.yaml (the peer's config_rnn.yaml) on Multi30k
-German to English for the same number of steps, then translate test_2016_flickr (1,000
-sentences) with beam 5 and greedy, batches of 64 sentences, on the CPU. Prints training
-steps/s and target tokens/s, and decoding sentences/s, target tokens/s, peak memory and BLEU
-for both. Decoding time excludes model loading for both (JoeyNMT's "Generation took").
-Target tokens of both outputs are counted with the same SentencePiece model, end of sentence
-included. The peer is set up by ../shared/peers/joeynmt/setup.sh and prepare.sh on first use.
+Both train the model of benchmarks/joeynmt_size.yaml (the peer's config_rnn.yaml: embeddings
+256, 2-layer bidirectional GRU encoder of 512, 2-layer GRU decoder of 512, additive attention,
+input feeding; 20.9M parameters) on Multi30k German to English, batches of 64 sentences, fp32,
+for `--steps` steps, with the peer's own bench.sh. Training speed is taken over the same
+window for both: from the log line at step `--warmup` to the one at the last step (JoeyNMT
+logs every 50 steps, this toolkit is told to as well), so start-up, data loading and the
+first steps are left out of both. Target tokens are pieces plus end of sentence, as both
+count them (JoeyNMT's "Tokens per Sec" over each log interval, this toolkit's tgt_tokens).
 
-    python benchmarks/vs_joeynmt.py --steps 1000        # about 50 minutes on 2 cores
-    python benchmarks/vs_joeynmt.py --steps 1000 --skip-peer   # this toolkit only
-    python benchmarks/vs_joeynmt.py --steps 1000 --decode-only # re-time decoding of both
+This toolkit trains twice: with its length bucketing (the default) and with batches made as
+JoeyNMT makes them (`--train.bucket=false`: runs of 64 randomly shuffled pairs), so that the
+table shows what bucketing buys and what the rest buys. Decoding of test_2016_flickr (1,000
+sentences, batches of 64, beam 5 and greedy, model loading excluded for both) is timed with
+this toolkit's default (each 4,000-line chunk sorted by length before batching) and with
+batches in input order as JoeyNMT makes them (`--chunk-lines 64`).
 
-Run it on a quiet machine: any other load distorts both sides.
+Each repetition runs every side once, in turn; the table gives the median and the range of
+`--repeats` repetitions, and ratios of medians. Everything runs in fp32: JoeyNMT's mixed
+precision is for CUDA only, and ratios are only taken between like precisions.
+
+    python benchmarks/vs_joeynmt.py                   # 3 repetitions of 400 steps: ~70 min
+    python benchmarks/vs_joeynmt.py --repeats 1 --steps 100 --warmup 50   # a quick look
+
+Run it on a quiet machine: any other load distorts both sides. The peer is set up by
+../shared/peers/joeynmt/setup.sh and prepare.sh on first use.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +49,14 @@ from benchmarks.timing import run_timed  # noqa: E402
 from seq2seq.io import read_lines  # noqa: E402
 from seq2seq.tokenizer import Tokenizer  # noqa: E402
 
+CONFIG = ROOT / "benchmarks" / "joeynmt_size.yaml"
+NMT = [sys.executable, str(ROOT / "cli.py")]
+LOG_EVERY = 50  # JoeyNMT's logging_freq in the peer's config
+RSS = r"Maximum resident set size \(kbytes\): (\d+)"  # in GNU time's report
+
 
 def count_tokens(path: Path, tokenizer: Tokenizer) -> int:
-    lines = list(read_lines(path))
-    return sum(len(ids) + 1 for ids in tokenizer.encode(lines))
+    return sum(len(ids) + 1 for ids in tokenizer.encode(list(read_lines(path))))
 
 
 def bleu(hypotheses: Path, references: Path) -> float:
@@ -45,220 +65,218 @@ def bleu(hypotheses: Path, references: Path) -> float:
     return score_files(hypotheses, references)["bleu"]
 
 
-def ours(steps: int, work: Path, precision: str, decode_only: bool) -> dict:
-    nmt = [sys.executable, str(ROOT / "cli.py")]
-    config = ROOT / "benchmarks" / "joeynmt_size.yaml"
-    run = work / f"ours-{precision}"
-    if decode_only:
-        return {"train": None, **decode_ours(nmt, run, work, precision)}
-    subprocess.run(
-        [*nmt, "preprocess", str(config), "--run-dir", str(run)],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    train = run_timed(
-        [
-            *nmt,
-            "train",
-            str(config),
-            "--run-dir",
-            str(run),
-            "--fresh",
-            "--max-steps",
-            str(steps),
-            f"--train.precision={precision}",
-        ],
-        work / f"ours_{precision}_train.log",
-    )
+# --- this toolkit ---------------------------------------------------------------------------
+
+
+def train_ours(run: Path, steps: int, warmup: int, bucket: bool, log: Path) -> dict:
+    """Train from scratch; steps/s and target tokens/s over (warmup, steps]."""
+    timed = run_timed(
+        [*NMT, "train", str(CONFIG), "--run-dir", str(run), "--fresh", "--max-steps",
+         str(steps), "--train.precision=fp32", f"--train.log_every={LOG_EVERY}",
+         f"--train.bucket={str(bucket).lower()}"],
+        log,
+    )  # fmt: skip
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    speed = [r for r in records if "tgt_tokens_per_s" in r][1:]  # the first includes warm-up
-    steps_done = [r["step"] for r in speed]
-    elapsed = [r["elapsed"] for r in speed]
+    logged = {r["step"]: r for r in records if "tgt_tokens" in r}
+    seconds = logged[steps]["elapsed"] - logged[warmup]["elapsed"]
+    tokens = sum(r["tgt_tokens"] for step, r in logged.items() if warmup < step <= steps)
+    return {
+        "steps_per_s": (steps - warmup) / seconds,
+        "tgt_tokens_per_s": tokens / seconds,
+        "rss_mib": timed["rss_mib"],
+    }
+
+
+def decode_ours(run: Path, work: Path, beam: int, sorted_chunks: bool, tok: Tokenizer) -> dict:
+    name = f"ours.b{beam}.{'sorted' if sorted_chunks else 'input-order'}"
+    out, log = work / f"{name}.en", work / f"{name}.log"
+    chunk = [] if sorted_chunks else ["--chunk-lines", "64"]
+    timed = run_timed(
+        [*NMT, "translate", "-m", str(run), "-i", str(run / "data" / "test.de"), "-o",
+         str(out), "--beam-size", str(beam), "--batch-size", "64", "--device", "cpu",
+         "--precision", "fp32", *chunk],
+        log,
+    )  # fmt: skip
+    seconds = float(re.search(r"sentences in ([\d.]+)s", log.read_text()).group(1))
+    return {
+        "seconds": seconds,
+        "tokens": count_tokens(out, tok),
+        "rss_mib": timed["rss_mib"],
+        "bleu": bleu(out, run / "data" / "test.en"),
+    }
+
+
+# --- JoeyNMT --------------------------------------------------------------------------------
+
+
+def peer_work() -> Path:
+    work = Path(os.environ.get("PEER_WORK", Path.home() / ".cache" / "peer-joeynmt"))
+    if not (work / "venv").is_dir():
+        subprocess.run(["bash", str(PEER / "setup.sh")], check=True)
+    if not (work / "data" / "spm" / "sp8k.model").is_file():
+        subprocess.run(["bash", str(PEER / "prepare.sh")], check=True)
+    return work
+
+
+def _timestamp(line: str) -> float:
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def peer_window(train_log: str, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds between JoeyNMT's log lines at `warmup` and `steps`, and the target tokens
+    in between (its Tokens per Sec over each interval times the interval)."""
+    points = {}
+    for line in train_log.splitlines():
+        match = re.search(r"Step:\s+(\d+),.*Tokens per Sec:\s+(\d+)", line)
+        if match:
+            points[int(match.group(1))] = (_timestamp(line), float(match.group(2)))
+    seconds = points[steps][0] - points[warmup][0]
+    tokens = 0.0
+    for step in range(warmup + LOG_EVERY, steps + 1, LOG_EVERY):
+        tokens += points[step][1] * (points[step][0] - points[step - LOG_EVERY][0])
+    return seconds, tokens
+
+
+def run_peer(steps: int, warmup: int, work: Path, tok: Tokenizer) -> dict:
+    """The peer's bench.sh: train `steps` steps, then decode with beam 5 and greedy."""
+    peer = peer_work()
+    log = work / "peer_bench.log"
+    with open(log, "w") as out:
+        subprocess.run(
+            ["bash", str(PEER / "bench.sh"), str(steps)], stdout=out, stderr=subprocess.STDOUT,
+            check=True,
+        )  # fmt: skip
+    logs = peer / "logs" / f"bench_{steps}"
+    seconds, tokens = peer_window((logs / "train.out").read_text(), steps, warmup)
+    rss = re.search(
+        r"Maximum resident set size \(kbytes\): (\d+)", (logs / "train.time").read_text()
+    )
     result = {
         "train": {
-            **train,
-            "tgt_tokens_per_s": sum(r["tgt_tokens_per_s"] for r in speed) / len(speed),
-            "steps_per_s": (steps_done[-1] - steps_done[0]) / (elapsed[-1] - elapsed[0]),
+            "steps_per_s": (steps - warmup) / seconds,
+            "tgt_tokens_per_s": tokens / seconds,
+            "rss_mib": int(rss.group(1)) / 1024,
         }
     }
-    return {**result, **decode_ours(nmt, run, work, precision)}
-
-
-def decode_ours(nmt: list[str], run: Path, work: Path, precision: str) -> dict:
-    result = {}
-    tokenizer = Tokenizer((run / "spm.model").read_bytes())
-    source = run / "data" / "test.de"
     for beam in (5, 1):
-        out = work / f"ours_{precision}.b{beam}.en"
-        log = work / f"ours_{precision}_decode_b{beam}.log"
-        run_info = run_timed(
-            [
-                *nmt,
-                "translate",
-                "-m",
-                str(run),
-                "-i",
-                str(source),
-                "-o",
-                str(out),
-                "--beam-size",
-                str(beam),
-                "--batch-size",
-                "64",
-                "--device",
-                "cpu",
-                "--precision",
-                precision,
-            ],
-            log,
-        )
-        seconds = float(re.search(r"sentences in ([\d.]+)s", log.read_text()).group(1))
-        result[f"beam{beam}"] = {
-            **run_info,
-            "generation": seconds,
-            "tokens": count_tokens(out, tokenizer),
-            "bleu": bleu(out, run / "data" / "test.en"),
-        }
-    result["tokenizer"] = tokenizer
-    return result
-
-
-# The decoding half of the peer's bench.sh, which has no switch to skip its training.
-PEER_DECODE = """set -euo pipefail
-cd "$1"; L="logs/bench_$2"; MD="models/rnn_bench_$2"; . venv/bin/activate
-export PYTHONWARNINGS=ignore
-for BEAM in 5 1; do
-  python "$3/mkcfg.py" "$L/dec_b$BEAM.yaml" model_dir="$MD" testing.load_model="$MD/$2.ckpt" \
-      testing.beam_size=$BEAM testing.batch_size=64 testing.batch_type=sentence
-  /usr/bin/time -v -o "$L/dec_b$BEAM.time" python -m joeynmt translate "$L/dec_b$BEAM.yaml" \
-      < data/test.de > "$L/test.b$BEAM.en" 2> "$L/dec_b$BEAM.out"
-done
-"""
-
-
-def peer(steps: int, work: Path, tokenizer: Tokenizer, decode_only: bool) -> dict:
-    """The peer's bench.sh (train, then decode); or, with `decode_only`, its decoding part
-    alone, on the model an earlier bench.sh run trained."""
-    peer_work = Path(os.environ.get("PEER_WORK", Path.home() / ".cache" / "peer-joeynmt"))
-    if not (peer_work / "venv").is_dir():
-        subprocess.run(["bash", str(PEER / "setup.sh")], check=True)
-    if not (peer_work / "data" / "spm" / "sp8k.model").is_file():
-        subprocess.run(["bash", str(PEER / "prepare.sh")], check=True)
-    logs = peer_work / "logs" / f"bench_{steps}"
-    result: dict = {"train": None}
-    if decode_only:
-        subprocess.run(
-            ["bash", "-c", PEER_DECODE, "decode", str(peer_work), str(steps), str(PEER)],
-            check=True,
-        )
-    else:
-        log = work / "peer_bench.log"
-        with open(log, "w") as out:
-            subprocess.run(
-                ["bash", str(PEER / "bench.sh"), str(steps)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
-        text = log.read_text()
-        train = re.search(r"train loop ([\d.]+)s, ([\d.]+) steps/s, peak RSS (\d+) MiB", text)
-        tokens = re.search(r"mean excl\. first: (\d+)", text)
-        result["train"] = {
-            "steps_per_s": float(train.group(2)),
-            "rss_mib": float(train.group(3)),
-            "tgt_tokens_per_s": float(tokens.group(1)),
-        }
-    refs = peer_work / "data" / "test.en"
-    for beam in (5, 1):  # what each decoding left behind, from bench.sh or PEER_DECODE alike
         report = (logs / f"dec_b{beam}.out").read_text()
-        rss = re.search(
-            r"Maximum resident set size \(kbytes\): (\d+)",
-            (logs / f"dec_b{beam}.time").read_text(),
-        )
+        rss = re.search(RSS, (logs / f"dec_b{beam}.time").read_text())
         out = logs / f"test.b{beam}.en"
         result[f"beam{beam}"] = {
-            "generation": float(re.search(r"Generation took ([\d.]+)\[sec\]", report).group(1)),
+            "seconds": float(re.search(r"Generation took ([\d.]+)\[sec\]", report).group(1)),
+            "tokens": count_tokens(out, tok),
             "rss_mib": int(rss.group(1)) / 1024,
-            "tokens": count_tokens(out, tokenizer),
-            "bleu": bleu(out, refs),
+            "bleu": bleu(out, peer / "data" / "test.en"),
         }
     return result
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """median (min-max)"""
+    f = f"{{:,.{digits}f}}"
+    return (
+        f"{f.format(statistics.median(values))} ({f.format(min(values))}-{f.format(max(values))})"
+    )
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(reps: list[dict], args) -> None:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        cpu = f"{model}, {os.cpu_count()} cores"
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    print(
+        f"\n{cpu}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{datetime.date.today()}: {args.repeats} interleaved repetitions, steps "
+        f"{args.warmup}-{args.steps} timed, fp32; median (range)\n"
+    )
+    sides = [("this toolkit, length bucketing", "bucketed"),
+             ("this toolkit, batches as JoeyNMT makes them", "random"),
+             ("JoeyNMT 2.3", "peer")]  # fmt: skip
+    peer_tps = median([r["peer"]["train"]["tgt_tokens_per_s"] for r in reps])
+    print("| training | steps/s | target tokens/s | vs JoeyNMT | peak RSS |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, key in sides:
+        train = [r[key]["train"] for r in reps]
+        tps = [t["tgt_tokens_per_s"] for t in train]
+        print(
+            f"| {label} | {spread([t['steps_per_s'] for t in train], 3)} | {spread(tps)} | "
+            f"{median(tps) / peer_tps:.2f}x | {median([t['rss_mib'] for t in train]):,.0f} MiB |"
+        )
+    rows = [("this toolkit, sorted by length (default)", "bucketed", "sorted"),
+            ("this toolkit, batches in input order", "bucketed", "input-order"),
+            ("JoeyNMT 2.3 (input order)", "peer", None)]  # fmt: skip
+    print("\n| decoding | search | sentences/s | target tokens/s | vs JoeyNMT sentences/s "
+          "| peak RSS | BLEU |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for beam in (5, 1):
+        peer_sps = median([1000 / r["peer"][f"beam{beam}"]["seconds"] for r in reps])
+        for label, key, order in rows:
+            runs = [r[key][f"beam{beam}"] if order is None else r[key][order][beam] for r in reps]
+            sps = [1000 / d["seconds"] for d in runs]
+            tps = [d["tokens"] / d["seconds"] for d in runs]
+            print(
+                f"| {label} | {'beam 5' if beam == 5 else 'greedy'} | {spread(sps, 1)} | "
+                f"{spread(tps)} | {median(sps) / peer_sps:.2f}x | "
+                f"{median([d['rss_mib'] for d in runs]):,.0f} MiB | "
+                f"{median([d['bleu'] for d in runs]):.2f} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--work", type=Path, default=Path("runs") / "vs_joeynmt")
-    parser.add_argument(
-        "--precision",
-        nargs="+",
-        default=["fp32"],
-        choices=["fp32", "bf16"],
-        help="this toolkit's precision(s), each trained and timed in turn",
-    )
-    parser.add_argument("--skip-peer", action="store_true")
-    parser.add_argument(
-        "--decode-only",
-        action="store_true",
-        help="time decoding alone, on the models an earlier run of this script trained",
-    )
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=100, help="steps left out (x 50)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "vs_joeynmt")
     args = parser.parse_args()
+    if args.warmup % LOG_EVERY or args.steps % LOG_EVERY or args.warmup >= args.steps:
+        sys.exit(f"--warmup and --steps must be multiples of {LOG_EVERY}, warmup < steps")
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"load average before the run: {os.getloadavg()[0]:.2f}", file=sys.stderr)
-
-    results = {}
-    for precision in args.precision:
-        results[f"this toolkit, {precision}"] = ours(
-            args.steps, args.work.resolve(), precision, args.decode_only
-        )
-    tokenizer = next(iter(results.values()))["tokenizer"]
-    if not args.skip_peer:
-        results["JoeyNMT 2.3, fp32"] = peer(
-            args.steps, args.work.resolve(), tokenizer, args.decode_only
-        )
-
-    print(
-        f"\nMulti30k de->en, {args.steps} training steps, batch 64 sentences, 2-layer bi-GRU "
-        "512 / 2-layer GRU 512, additive attention, input feeding, CPU.\n"
-    )
-    trained = {name: r["train"] for name, r in results.items() if r["train"]}
-    if trained:
-        print("| toolkit | train steps/s | train target tok/s | train peak RSS |")
-        print("| --- | --- | --- | --- |")
-    for name, t in trained.items():
-        print(
-            f"| {name} | {t['steps_per_s']:.2f} | {t['tgt_tokens_per_s']:,.0f} | "
-            f"{t['rss_mib']:,.0f} MiB |"
-        )
-    print("\n| toolkit | search | sentences/s | target tokens/s | peak RSS | BLEU |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        for beam in (5, 1):
-            d = r[f"beam{beam}"]
-            print(
-                f"| {name} | {'beam 5' if beam == 5 else 'greedy'} | "
-                f"{1000 / d['generation']:.1f} | {d['tokens'] / d['generation']:,.0f} | "
-                f"{d['rss_mib']:,.0f} MiB | {d['bleu']:.2f} |"
-            )
-    peer_result = results.get("JoeyNMT 2.3, fp32")
-    if peer_result is None:
-        return
-    for name, r in results.items():
-        if r is peer_result:
-            continue
-        print(f"\n{name}:")
-        if r["train"] and peer_result["train"]:
-            ratio = r["train"]["tgt_tokens_per_s"] / peer_result["train"]["tgt_tokens_per_s"]
-            print(f"  training target tokens/s {ratio:.2f}x JoeyNMT")
-        for beam in (5, 1):
-            x, y = r[f"beam{beam}"], peer_result[f"beam{beam}"]
-            print(
-                f"  beam {beam}: {y['generation'] / x['generation']:.2f}x the sentences/s, "
-                f"{(x['tokens'] / x['generation']) / (y['tokens'] / y['generation']):.2f}x "
-                "the target tokens/s of JoeyNMT"
-            )
+    print(f"load average before the run: {os.getloadavg()[0]:.2f}", flush=True)
+    runs = {key: args.work / key for key in ("bucketed", "random")}
+    subprocess.run(
+        [*NMT, "preprocess", str(CONFIG), "--run-dir", str(runs["bucketed"])], check=True,
+        cwd=ROOT, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    tok = Tokenizer((runs["bucketed"] / "spm.model").read_bytes())
+    reps = []
+    for rep in range(args.repeats):
+        result: dict = {}
+        for key, run in runs.items():
+            if key == "random":
+                subprocess.run(["rm", "-rf", str(run)], check=True)
+                subprocess.run(["cp", "-r", str(runs["bucketed"]), str(run)], check=True)
+            log = args.work / f"train-{key}-{rep}.log"
+            result[key] = {
+                "train": train_ours(run, args.steps, args.warmup, key == "bucketed", log)
+            }
+            print(f"repetition {rep + 1}, {key}: {result[key]['train']}", flush=True)
+        for order in ("sorted", "input-order"):
+            result["bucketed"][order] = {
+                beam: decode_ours(runs["bucketed"], args.work, beam, order == "sorted", tok)
+                for beam in (5, 1)
+            }
+            print(f"repetition {rep + 1}, decoding {order}: {result['bucketed'][order]}")
+        result["peer"] = run_peer(args.steps, args.warmup, args.work, tok)
+        print(f"repetition {rep + 1}, JoeyNMT: {result['peer']}", flush=True)
+        reps.append(result)
+        (args.work / "results.json").write_text(json.dumps(reps, indent=2))
+    report(reps, args)
 
 
 if __name__ == "__main__":

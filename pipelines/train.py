@@ -34,7 +34,7 @@ from seq2seq.config import Config, SearchConfig
 from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
-from seq2seq.model import Seq2Seq, Vocab
+from seq2seq.model import Seq2Seq
 from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import (
@@ -44,6 +44,7 @@ from seq2seq.training import (
     set_learning_rate,
     word_dropout,
 )
+from seq2seq.vocab import Vocab
 
 from .background import ahead, worth_it
 from .checkpoints import Checkpoints, Optimization, TrainState, all_finite
@@ -233,6 +234,7 @@ class Trainer:
             self.tc.batch_type,
             self.tc.batch_size,
             seed=self.tc.seed * 1_000_003 + epoch,
+            bucket=self.tc.bucket,
         )
 
     def run(self) -> dict:
@@ -367,9 +369,10 @@ class Trainer:
             )
             with sync:
                 with autocast(self.device, self.precision):
-                    log_probs = self.ddp_model(src, batch.src_lengths, tgt_in)  # (B, T, V)
+                    # (N, V): the real target positions only
+                    log_probs = self.ddp_model(src, batch.src_lengths, tgt_in, batch.positions)
                 loss, nll = label_smoothed_nll(
-                    log_probs, batch.tgt_out, vocab.pad_id, tc.label_smoothing
+                    log_probs, batch.tgt_real, vocab.pad_id, tc.label_smoothing
                 )
                 scaler.scale(loss * weight).backward()
             if weight:
@@ -418,6 +421,7 @@ class Trainer:
             "lr": self.lr(self.state.step - 1),
             "train_loss": loss / tokens,
             "train_ppl": math.exp(min(50.0, nll / tokens)),
+            "tgt_tokens": int(figures["tgt_tokens"]),
             "tgt_tokens_per_s": figures["tgt_tokens"] / seconds,
             "src_tgt_tokens_per_s": (figures["tgt_tokens"] + figures["src_tokens"]) / seconds,
             "elapsed": round(self.state.elapsed, 1),
@@ -444,8 +448,8 @@ class Trainer:
             idx = list(range(start, min(start + 64, len(dev_src))))
             batch = make_batch(dev_src, dev_tgt, idx, vocab).to(self.device)
             with autocast(self.device, self.precision):
-                log_probs = model(batch.src, batch.src_lengths, batch.tgt_in)
-            _, nll = label_smoothed_nll(log_probs, batch.tgt_out, vocab.pad_id, 0.0)
+                log_probs = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions)
+            _, nll = label_smoothed_nll(log_probs, batch.tgt_real, vocab.pad_id, 0.0)
             nll_sum += nll
             tokens += batch.num_tgt_tokens
         dev_loss = float(nll_sum) / tokens

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .errors import UserError
 from .io import atomic_open
-from .model import Vocab
+from .vocab import Vocab
 
 
 class TokenSequences:
@@ -112,43 +112,66 @@ def pad(
 
 
 @dataclass
+class TargetPositions:
+    """Where the real (non-pad) target positions of a batch are, for training, whose output
+    layer and loss then skip the padding. Rows are sorted by target length, longest first,
+    so the rows still running at position t are the first `running[t]`."""
+
+    running: list[int]  # (T,) rows whose target reaches position t (host ints: no waiting)
+    flat: Tensor  # (N,) b * T + t of each real position, by t then b (time-major)
+
+    @classmethod
+    def of(cls, lengths: Tensor) -> TargetPositions:
+        """For target lengths (B,) sorted longest first."""
+        width = int(lengths[0]) if len(lengths) else 0
+        steps = torch.arange(width)
+        running = (lengths[None, :] > steps[:, None]).sum(dim=1)  # (T,)
+        rows = torch.arange(len(lengths))
+        real = rows[None, :] < running[:, None]  # (T, B)
+        flat = (rows[None, :] * width + steps[:, None])[real]  # (N,) time-major
+        return cls(running.tolist(), flat)
+
+
+@dataclass
 class Batch:
-    """A padded training batch; rows are sentence pairs."""
+    """A padded training batch; rows are sentence pairs, longest target first."""
 
     src: Tensor  # (B, S) source ids + end-of-sentence, padded
     src_lengths: Tensor  # (B,)
     tgt_in: Tensor  # (B, T) beginning-of-sentence + target ids, padded
     tgt_out: Tensor  # (B, T) target ids + end-of-sentence, padded
     num_tgt_tokens: int  # real (non-pad) tokens in tgt_out
+    positions: TargetPositions
+
+    @property
+    def tgt_real(self) -> Tensor:
+        """The target ids of the real positions (N,), in the order of `positions.flat`."""
+        return self.tgt_out.reshape(-1).index_select(0, self.positions.flat)
+
+    def _map(self, f) -> Batch:
+        positions = TargetPositions(self.positions.running, f(self.positions.flat))
+        tensors = (f(self.src), f(self.src_lengths), f(self.tgt_in), f(self.tgt_out))
+        return Batch(*tensors, self.num_tgt_tokens, positions)
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory, so that copies to a GPU can run async."""
-        return Batch(
-            self.src.pin_memory(),
-            self.src_lengths.pin_memory(),
-            self.tgt_in.pin_memory(),
-            self.tgt_out.pin_memory(),
-            self.num_tgt_tokens,
-        )
+        return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            self.src.to(device, non_blocking=True),
-            self.src_lengths.to(device, non_blocking=True),
-            self.tgt_in.to(device, non_blocking=True),
-            self.tgt_out.to(device, non_blocking=True),
-            self.num_tgt_tokens,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
 
 def make_batch(
     src: TokenSequences, tgt: TokenSequences, indices: Sequence[int], vocab: Vocab
 ) -> Batch:
+    """The pairs `indices`, padded, their rows sorted by target length (longest first)."""
+    indices = sorted(indices, key=lambda i: -len(tgt[i]))
     src_tokens, src_lengths = pad([src[i] for i in indices], vocab.pad_id, suffix=vocab.eos_id)
     tgt_seqs = [tgt[i] for i in indices]
     tgt_in, tgt_lengths = pad(tgt_seqs, vocab.pad_id, prefix=vocab.bos_id)
     tgt_out, _ = pad(tgt_seqs, vocab.pad_id, suffix=vocab.eos_id)
-    return Batch(src_tokens, src_lengths, tgt_in, tgt_out, int(tgt_lengths.sum()))
+    positions = TargetPositions.of(tgt_lengths)
+    return Batch(src_tokens, src_lengths, tgt_in, tgt_out, int(tgt_lengths.sum()), positions)
 
 
 def group_batches(
@@ -178,17 +201,24 @@ def group_batches(
 
 
 def training_batches(
-    src_lengths: Tensor, tgt_lengths: Tensor, batch_type: str, batch_size: int, seed: int
+    src_lengths: Tensor,
+    tgt_lengths: Tensor,
+    batch_type: str,
+    batch_size: int,
+    seed: int,
+    bucket: bool = True,
 ) -> list[list[int]]:
-    """One epoch of batches: pairs of similar length together, in a seeded random order.
-
-    Ties in length are broken by a seeded shuffle, so batches differ from epoch to epoch."""
+    """One epoch of batches in a seeded random order. With `bucket`, pairs of similar length
+    go together (ties in length broken by a seeded shuffle, so batches differ from epoch to
+    epoch), which saves padding; without, batches are runs of randomly shuffled pairs, as
+    JoeyNMT and most PyTorch loaders make them."""
     generator = torch.Generator().manual_seed(seed)
     n = len(src_lengths)
     shuffled = torch.randperm(n, generator=generator)
-    # Stable sort by (target length, source length) of the shuffled pairs.
-    key = tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled]
-    order = shuffled[torch.sort(key, stable=True).indices].tolist()
+    order = shuffled.tolist()
+    if bucket:  # stable sort by (target length, source length) of the shuffled pairs
+        key = tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled]
+        order = shuffled[torch.sort(key, stable=True).indices].tolist()
     longer = torch.maximum(src_lengths + 1, tgt_lengths + 1).tolist()  # + eos/bos
     batches = group_batches(order, longer, batch_type, batch_size)
     random.Random(seed).shuffle(batches)

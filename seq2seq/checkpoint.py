@@ -19,8 +19,9 @@ from safetensors.torch import save as safetensors_bytes
 from .config import ModelConfig, SearchConfig, from_dict, to_dict
 from .errors import UserError
 from .io import atomic_write_bytes
-from .model import Seq2Seq, Vocab
+from .model import Seq2Seq
 from .tokenizer import Tokenizer
+from .vocab import Vocab
 
 FORMAT = "seq2seq-checkpoint"
 VERSION = 1

@@ -252,6 +252,7 @@ class TrainConfig:
     batch_type: Literal["tokens", "sentences"] = "tokens"
     batch_size: int = 4096  # per batch: padded tokens (max of source and target) or sentences
     accumulate: int = 1  # batches per optimizer step
+    bucket: bool = True  # batch pairs of similar length together (less padding); false: random
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)

@@ -19,22 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batching import TargetPositions
 from .config import AttentionConfig, ModelConfig
 from .device import cpu_has_native_bf16
+from .vocab import Vocab
 
 RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Vocabulary sizes and special ids, read from the SentencePiece models."""
-
-    src_size: int
-    tgt_size: int
-    pad_id: int
-    unk_id: int
-    bos_id: int
-    eos_id: int
 
 
 # --- encoder --------------------------------------------------------------------------------
@@ -257,6 +247,14 @@ class DecoderState:
         feed = None if self.feed is None else self.feed.index_select(0, index)
         return DecoderState(hidden, feed)
 
+    def first(self, rows: int) -> DecoderState:
+        """The first `rows` rows (a view: no copy)."""
+        if isinstance(self.hidden, tuple):
+            hidden = tuple(h[:, :rows] for h in self.hidden)
+        else:
+            hidden = self.hidden[:, :rows]
+        return DecoderState(hidden, None if self.feed is None else self.feed[:rows])
+
 
 @dataclass
 class Memory:
@@ -271,6 +269,14 @@ class Memory:
             return None if x is None else x.index_select(0, index)
 
         return Memory(pick(self.keys), pick(self.values), self.mask.index_select(0, index))
+
+    def first(self, rows: int) -> Memory:
+        """The first `rows` rows (a view: no copy)."""
+
+        def first(x):
+            return None if x is None else x[:rows]
+
+        return Memory(first(self.keys), first(self.values), self.mask[:rows])
 
 
 class Decoder(nn.Module):
@@ -325,31 +331,55 @@ class Decoder(nn.Module):
             out = rnn_output + linear(self.context_layer, context)  # (B, T, H)
         return self.output_dropout(out), weights
 
-    def forward(self, prev_tokens: Tensor, state: DecoderState, memory: Memory):
+    def forward(
+        self,
+        prev_tokens: Tensor,
+        state: DecoderState,
+        memory: Memory,
+        positions: TargetPositions | None = None,
+    ):
         """prev_tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S).
 
         Without input feeding the RNN and the attention each run over all T positions at
-        once; with it, the positions must be taken one at a time."""
+        once; with it, the positions must be taken one at a time. In training, `positions`
+        names the real target positions (rows sorted longest first): the logits are then
+        those of the real positions only, (N, V), and the padding costs no work in the
+        output layer, nor (with input feeding) in the RNN and the attention."""
         x = self.embed_dropout(self.embed(prev_tokens))  # (B, T, E)
         if not self.input_feeding:
             rnn_output, hidden = run_rnn(self.rnn, x, state.hidden)  # (B, T, H)
             out, weights = self.attend(rnn_output, memory)  # (B, T, H), (B, T, S)
             next_state = DecoderState(hidden, None)
+            if positions is not None:
+                out = out.reshape(-1, out.size(-1)).index_select(0, positions.flat)  # (N, H)
         else:
-            hidden, feed = state.hidden, state.feed
-            outputs, all_weights = [], []
-            # split, not x[:, t]: a slice's backward zero-fills a full-size gradient each step
-            for x_t in x.split(1, dim=1):  # (B, 1, E)
-                rnn_input = torch.cat([x_t, feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
-                rnn_output, hidden = run_rnn(self.rnn, rnn_input, hidden)  # (B, 1, H)
-                feed, weights = self.attend(rnn_output, memory)  # (B, 1, H), (B, 1, S)
-                outputs.append(feed)
-                all_weights.append(weights)
-            out = torch.cat(outputs, dim=1)  # (B, T, H)
-            weights = torch.cat(all_weights, dim=1)  # (B, T, S)
-            next_state = DecoderState(hidden, feed)
-        logits = linear(self.output, linear(self.pre_output, out))  # (B, T, V)
+            running = positions.running if positions is not None else None
+            out, weights, next_state = self._feed(x, state, memory, running)
+        logits = linear(self.output, linear(self.pre_output, out))  # (B, T, V) or (N, V)
         return logits, next_state, weights
+
+    def _feed(self, x: Tensor, state: DecoderState, memory: Memory, running: list[int] | None):
+        """Input feeding: one position at a time, each fed the previous attentional vector.
+        With `running`, position t steps only the first running[t] rows, and the outputs of
+        the real positions come back time-major (N, H) with weights None."""
+        hidden, feed = state.hidden, state.feed
+        outputs, all_weights = [], []
+        # split, not x[:, t]: a slice's backward zero-fills a full-size gradient each step
+        for t, x_t in enumerate(x.split(1, dim=1)):  # (B, 1, E)
+            if running is not None and running[t] < feed.size(0):  # finished rows drop out
+                kept = DecoderState(hidden, feed).first(running[t])
+                hidden, feed, memory = kept.hidden, kept.feed, memory.first(running[t])
+            x_t = x_t[: feed.size(0)]
+            rnn_input = torch.cat([x_t, feed.to(x.dtype)], dim=-1)  # (B, 1, E+H)
+            rnn_output, hidden = run_rnn(self.rnn, rnn_input, hidden)  # (B, 1, H)
+            feed, weights = self.attend(rnn_output, memory)  # (B, 1, H), (B, 1, S)
+            outputs.append(feed)
+            all_weights.append(weights)
+        if running is not None:
+            return torch.cat([o[:, 0] for o in outputs]), None, DecoderState(hidden, feed)
+        out = torch.cat(outputs, dim=1)  # (B, T, H)
+        weights = None if all_weights[0] is None else torch.cat(all_weights, dim=1)  # (B, T, S)
+        return out, weights, DecoderState(hidden, feed)
 
 
 # --- the whole model ------------------------------------------------------------------------
@@ -428,13 +458,27 @@ class Seq2Seq(nn.Module):
             feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)
         return DecoderState(hidden, feed), Memory(keys, values, mask)
 
-    def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory):
-        """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights."""
-        logits, state, weights = self.decoder(prev_tokens, state, memory)
+    def step(
+        self,
+        prev_tokens: Tensor,
+        state: DecoderState,
+        memory: Memory,
+        positions: TargetPositions | None = None,
+    ):
+        """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights.
+        With `positions` (training): the log-probabilities of the real positions, (N, V)."""
+        logits, state, weights = self.decoder(prev_tokens, state, memory, positions)
         return F.log_softmax(logits.float(), dim=-1), state, weights
 
-    def forward(self, src: Tensor, src_lengths: Tensor, prev_tokens: Tensor) -> Tensor:
-        """Teacher forcing: log-probabilities (B, T, V) of each next target token."""
+    def forward(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        prev_tokens: Tensor,
+        positions: TargetPositions | None = None,
+    ) -> Tensor:
+        """Teacher forcing: log-probabilities (B, T, V) of each next target token, or with
+        `positions` (N, V) of the real positions only (see Decoder.forward)."""
         state, memory = self.encode(src, src_lengths)
-        log_probs, _, _ = self.step(prev_tokens, state, memory)
+        log_probs, _, _ = self.step(prev_tokens, state, memory, positions)
         return log_probs

@@ -15,10 +15,10 @@ from .config import TrainConfig
 def label_smoothed_nll(
     log_probs: Tensor, target: Tensor, pad_id: int, epsilon: float
 ) -> tuple[Tensor, Tensor]:
-    """log_probs (B, T, V), target (B, T) -> (smoothed loss, plain NLL), both summed over
-    real tokens. The smoothed loss spreads epsilon uniformly over the vocabulary
+    """log_probs (..., V), target (...) -> (smoothed loss, plain NLL), both summed over
+    real (non-pad) tokens. The smoothed loss spreads epsilon uniformly over the vocabulary
     (Szegedy et al., 2016): (1 - eps) * nll + eps * mean over V of -log p."""
-    mask = target != pad_id  # (B, T)
+    mask = target != pad_id  # (...)
     nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
     nll = nll.masked_fill(~mask, 0.0)
     if epsilon == 0:

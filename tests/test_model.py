@@ -12,8 +12,9 @@ import torch
 from seq2seq.batching import pad
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, SearchConfig
-from seq2seq.model import Seq2Seq, Vocab, build_attention
+from seq2seq.model import Seq2Seq, build_attention
 from seq2seq.search import greedy_search
+from seq2seq.vocab import Vocab
 
 from .conftest import ROOT
 
@@ -224,3 +225,32 @@ def test_a_checkpoint_from_another_version_is_a_clear_error(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path), metadata={"format": "something-else"})
     with pytest.raises(UserError, match="not a seq2seq checkpoint"):
         load_checkpoint(path)
+
+
+@ALL
+def test_training_on_real_positions_only_gives_the_padded_result(config):
+    """Rows sorted longest first, the output layer (and, with input feeding, the decoder)
+    skips the padding: the same log-probabilities and gradients as the padded computation."""
+    from seq2seq.batching import TargetPositions
+
+    model = build(config).eval()
+    src, src_lengths = pad(random_sentences(6, seed=5), VOCAB.pad_id, suffix=VOCAB.eos_id)
+    generator = torch.Generator().manual_seed(6)
+    lengths = [7, 7, 5, 5, 5, 2]  # rows leave in runs, and some stay together
+    targets = [
+        torch.randint(4, VOCAB.tgt_size, (n,), generator=generator).tolist() for n in lengths
+    ]
+    tgt_in, tgt_lengths = pad(targets, VOCAB.pad_id, prefix=VOCAB.bos_id)
+    positions = TargetPositions.of(tgt_lengths)
+    dense = model(src, src_lengths, tgt_in)  # (B, T, V)
+    real = model(src, src_lengths, tgt_in, positions)  # (N, V)
+    expected = dense.reshape(-1, dense.size(-1))[positions.flat]
+    assert real.shape == (int(tgt_lengths.sum()), VOCAB.tgt_size)
+    assert torch.allclose(real, expected, atol=1e-5)
+    grads = []
+    for log_probs in (expected, real):
+        model.zero_grad()
+        log_probs[:, 4].sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
