@@ -164,8 +164,11 @@ def train(
 @app.command(context_settings=OVERRIDES)
 def translate(
     ctx: typer.Context,
-    model: Path = typer.Option(
-        ..., "-m", "--model", help="Run folder, model folder or checkpoint."
+    model: list[Path] = typer.Option(
+        ...,
+        "-m",
+        "--model",
+        help="Run folder, model folder or checkpoint; repeat it to decode with an ensemble.",
     ),
     input: list[str] = typer.Option(
         ...,
@@ -203,14 +206,6 @@ def translate(
     with --search.KEY=VALUE (see README, search); the checkpoint's are the defaults."""
     from pipelines.translate import TranslateOptions, translate_files
 
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(
-            f"option '--precision': expected auto, fp32, bf16 or fp16, got {precision!r}"
-        )
-    if errors not in ("strict", "replace"):
-        raise UserError(f"option '--errors': expected strict or replace, got {errors!r}")
-    if chunk_lines < 1:
-        raise UserError(f"option '--chunk-lines': expected an integer >= 1, got {chunk_lines}")
     aliases = {
         "beam_size": beam_size,
         "n_best": n_best,

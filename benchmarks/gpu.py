@@ -73,7 +73,7 @@ def training_speed(args, name: str, precision: str) -> dict:
     run = fresh_copy(args.run, args.work / f"train-{name}-{precision}")
     trainer = Trainer(config, run, log=lambda _: None, fresh=True)
     batches = trainer.epoch_batches(0)
-    steps = [trainer._prepare([b]) for b in batches[: args.warmup + args.steps]]
+    steps = [trainer._prepare([b], 0, i) for i, b in enumerate(batches[: args.warmup + args.steps])]
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -75,7 +75,7 @@ def plan_jobs(
     output: str,
     alignments: str | None,
     resume: bool,
-    model: Path,
+    models: list[Path],
     world: int,
 ) -> Plan:
     """One job for one input file; several files or a folder go to an output folder. Every
@@ -98,11 +98,11 @@ def plan_jobs(
         folder = Path(output)
         check_destination(folder, folder=True)
         plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder)
-    _check_plan(plan, resume, model, world)
+    _check_plan(plan, resume, models, world)
     return plan
 
 
-def _check_plan(plan: Plan, resume: bool, model: Path, world: int) -> None:
+def _check_plan(plan: Plan, resume: bool, models: list[Path], world: int) -> None:
     sources = [Path(job.input) for job in plan.jobs if job.input != "-"]
     for source in sources:
         if not source.is_file():
@@ -121,7 +121,7 @@ def _check_plan(plan: Plan, resume: bool, model: Path, world: int) -> None:
                 continue
             if plan.folder is None or plan.folder.is_dir():  # else: made by this run
                 check_destination(target)
-            for other in [*sources, model]:
+            for other in [*sources, *models]:
                 if same_file(target, other):
                     raise UserError(f"{target}: is the input {other}; choose another output")
             for other in targets:

@@ -140,61 +140,71 @@ def _select_columns(dataset, data: DataConfig, where: str):
 def load_split(data: DataConfig, name: str, cache_dir: Path):
     """One split as a `datasets.Dataset` with string columns `src` and `tgt`, and a record of
     where it came from (paths with hashes, or the dataset id and fingerprint)."""
-    datasets = _datasets()
     if data.source == "local" and data.format == "text":
-        folder = Path(data.path)
-        src_path = _existing(folder / f"{name}.{data.src_lang}")
-        tgt_path = _existing(folder / f"{name}.{data.tgt_lang}")
-        if src_path.stat().st_size == 0 and tgt_path.stat().st_size == 0:
-            raise UserError(
-                f"{src_path} and {tgt_path} are empty: the split '{name}' has no "
-                "sentence pairs; expected a non-empty split"
-            )
-        dataset = _from_generator(
-            _text_pairs, {"src_path": src_path, "tgt_path": tgt_path}, cache_dir
-        )
-        origin = {
-            side: {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
-            for side, p in (("src", src_path), ("tgt", tgt_path))
-        }
-        return dataset, origin
+        return _load_text_pair(data, name, cache_dir)
     if data.source == "local":
-        path = Path(data.path) / name
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
-        options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
-        if data.format != "parquet":  # a byte-order mark is dropped, as every reader does
-            options["encoding"] = "utf-8-sig"
-        try:
-            dataset = datasets.load_dataset(
-                builder,
-                data_files={"split": str(path)},
-                split="split",
-                cache_dir=str(cache_dir),
-                **options,
-            )
-        except Exception as e:  # the readers raise many types; all mean "cannot parse"
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if isinstance(e.__cause__, UnicodeDecodeError):
-                message = "invalid UTF-8"
-            raise UserError(f"{path}: cannot read as {data.format} ({message})") from None
-        origin = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
-        return _select_columns(dataset, data, str(path)), origin
+        return _load_table(data, name, cache_dir)
     if data.source == "hub":
-        where = f"hub dataset '{data.path}' (config {data.hub_config}, split '{name}')"
-        try:
-            dataset = datasets.load_dataset(data.path, data.hub_config, split=name)
-        except Exception as e:  # network, missing dataset or split: all a user's to fix
-            raise UserError(f"{where}: cannot load ({str(e).strip().splitlines()[0]})") from None
-        origin = {
-            "hub": data.path,
-            "config": data.hub_config,
-            "split": name,
-            "fingerprint": dataset._fingerprint,
-        }
-        return _select_columns(dataset, data, where), origin
-    # source == "disk"
+        return _load_hub(data, name)
+    return _load_disk(data, name)
+
+
+def _file_origin(path: Path) -> dict:
+    return {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
+def _load_text_pair(data: DataConfig, name: str, cache_dir: Path):
+    """`<path>/<name>.<src_lang>` and `<path>/<name>.<tgt_lang>`, line by line."""
+    folder = Path(data.path)
+    src_path = _existing(folder / f"{name}.{data.src_lang}")
+    tgt_path = _existing(folder / f"{name}.{data.tgt_lang}")
+    if src_path.stat().st_size == 0 and tgt_path.stat().st_size == 0:
+        raise UserError(
+            f"{src_path} and {tgt_path} are empty: the split '{name}' has no "
+            "sentence pairs; expected a non-empty split"
+        )
+    dataset = _from_generator(_text_pairs, {"src_path": src_path, "tgt_path": tgt_path}, cache_dir)
+    return dataset, {"src": _file_origin(src_path), "tgt": _file_origin(tgt_path)}
+
+
+def _load_table(data: DataConfig, name: str, cache_dir: Path):
+    """`<path>/<name>` as tsv, csv, json lines or parquet, a column per language."""
+    datasets = _datasets()
+    path = Path(data.path) / name
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
+    options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
+    if data.format != "parquet":  # a byte-order mark is dropped, as every reader does
+        options["encoding"] = "utf-8-sig"
+    try:
+        dataset = datasets.load_dataset(
+            builder, data_files={"split": str(path)}, split="split", cache_dir=str(cache_dir),
+            **options,
+        )  # fmt: skip
+    except Exception as e:  # the readers raise many types; all mean "cannot parse"
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e.__cause__, UnicodeDecodeError):
+            message = "invalid UTF-8"
+        raise UserError(f"{path}: cannot read as {data.format} ({message})") from None
+    return _select_columns(dataset, data, str(path)), _file_origin(path)
+
+
+def _load_hub(data: DataConfig, name: str):
+    """`datasets.load_dataset(<path>, <hub_config>, split=<name>)`."""
+    datasets = _datasets()
+    where = f"hub dataset '{data.path}' (config {data.hub_config}, split '{name}')"
+    try:
+        dataset = datasets.load_dataset(data.path, data.hub_config, split=name)
+    except Exception as e:  # network, missing dataset or split: all a user's to fix
+        raise UserError(f"{where}: cannot load ({str(e).strip().splitlines()[0]})") from None
+    origin = {"hub": data.path, "config": data.hub_config, "split": name}
+    return _select_columns(dataset, data, where), {**origin, "fingerprint": dataset._fingerprint}
+
+
+def _load_disk(data: DataConfig, name: str):
+    """A split of a dataset written by `save_to_disk`."""
+    datasets = _datasets()
     path = Path(data.path)
     if not path.exists():
         raise UserError(f"{path}: no such saved dataset folder")
@@ -440,30 +450,14 @@ def preprocess(config: Config, run: RunFolder, log: Callable[[str], None] = prin
 
 
 def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict:
+    """Everything preprocess writes, built in the staging folder; returns the manifest."""
     data = config.data
     langs = {"src": data.src_lang, "tgt": data.tgt_lang}
     stage.data.mkdir(parents=True)
     log(f"preprocess: reading {data.source} corpus {data.path}")
     datasets, origins = load_corpus(data, stage.root / "cache")
-
-    cleaned, keep, stats = {}, {}, {}
-    for split in SPLITS:
-        filtered = split == "train" or data.cleaning.filter_dev_test
-        cleaned[split] = {side: stage.root / f"{split}.clean.{side}" for side in langs}
-        with (
-            atomic_open(cleaned[split]["src"]) as src_out,
-            atomic_open(cleaned[split]["tgt"]) as tgt_out,
-        ):
-            stats[split], keep[split] = clean_text(
-                datasets[split], data, filtered, src_out, tgt_out
-            )
+    cleaned, keep, stats = _clean_splits(datasets, data, stage)
     del datasets
-
-    if count_lines(cleaned["train"]["src"]) == 0:
-        raise UserError(
-            f"the training split is empty after cleaning ({stats['train']}); "
-            "check data.train and data.cleaning"
-        )
     log(
         f"preprocess: training SentencePiece ({data.subwords.model_type}, "
         f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})"
@@ -475,30 +469,11 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         tokenizer_files = {side: f"spm.{lang}.model" for side, lang in langs.items()}
     for side, tokenizer in zip(langs, tokenizers):
         atomic_write_bytes(stage.root / tokenizer_files[side], tokenizer.proto)
-
-    splits = {}
+    splits = {
+        split: _encode(split, cleaned[split], keep[split], stats[split], tokenizers, data, stage)
+        for split in SPLITS
+    }
     for split in SPLITS:
-        filtered = split == "train" or data.cleaning.filter_dev_test
-        out = {side: stage.text(split, lang) for side, lang in langs.items()}
-        ids = {side: stage.ids(split, lang) for side, lang in langs.items()}
-        stats[split].update(
-            encode_split(cleaned[split], keep[split], out, ids, tokenizers, data, filtered)
-        )
-        for side in langs:
-            os.remove(cleaned[split][side])
-        if stats[split]["kept"] == 0:
-            raise UserError(f"the {split} split is empty after cleaning ({stats[split]})")
-        rel = {side: str(out[side].relative_to(stage.root)) for side in langs}
-        splits[split] = {
-            **rel,
-            "src_ids": rel["src"],
-            "tgt_ids": rel["tgt"],
-            "pairs": stats[split]["kept"],
-            "src_tokens": stats[split]["src_tokens"],
-            "tgt_tokens": stats[split]["tgt_tokens"],
-            "src_bytes": out["src"].stat().st_size,
-            "tgt_bytes": out["tgt"].stat().st_size,
-        }
         log(f"preprocess: {split}: {stats[split]['input']} pairs in, {stats[split]['kept']} kept")
     shutil.rmtree(stage.root / "cache", ignore_errors=True)
     return {
@@ -516,6 +491,52 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         "inputs": origins,
         "cleaning": stats,
         "config": to_dict(config),
+    }
+
+
+def _clean_splits(datasets: dict, data: DataConfig, stage: RunFolder):
+    """Normalize (and for train, filter) every split into staged text files: their paths,
+    the masks of lines to keep (de-duplication), and the counts of each split."""
+    cleaned, keep, stats = {}, {}, {}
+    for split in SPLITS:
+        filtered = split == "train" or data.cleaning.filter_dev_test
+        cleaned[split] = {side: stage.root / f"{split}.clean.{side}" for side in ("src", "tgt")}
+        with (
+            atomic_open(cleaned[split]["src"]) as src_out,
+            atomic_open(cleaned[split]["tgt"]) as tgt_out,
+        ):
+            stats[split], keep[split] = clean_text(
+                datasets[split], data, filtered, src_out, tgt_out
+            )
+    if count_lines(cleaned["train"]["src"]) == 0:
+        raise UserError(
+            f"the training split is empty after cleaning ({stats['train']}); "
+            "check data.train and data.cleaning"
+        )
+    return cleaned, keep, stats
+
+
+def _encode(split, cleaned, keep, stats, tokenizers, data: DataConfig, stage: RunFolder) -> dict:
+    """Encode one cleaned split into its final text and ids; its manifest entry."""
+    langs = {"src": data.src_lang, "tgt": data.tgt_lang}
+    filtered = split == "train" or data.cleaning.filter_dev_test
+    out = {side: stage.text(split, lang) for side, lang in langs.items()}
+    ids = {side: stage.ids(split, lang) for side, lang in langs.items()}
+    stats.update(encode_split(cleaned, keep, out, ids, tokenizers, data, filtered))
+    for side in langs:
+        os.remove(cleaned[side])
+    if stats["kept"] == 0:
+        raise UserError(f"the {split} split is empty after cleaning ({stats})")
+    rel = {side: str(out[side].relative_to(stage.root)) for side in langs}
+    return {
+        **rel,
+        "src_ids": rel["src"],
+        "tgt_ids": rel["tgt"],
+        "pairs": stats["kept"],
+        "src_tokens": stats["src_tokens"],
+        "tgt_tokens": stats["tgt_tokens"],
+        "src_bytes": out["src"].stat().st_size,
+        "tgt_bytes": out["tgt"].stat().st_size,
     }
 
 

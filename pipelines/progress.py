@@ -1,9 +1,16 @@
-"""A one-line progress display on stderr: done, rate, time left, and any named figures."""
+"""Progress of long work on stderr: done, rate, time left, and any named figures.
+
+On a terminal it is a `rich` progress bar, redrawn in place; elsewhere (logs, CI) a plain
+line every `every` seconds and one at the end, so that a log file stays readable."""
 
 from __future__ import annotations
 
 import sys
 import time
+
+from rich.console import Console
+from rich.progress import BarColumn, TextColumn
+from rich.progress import Progress as Bar
 
 
 def format_duration(seconds: float) -> str:
@@ -20,9 +27,7 @@ def _figure(value) -> str:
 
 
 class Progress:
-    """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every `every` seconds.
-
-    total: the amount of work when known (for time left); done: how much was done before
+    """total: the amount of work when known (for time left); done: how much was done before
     (a resumed run); deadline: seconds of budget, when time rather than work ends the job;
     unit: what is counted."""
 
@@ -39,32 +44,44 @@ class Progress:
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
         self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
-        self.every = 0.2 if self.interactive else every
+        self.interactive = enabled and self.stream.isatty()
+        self.every = every
         self.start = self.last = time.monotonic()
         self.done = self.initial = done
         self.deadline = deadline
         self.figures: dict[str, str] = {}
+        self.bar = None
+        if self.interactive:
+            columns = [TextColumn("{task.description}")]
+            if total:
+                columns.append(BarColumn())
+            columns.append(TextColumn("{task.fields[status]}"))
+            self.bar = Bar(*columns, console=Console(file=self.stream), refresh_per_second=4)
+            self.task = self.bar.add_task(label, total=total, completed=done, status="")
+            self.bar.start()
 
     def update(self, amount: float = 1, **figures) -> None:
         self.done += amount
         self.figures.update({k: _figure(v) for k, v in figures.items()})
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, status=self.status())
+            return
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self._draw(final=False)
+            self._write()
 
-    def line(self) -> str:
+    def status(self) -> str:
+        """Done (of the total), rate, the figures, elapsed and time left."""
         elapsed = time.monotonic() - self.start
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
-        parts = [self.label]
         if self.total:
-            parts.append(
+            parts = [
                 f"{self.done:,.0f}/{self.total:,.0f} {self.unit} "
                 f"({100 * self.done / self.total:.0f}%)"
-            )
+            ]
         else:
-            parts.append(f"{self.done:,.0f} {self.unit}")
+            parts = [f"{self.done:,.0f} {self.unit}"]
         parts.append(f"{rate:,.1f} {self.unit}/s")
         parts += [f"{k} {v}" for k, v in self.figures.items()]
         left = []
@@ -77,14 +94,17 @@ class Progress:
             parts[-1] += f", left {format_duration(min(left))}"
         return " | ".join(parts)
 
-    def _draw(self, final: bool) -> None:
-        if not self.enabled:
-            return
-        if self.interactive:
-            self.stream.write("\r\033[K" + self.line() + ("\n" if final else ""))
-        else:
+    def line(self) -> str:
+        return f"{self.label} | {self.status()}"
+
+    def _write(self) -> None:
+        if self.enabled:
             self.stream.write(self.line() + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def close(self) -> None:
-        self._draw(final=True)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, status=self.status())
+            self.bar.stop()
+        else:
+            self._write()

@@ -29,11 +29,23 @@ def _preprocessed(config: Config, run: RunFolder) -> bool:
         manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return manifest.get("config", {}).get("data") == to_dict(config.data) and all(
+    return _made_by(manifest.get("config", {}).get("data") or {}) == _made_by(
+        to_dict(config.data)
+    ) and all(
         (run.root / manifest["splits"][s][side]).is_file()
         for s in manifest["splits"]
         for side in ("src", "tgt")
     )
+
+
+# Keys of the data section that only training reads: changing them needs no new preprocess.
+TRAINING_ONLY = ("sampling_alpha", "nbest_size")
+
+
+def _made_by(data: dict) -> dict:
+    """The part of a data config that decides what preprocess writes."""
+    subwords = {k: v for k, v in data.get("subwords", {}).items() if k not in TRAINING_ONLY}
+    return {**data, "subwords": subwords}
 
 
 def pipeline(

@@ -18,24 +18,24 @@ are padded on a background thread, in pinned memory, while the current step runs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from seq2seq.batching import Batch, TokenSequences, make_batch, training_batches
-from seq2seq.config import Config, SearchConfig
+from seq2seq.batching import Batch, make_batch, training_batches
+from seq2seq.config import Config
 from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq
-from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import (
     LearningRate,
@@ -52,7 +52,8 @@ from .distributed import Ranks
 from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
-from .score import corpus_scores
+from .sampling import TrainingPairs
+from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
 STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"]
@@ -217,13 +218,15 @@ class Trainer:
         self.ranks.barrier()
 
     def _load_data(self) -> None:
-        splits, root = self.manifest["splits"], self.folder.root
-        self.train_src = TokenSequences.load(root / splits["train"]["src_ids"])
-        self.train_tgt = TokenSequences.load(root / splits["train"]["tgt_ids"])
-        dev_src = TokenSequences.load(root / splits["dev"]["src_ids"])
-        dev_tgt = TokenSequences.load(root / splits["dev"]["tgt_ids"])
-        self.dev = (dev_src, dev_tgt)
-        self.dev_refs = (root / splits["dev"]["tgt"]).read_text(encoding="utf-8").splitlines()
+        self.pairs = TrainingPairs(
+            self.folder.root,
+            self.manifest["splits"]["train"],
+            (self.src_tokenizer, self.tgt_tokenizer),
+            self.config.data.subwords,
+            self.config.data.cleaning.max_pieces,
+        )
+        self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
+        self.dev_set = DevSet(self.folder, self.manifest, self.vocab, self.tgt_tokenizer)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -288,9 +291,10 @@ class Trainer:
         tc, state = self.tc, self.state
         batches = self.epoch_batches(state.epoch)
         groups = [
-            batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
+            (batches[i : i + tc.accumulate], state.epoch, i)
+            for i in range(state.batch, len(batches), tc.accumulate)
         ]
-        steps = ahead(self._prepare, groups, enabled=worth_it(self.device))
+        steps = ahead(lambda g: self._prepare(*g), groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)
             state.batch += step.batches
@@ -333,21 +337,22 @@ class Trainer:
             return "patience"
         return None
 
-    def _prepare(self, group: list[list[int]]) -> Step:
-        """This rank's rows of each batch of one step, padded (pinned for a GPU). Each rank
-        takes rows rank::world of every batch; the loss weight divides by the target tokens
-        of the whole step (all ranks) and multiplies by the number of ranks, so the
-        gradients DDP averages are those of one process training on the whole batch."""
-        ranks, vocab = self.ranks, self.vocab
-        tgt_lengths, src_lengths = self.train_tgt.lengths, self.train_src.lengths
-        tgt_tokens = sum(int(tgt_lengths[idx].sum()) + len(idx) for idx in group)  # + eos
-        src_tokens = sum(int(src_lengths[idx].sum()) + len(idx) for idx in group)
+    def _prepare(self, group: list[list[int]], epoch: int = 0, first: int = 0) -> Step:
+        """This rank's rows of each batch of one step (batches `first`, `first` + 1, ... of
+        `epoch`), padded (pinned for a GPU). Each rank takes rows rank::world of every
+        batch; the loss weight divides by the target tokens of the whole step (all ranks)
+        and multiplies by the number of ranks, so the gradients DDP averages are those of
+        one process training on the whole batch."""
+        ranks, vocab, seed = self.ranks, self.vocab, self.tc.seed * 1_000_003 + epoch
+        pairs = [self.pairs.batch(idx, seed * 100_003 + first + i) for i, idx in enumerate(group)]
+        tgt_tokens = sum(int(tgt.lengths[idx].sum()) + len(idx) for _, tgt, idx in pairs)  # + eos
+        src_tokens = sum(int(src.lengths[idx].sum()) + len(idx) for src, _, idx in pairs)
         parts = []
-        for idx in group:
+        for src, tgt, idx in pairs:
             rows, weight = idx[ranks.rank :: ranks.world], ranks.world / tgt_tokens
             if not rows:  # fewer rows than ranks: a zero-weight row keeps the all-reduce in step
                 rows, weight = idx[:1], 0.0
-            batch = make_batch(self.train_src, self.train_tgt, rows, vocab)
+            batch = make_batch(src, tgt, rows, vocab)
             parts.append((batch.pin_memory() if self.device.type == "cuda" else batch, weight))
         return Step(parts, len(group), tgt_tokens, src_tokens)
 
@@ -437,36 +442,10 @@ class Trainer:
 
     # --- validation and checkpoints ---------------------------------------------------------
 
-    @torch.no_grad()
     def validate(self) -> dict:
-        """Dev loss and perplexity (teacher forcing), and dev BLEU from real decoding."""
-        model, vocab = self.model, self.vocab
-        model.eval()
-        dev_src, dev_tgt = self.dev
-        nll_sum, tokens = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        for start in range(0, len(dev_src), 64):
-            idx = list(range(start, min(start + 64, len(dev_src))))
-            batch = make_batch(dev_src, dev_tgt, idx, vocab).to(self.device)
-            with autocast(self.device, self.precision):
-                log_probs = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions)
-            _, nll = label_smoothed_nll(log_probs, batch.tgt_real, vocab.pad_id, 0.0)
-            nll_sum += nll
-            tokens += batch.num_tgt_tokens
-        dev_loss = float(nll_sum) / tokens
-        search = SearchConfig(
-            **{**asdict(self.config.search), "beam_size": self.tc.dev_beam_size, "n_best": 1}
-        )
-        sources = [dev_src[i].tolist() for i in range(len(dev_src))]
-        with autocast(self.device, self.precision):
-            hypotheses = translate_ids(model, sources, search, self.device)
-        texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
-        scores = corpus_scores(texts, self.dev_refs)
-        return {
-            "dev_loss": dev_loss,
-            "dev_ppl": math.exp(min(50.0, dev_loss)) if math.isfinite(dev_loss) else dev_loss,
-            "dev_bleu": scores["bleu"],
-            "dev_chrf": scores["chrf"],
-        }
+        """Dev loss, perplexity, BLEU and chrF of the model as it is now."""
+        search = dataclasses.replace(self.config.search, beam_size=self.tc.dev_beam_size, n_best=1)
+        return self.dev_set.evaluate(self.model, search, self.device, self.precision)
 
     def _check_weights(self) -> None:
         """Stop a run whose weights are no longer finite, before anything saves them."""

@@ -49,6 +49,7 @@ import torch
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import SearchConfig, override_search
 from seq2seq.device import autocast, resolve_device, resolve_precision
+from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError
 from seq2seq.io import StreamLines, count_lines, read_lines
 from seq2seq.search import Hypothesis, translate_ids
@@ -68,14 +69,26 @@ class TranslateOptions:
     errors: str = "strict"  # invalid UTF-8 in the input: "strict" or "replace"
     chunk_lines: int = 4000  # lines read, sorted by length and translated together
 
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(
+                f"option '--precision': expected auto, fp32, bf16 or fp16, got {self.precision!r}"
+            )
+        if self.errors not in ("strict", "replace"):
+            raise UserError(f"option '--errors': expected strict or replace, got {self.errors!r}")
+        if self.chunk_lines < 1:
+            raise UserError(
+                f"option '--chunk-lines': expected an integer >= 1, got {self.chunk_lines}"
+            )
 
-def card_sized_tokens(model, search: SearchConfig, device: torch.device) -> int:
+
+def card_sized_tokens(model, search: SearchConfig, device: torch.device, models: int = 1) -> int:
     """A source-token budget for one batch on a GPU: what a quarter of its free memory holds
     at the memory one source token costs in search (its beams' scores over the vocabulary,
     four copies of them at an average of 16 tokens a sentence, and the attention memory).
     A batch that does not fit after all is split in two and tried again."""
     free, _ = torch.cuda.mem_get_info(device)
-    per_token = search.beam_size * 4 * (4 * model.vocab.tgt_size / 16 + 4 * 1024)
+    per_token = models * search.beam_size * 4 * (4 * model.vocab.tgt_size / 16 + 4 * 1024)
     return int(min(131_072, max(2_048, free / 4 / per_token)))
 
 
@@ -88,19 +101,58 @@ class Encoded:
     todo: list[int]  # the lines that are not empty
 
 
+def model_paths(model: str | Path | list) -> list[Path]:
+    """The checkpoint file of each model named (one, or several for an ensemble)."""
+    names = [model] if isinstance(model, (str, Path)) else list(model)
+    return [resolve_checkpoint(name) for name in names]
+
+
+def check_ensemble(checkpoints: list, paths: list[Path]) -> None:
+    """Ensembled models must read and write the same pieces, prepared the same way."""
+    first = checkpoints[0]
+    for checkpoint, path in zip(checkpoints[1:], paths[1:]):
+        for side, ours, theirs in [
+            ("target", checkpoint.tgt_tokenizer, first.tgt_tokenizer),
+            ("source", checkpoint.src_tokenizer, first.src_tokenizer),
+        ]:
+            if ours.proto != theirs.proto:
+                raise UserError(
+                    f"{path}: its {side} SentencePiece model is not the one of {paths[0]}; "
+                    "the models of an ensemble must share their vocabularies"
+                )
+        for key in ("normalize", "max_pieces"):
+            if checkpoint.info.get(key) != first.info.get(key):
+                raise UserError(
+                    f"{path}: data.cleaning.{key} {checkpoint.info.get(key)!r} differs from "
+                    f"{paths[0]}'s {first.info.get(key)!r}; the models of an ensemble must "
+                    "prepare input the same way"
+                )
+
+
 class Translator:
-    """A loaded model with its tokenizers, translating lists of lines."""
+    """A loaded model (or an ensemble of several) with its tokenizers, translating lists of
+    lines. The first model's search section and input preparation are the ensemble's."""
 
     def __init__(
-        self, model_path: str | Path, options: TranslateOptions, device: torch.device | None = None
+        self,
+        model: str | Path | list,
+        options: TranslateOptions,
+        device: torch.device | None = None,
     ):
         self.device = device or resolve_device(options.device)
-        self.checkpoint_path = resolve_checkpoint(model_path)
-        self.checkpoint = load_checkpoint(self.checkpoint_path, self.device)
+        self.checkpoint_paths = model_paths(model)
+        checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
+        check_ensemble(checkpoints, self.checkpoint_paths)
+        self.checkpoint = checkpoints[0]
+        self.model = (
+            checkpoints[0].model
+            if len(checkpoints) == 1
+            else Ensemble([c.model for c in checkpoints]).eval()
+        )
         self.search = override_search(self.checkpoint.search, options.search)
         asked = {"batch_size", "max_tokens"} & set(options.search)
         if self.device.type == "cuda" and not asked and not self.search.max_tokens:
-            tokens = card_sized_tokens(self.checkpoint.model, self.search, self.device)
+            tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
             self.search = override_search(self.search, {"max_tokens": tokens})
         if options.precision == "fp16" and self.device.type != "cuda":
             raise UserError("option '--precision fp16' needs a CUDA GPU; use bf16 on the CPU")
@@ -135,7 +187,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
         with torch.inference_mode(), autocast(self.device, self.precision):
             hypotheses = translate_ids(
-                self.checkpoint.model,
+                self.model,
                 [chunk.ids[i] for i in chunk.todo],
                 self.search,
                 self.device,
@@ -234,10 +286,10 @@ class Shard(Ranks):
 def _fingerprint(job: Job, translator: Translator, options: TranslateOptions, world: int) -> dict:
     """What must not change for `--resume` to continue a job."""
     source = Path(job.input).stat()
-    model = translator.checkpoint_path.stat()
+    models = [(path.resolve(), path.stat()) for path in translator.checkpoint_paths]
     return {
         "input": [str(Path(job.input).resolve()), source.st_size, source.st_mtime_ns],
-        "model": [str(translator.checkpoint_path.resolve()), model.st_size, model.st_mtime_ns],
+        "model": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in models],
         "search": options.search,
         "precision": translator.precision,
         "errors": options.errors,
@@ -305,7 +357,7 @@ def _run_job(
 
 
 def translate_files(
-    model: str | Path,
+    model: str | Path | list,
     inputs: list[str],
     output: str,
     options: TranslateOptions,
@@ -313,10 +365,11 @@ def translate_files(
     alignments: str | None = None,
     resume: bool = False,
 ) -> dict:
-    """Translate one file, several, or a folder; returns counts and speed (this rank's)."""
+    """Translate one file, several, or a folder with one model or an ensemble (a list of
+    models); returns counts and speed (this rank's)."""
     shard = Shard()
     start = time.monotonic()
-    plan = plan_jobs(inputs, output, alignments, resume, resolve_checkpoint(model), shard.world)
+    plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), shard.world)
     check_inputs(plan.jobs, options.errors)
     translator = Translator(model, options, shard.device(options.device))
     if shard.main:
@@ -353,7 +406,7 @@ def translate_files(
 
 
 def translate_file(
-    model: str | Path,
+    model: str | Path | list,
     input_path: str,
     output_path: str,
     options: TranslateOptions,

@@ -1,6 +1,7 @@
 """seq2seq: recurrent neural machine translation with attention (the library floor).
 
-Imports torch and sentencepiece only; knows nothing of run folders, `datasets` or the CLI.
+Imports torch, sentencepiece, safetensors and yaml only; knows nothing of run folders,
+`datasets`, sacreBLEU or the CLI.
 """
 
 __version__ = "0.1.0"

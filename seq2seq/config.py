@@ -67,6 +67,12 @@ class SubwordConfig:
     byte_fallback: bool = False  # spell unknown characters as bytes instead of <unk>
     user_symbols: tuple[str, ...] = ()  # pieces kept whole, such as tags
     input_sentence_size: int = 300_000  # sampled sentences SentencePiece trains on (bounds memory)
+    # Subword regularization: 0 trains on the best segmentation; > 0 samples one afresh each
+    # time a training pair is batched. Unigram (Kudo, 2018): from all segmentations
+    # (nbest_size -1) or the n best, smaller alpha giving more varied samples; bpe: alpha is
+    # the BPE-dropout probability (Provilkov et al., 2020).
+    sampling_alpha: float = 0.0
+    nbest_size: int = -1
 
     def __post_init__(self):
         _check(self.vocab_size >= 8, "data.subwords.vocab_size", "an integer >= 8", self.vocab_size)
@@ -81,6 +87,24 @@ class SubwordConfig:
             "data.subwords.input_sentence_size",
             "a positive integer",
             self.input_sentence_size,
+        )
+        _check(
+            self.sampling_alpha >= 0,
+            "data.subwords.sampling_alpha",
+            "a number >= 0 (0: no sampling)",
+            self.sampling_alpha,
+        )
+        _check(
+            self.sampling_alpha < 1 or self.model_type == "unigram",
+            "data.subwords.sampling_alpha",
+            "a dropout probability below 1 for a bpe model",
+            self.sampling_alpha,
+        )
+        _check(
+            self.nbest_size == -1 or self.nbest_size > 1,
+            "data.subwords.nbest_size",
+            "-1 (all segmentations) or an integer > 1",
+            self.nbest_size,
         )
 
 

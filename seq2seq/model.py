@@ -225,7 +225,9 @@ def build_attention(config: AttentionConfig, query_size: int, memory_size: int):
         return GeneralAttention(query_size, memory_size)
     if config.scoring == "additive":
         return AdditiveAttention(query_size, memory_size, config.hidden_size)
-    return MultiHeadAttention(query_size, memory_size, config.hidden_size, config.heads)
+    if config.scoring == "multihead":
+        return MultiHeadAttention(query_size, memory_size, config.hidden_size, config.heads)
+    raise ValueError(f"unknown attention scoring {config.scoring!r}")
 
 
 # --- decoder --------------------------------------------------------------------------------

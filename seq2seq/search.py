@@ -325,6 +325,25 @@ class _Beams:
     history: Tensor  # (A*K, L) tokens so far, padded
     weights: Tensor | None  # (A*K, L, S) attention so far, when asked for
 
+    @classmethod
+    def start(
+        cls, beam: int, max_len: Tensor, length: int, src_len: int, pad_id: int, attention: bool
+    ) -> _Beams:
+        """K beams for each of the B sentences whose length limits are `max_len` (B,). Only
+        the first beam is real at the start, so that the K first extensions differ."""
+        batch, device = max_len.size(0), max_len.device
+        scores = torch.full((batch, beam), NEG_INF, device=device)
+        scores[:, 0] = 0.0
+        rows = batch * beam
+        return cls(
+            torch.arange(batch, device=device),
+            torch.ones(batch, dtype=torch.bool, device=device),
+            max_len,
+            scores,
+            torch.full((rows, length), pad_id, dtype=torch.long, device=device),
+            torch.zeros(rows, length, src_len, device=device) if attention else None,
+        )
+
     def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The 2K best one-token extensions of each sentence's beams: their scores, the rows
         they extend and their last tokens, each (A, 2K), best first."""
@@ -422,19 +441,8 @@ def beam_search(
     finished = _Finished.empty(
         batch, beam, longest, src.size(1), vocab.pad_id, return_attention, device
     )
-    # Only the first beam is real at the start, so the K first extensions differ.
-    scores = torch.full((batch, beam), NEG_INF, device=device)
-    scores[:, 0] = 0.0
-    rows = batch * beam
-    beams = _Beams(
-        torch.arange(batch, device=device),
-        torch.ones(batch, dtype=torch.bool, device=device),
-        max_len,
-        scores,
-        torch.full((rows, longest), vocab.pad_id, dtype=torch.long, device=device),
-        src.new_zeros(rows, longest, src.size(1), dtype=torch.float) if return_attention else None,
-    )
-    prev = torch.full((rows, 1), vocab.bos_id, dtype=torch.long, device=device)
+    beams = _Beams.start(beam, max_len, longest, src.size(1), vocab.pad_id, return_attention)
+    prev = torch.full((batch * beam, 1), vocab.bos_id, dtype=torch.long, device=device)
     for step in range(longest):
         log_probs, state, weights = model.step(prev, state, memory)  # (A*K, 1, V)
         row_max_len = beams.max_len[:, None].expand(-1, beam).reshape(-1)  # (A*K,)
@@ -520,7 +528,7 @@ def _search_splitting(
     try:
         src, src_lengths = pad(sequences, vocab.pad_id, suffix=vocab.eos_id)
         return search(model, src.to(device), src_lengths.to(device), config, return_attention)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
         if len(sequences) == 1:
             raise
         if device.type == "cuda":

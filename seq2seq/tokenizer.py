@@ -87,6 +87,15 @@ class Tokenizer:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts, out_type=int)
 
+    def sample(self, texts: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
+        """A segmentation of each text sampled from the unigram lattice (subword
+        regularization); the same seed gives the same samples."""
+        spm.set_random_generator_seed(seed % 2**31)
+        return self.sp.encode(
+            texts, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size,
+            num_threads=1,
+        )  # fmt: skip
+
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
 

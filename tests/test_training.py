@@ -178,3 +178,44 @@ def test_a_non_finite_loss_is_skipped_and_a_persistent_one_stops_the_run(
     with pytest.raises(UserError, match="20 steps in a row had a non-finite loss"):
         train(config, run, log=lambda _: None)
     assert run.last.read_bytes() == good  # the last good checkpoint is intact
+
+
+SAMPLING = ["--data.subwords.sampling_alpha=0.3", "--data.subwords.nbest_size=-1"]
+
+
+def test_sampled_segmentations_spell_the_same_text_and_repeat_with_the_seed(
+    tmp_path, tiny_corpus, trained_run
+):
+    from pipelines.train import Trainer
+
+    run = RunFolder(copy_run(trained_run, tmp_path / "run", untrained=True))
+    config = load_config(write_config(tmp_path, tiny_corpus), SAMPLING)
+    trainer = Trainer(config, run, log=lambda _: None)
+    batches = trainer.epoch_batches(0)[:3]
+    first = trainer._prepare(batches, epoch=0, first=0)
+    again = trainer._prepare(batches, epoch=0, first=0)
+    later = trainer._prepare(batches, epoch=1, first=0)
+    ids = [[b.tgt_out.tolist() for b, _ in step.parts] for step in (first, again, later)]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
+    best = [trainer.train_tgt[i].tolist() for i in sorted(batches[0])]
+    decode = trainer.tgt_tokenizer.decode
+    sampled = [
+        [t for t in row if t not in (trainer.vocab.pad_id, trainer.vocab.eos_id)]
+        for row in first.parts[0][0].tgt_out.tolist()
+    ]
+    assert sorted(decode(sampled)) == sorted(decode(best))  # the same sentences ...
+    assert sampled != sorted(best, key=len, reverse=True)  # ... cut differently
+    assert first.tgt_tokens == sum(b.num_tgt_tokens for b, _ in first.parts)
+
+
+def test_training_with_sampling_resumes_exactly(tmp_path, tiny_corpus, trained_run):
+    config_path = write_config(tmp_path, tiny_corpus)
+    runs = [RunFolder(copy_run(trained_run, tmp_path / n, untrained=True)) for n in "ab"]
+    overrides = [*SAMPLING, "--train.validate_every=3", "--train.log_every=1"]
+    train(load_config(config_path, [*overrides, "--train.max_steps=6"]), runs[0], log=print)
+    train(load_config(config_path, [*overrides, "--train.max_steps=3"]), runs[1], log=print)
+    train(load_config(config_path, [*overrides, "--train.max_steps=6"]), runs[1], log=print)
+    from seq2seq.checkpoint import load_checkpoint
+
+    a, b = (load_checkpoint(r.last).model.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

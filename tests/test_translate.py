@@ -140,7 +140,7 @@ def test_out_of_memory_splits_the_batch(tmp_path, trained_run, source, monkeypat
     def small_device(model, src, *args, **kwargs):
         sizes.append(src.size(0))
         if src.size(0) > 3:
-            raise torch.OutOfMemoryError("pretend the batch does not fit")
+            raise torch.cuda.OutOfMemoryError("pretend the batch does not fit")
         return real_search(model, src, *args, **kwargs)
 
     monkeypatch.setattr(search_module, "search", small_device)
@@ -214,3 +214,15 @@ def test_length_penalty_option_overrides_the_checkpoint_and_is_checked(trained_r
     assert changed.beam_size == plain.beam_size
     with pytest.raises(UserError, match="search.length_penalty"):
         Translator(trained_run, options(length_penalty=-1.0))
+
+
+def test_stdout_cannot_take_the_output_of_several_ranks(tmp_path, trained_run):
+    """Under torchrun every rank would print its share to one stdout: refused up front."""
+    from pipelines.outputs import plan_jobs
+
+    source = tmp_path / "in.en"
+    source.write_text("The dog sleeps.\n")
+    model = [trained_run / "model" / "best.safetensors"]
+    assert plan_jobs([str(source)], "-", None, False, model, world=1).jobs[0].output == "-"
+    with pytest.raises(UserError, match="cannot take the output of several ranks"):
+        plan_jobs([str(source)], "-", None, False, model, world=2)
