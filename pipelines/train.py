@@ -176,8 +176,6 @@ class Trainer:
             run.check_writable()
         self.manifest = run.read_manifest()
         self.device = self.ranks.device(self.tc.device)
-        self.precision, precision_note = resolve_precision(self.tc.precision, self.device)
-        self.log(f"train: {precision_note}")
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
@@ -187,6 +185,9 @@ class Trainer:
             raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
         self._load_data()
         self.model = Seq2Seq(config.model, self.vocab).to(self.device)
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.precision, note = resolve_precision(self.tc.precision, self.device, parameters)
+        self.log(f"train: {note}")
         self.ranks.start(self.device)
         self.ddp_model = self.model
         if self.ranks.world > 1:  # gradients are averaged over the ranks in backward

@@ -156,7 +156,10 @@ class Translator:
             self.search = override_search(self.search, {"max_tokens": tokens})
         if options.precision == "fp16" and self.device.type != "cuda":
             raise UserError("option '--precision fp16' needs a CUDA GPU; use bf16 on the CPU")
-        self.precision, self.precision_note = resolve_precision(options.precision, self.device)
+        parameters = sum(p.numel() for p in checkpoints[0].model.parameters())
+        self.precision, self.precision_note = resolve_precision(
+            options.precision, self.device, parameters
+        )
         info = self.checkpoint.info
         self.normalize = info.get("normalize", "nfc")
         self.max_pieces = info.get("max_pieces", 250)

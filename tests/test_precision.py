@@ -15,21 +15,25 @@ def has(answer: bool):
     return lambda: answer
 
 
+BIG, SMALL = 7_000_000, 1_200_000  # parameters: the quality model, the demo model
+
+
 @pytest.mark.parametrize(
-    "asked, device, native, expected",
+    "asked, device, native, size, expected",
     [
-        ("auto", CPU, True, "bf16"),
-        ("auto", CPU, False, "fp32"),
-        ("auto", CUDA, True, "fp32"),
-        ("auto", CUDA, False, "fp32"),
-        ("fp32", CPU, True, "fp32"),
-        ("bf16", CPU, False, "bf16"),
-        ("bf16", CPU, True, "bf16"),
-        ("fp16", CUDA, False, "fp16"),
+        ("auto", CPU, True, BIG, "bf16"),
+        ("auto", CPU, True, SMALL, "fp32"),
+        ("auto", CPU, False, BIG, "fp32"),
+        ("auto", CUDA, True, BIG, "fp32"),
+        ("auto", CUDA, False, SMALL, "fp32"),
+        ("fp32", CPU, True, BIG, "fp32"),
+        ("bf16", CPU, False, SMALL, "bf16"),
+        ("bf16", CPU, True, SMALL, "bf16"),
+        ("fp16", CUDA, False, BIG, "fp16"),
     ],
 )
-def test_the_rule(asked, device, native, expected):
-    precision, note = resolve_precision(asked, device, native_bf16=has(native))
+def test_the_rule(asked, device, native, size, expected):
+    precision, note = resolve_precision(asked, device, size, native_bf16=has(native))
     assert precision == expected
     assert expected in note
     assert ("warning" in note) == (asked == "bf16" and device == CPU and not native)
