@@ -259,11 +259,17 @@ def average(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint file to write."),
     best: int | None = typer.Option(None, help="Average the run's best K kept checkpoints."),
     last: int | None = typer.Option(None, help="Average the run's latest K kept checkpoints."),
+    choose: bool = typer.Option(
+        False,
+        "--choose",
+        help="Score the best checkpoint and averages of the run's last and best K on dev; "
+        "write the best.",
+    ),
 ):
     """Average the weights of several checkpoints of one model into one checkpoint."""
     from pipelines.average import average as run_average
 
-    run_average(list(checkpoints), output, best, last, _log)
+    run_average(list(checkpoints), output, best, last, _log, choose_by_dev=choose)
 
 
 @app.command("plot-attention")

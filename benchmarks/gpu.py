@@ -1,7 +1,8 @@
 """Everything about speed on one GPU, in one run that prints one table.
 
-Takes a run folder that `nmt preprocess configs/multi30k_de_en.yaml` made (the GPU machines
-have no `datasets`: preprocess on a CPU machine and bring the folder along), then:
+Takes a run folder that `nmt preprocess configs/multi30k_de_en.yaml --data.source=local
+--data.path=../shared/data/multi30k --data.dev=val --data.test=test_2016_flickr` made (the
+GPU machines have no `datasets`: preprocess on a CPU machine and bring the folder along), then:
 
 1. training speed, fp32 and bf16, of the quality model (configs/multi30k_de_en.yaml), the
    JoeyNMT-size model (benchmarks/joeynmt_size.yaml) and a GNMT-v2-size model

@@ -3,20 +3,32 @@
 Reads: checkpoint files, or a run folder's kept checkpoints (model/best-<N>, model/last-<N>,
 see checkpoints.py). Writes: one checkpoint file (atomically), never over one of its inputs.
 With `best`, the run's K best kept checkpoints by the dev BLEU recorded in each; with `last`,
-its K latest validated ones.
+its K latest validated ones. With `choose`, the candidates (the best checkpoint alone, the
+averages of the last 2, 3, ... and of the best 2, 3, ... kept checkpoints) are each scored
+on the dev split, and the one with the highest dev BLEU is written: averaging is used only
+where it helps on dev, and the test split is never looked at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-from seq2seq.checkpoint import average_checkpoints, read_safetensors, save_checkpoint
+from seq2seq.checkpoint import (
+    Checkpoint,
+    average_checkpoints,
+    load_checkpoint,
+    read_safetensors,
+    save_checkpoint,
+)
+from seq2seq.device import resolve_device, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import check_destination, same_file
 
 from .layout import RunFolder
+from .validation import DevSet
 
 
 def dev_bleu(path: Path) -> float:
@@ -40,27 +52,76 @@ def choose(run: Path, kind: str, count: int) -> list[Path]:
     return sorted(kept, key=lambda p: -dev_bleu(p))[:count]
 
 
+def candidates(run: Path) -> dict[str, list[Path]]:
+    """What `choose` compares: the best checkpoint alone, and the averages of the latest
+    2, 3, ... and of the best 2, 3, ... checkpoints the run kept."""
+    folder = RunFolder(run)
+    if not folder.best.is_file():
+        raise UserError(f"{run}: no model/best.safetensors; train the run first")
+    found = {"best checkpoint": [folder.best]}
+    latest = folder.kept_checkpoints("last")
+    by_bleu = sorted(folder.kept_checkpoints("best"), key=lambda p: -dev_bleu(p))
+    for k in range(2, len(latest) + 1):
+        found[f"last {k}"] = latest[-k:]
+    for k in range(2, len(by_bleu) + 1):
+        found[f"best {k}"] = by_bleu[:k]
+    unique, seen = {}, set()
+    for name, paths in found.items():
+        key = frozenset(p.name for p in paths)
+        if key not in seen:
+            seen.add(key)
+            unique[name] = paths
+    return unique
+
+
+def choose_on_dev(run: Path, log: Callable[[str], None]) -> tuple[list[Path], Checkpoint]:
+    """The candidate with the best dev BLEU (greedy, like validation), and its checkpoint."""
+    folder = RunFolder(run)
+    manifest, device = folder.read_manifest(), resolve_device("auto")
+    best: tuple[float, list[Path], Checkpoint] | None = None
+    for name, paths in candidates(run).items():
+        checkpoint = average_checkpoints(paths) if len(paths) > 1 else load_checkpoint(paths[0])
+        model = checkpoint.model.to(device)
+        dev = DevSet(folder, manifest, model.vocab, checkpoint.tgt_tokenizer)
+        parameters = sum(p.numel() for p in model.parameters())
+        precision, _ = resolve_precision("auto", device, parameters)
+        search = dataclasses.replace(checkpoint.search, beam_size=1, n_best=1)
+        bleu = dev.evaluate(model, search, device, precision)["dev_bleu"]
+        log(f"average: {name} ({len(paths)} checkpoints): dev BLEU {bleu:.2f}")
+        if best is None or bleu > best[0]:
+            best = (bleu, paths, checkpoint)
+    log(f"average: chose {len(best[1])} checkpoint(s), dev BLEU {best[0]:.2f}")
+    return best[1], best[2]
+
+
 def average(
     checkpoints: list[Path],
     output: Path,
     best: int | None = None,
     last: int | None = None,
     log: Callable[[str], None] = print,
+    choose_by_dev: bool = False,
 ) -> list[Path]:
-    """Write the mean of the checkpoints (or of a run's best or last K) to `output`; returns
-    the checkpoints averaged."""
-    if best is not None or last is not None:
-        if len(checkpoints) != 1 or (best is not None) == (last is not None):
-            raise UserError("--best K or --last K takes exactly one run folder (and not both)")
+    """Write the mean of the checkpoints (or of a run's best or last K, or what scores best
+    on dev) to `output`; returns the checkpoints averaged."""
+    picks = (best is not None) + (last is not None) + choose_by_dev
+    if picks and (len(checkpoints) != 1 or picks > 1):
+        raise UserError("--best K, --last K or --choose takes exactly one run folder (one of them)")
+    check_destination(output)
+    if choose_by_dev:
+        paths = [p for paths in candidates(checkpoints[0]).values() for p in paths]
+    elif picks:
         kind, count = ("best", best) if best is not None else ("last", last)
         paths = choose(checkpoints[0], kind, count)
     else:
         paths = list(checkpoints)
-    check_destination(output)
     for path in paths:
         if same_file(output, path):
             raise UserError(f"{output}: is the input {path}; choose another output")
-    averaged = average_checkpoints(paths)
+    if choose_by_dev:
+        paths, averaged = choose_on_dev(checkpoints[0], log)
+    else:
+        averaged = average_checkpoints(paths)
     save_checkpoint(
         output,
         averaged.model,

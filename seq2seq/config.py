@@ -577,14 +577,17 @@ def read_yaml(path: Path) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths."""
+    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths:
+    against the config file's folder when the file sets data.path, against the current
+    folder when the command line does."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), list(overrides))
     raw.setdefault("name", path.stem)
     config = from_dict(Config, raw)
     data = config.data
+    typed = any(parse_override(text)[0] == ["data", "path"] for text in overrides)
     if data.source in ("local", "disk") and data.path and not Path(data.path).is_absolute():
-        resolved = str((path.parent / data.path).resolve())
+        resolved = str(((Path.cwd() if typed else path.parent) / data.path).resolve())
         config = dataclasses.replace(config, data=dataclasses.replace(data, path=resolved))
     return config
 

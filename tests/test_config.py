@@ -83,3 +83,23 @@ def test_unknown_override_is_named(tmp_path):
 def test_invalid_yaml_names_the_line(tmp_path):
     with pytest.raises(UserError, match=r"c\.yaml:\d+: "):
         load_config(write(tmp_path, "train:\n  lr: [1\n"))
+
+
+@pytest.mark.parametrize("name", ["multi30k_de_en", "multi30k_en_de", "multi30k_de_en_30min"])
+def test_the_multi30k_configs_read_the_hub_or_a_local_copy(name, tmp_path, monkeypatch):
+    """Shipped configs work for a user who has only the project: the hub by default; a local
+    copy of the raw files is a few flags away, its path read from the current folder."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    data = load_config(path).data
+    assert (data.source, data.path, data.dev, data.test) == (
+        "hub",
+        "bentrevett/multi30k",
+        "validation",
+        "test",
+    )
+    monkeypatch.chdir(tmp_path)
+    local = ["--data.source=local", "--data.path=copy", "--data.dev=val"]
+    data = load_config(path, [*local, "--data.test=test_2016_flickr"]).data
+    assert data.path == str(tmp_path / "copy")

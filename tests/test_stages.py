@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -218,3 +219,19 @@ def test_kept_checkpoints_average_into_one(tmp_path, tiny_corpus, trained_run):
     )
     bad = CliRunner().invoke(app, ["average", str(run.root), "--best", "5", "-o", str(out)])
     assert bad.exit_code == 2 and "2 kept 'best' checkpoints, asked for 5" in bad.stderr
+    chosen = tmp_path / "chosen.safetensors"
+    result = CliRunner().invoke(app, ["average", str(run.root), "--choose", "-o", str(chosen)])
+    assert result.exit_code == 0, result.output
+    scores = dict(
+        re.findall(r"average: (.+?) \(\d+ checkpoints\): dev BLEU ([\d.]+)", result.stdout)
+    )
+    assert set(scores) == {"best checkpoint", "last 2", "last 3", "best 2"}
+    count, picked = re.search(
+        r"chose (\d+) checkpoint\(s\), dev BLEU ([\d.]+)", result.stdout
+    ).groups()
+    assert float(picked) == max(map(float, scores.values()))  # never below the best alone
+    written = load_checkpoint(chosen)
+    assert len(written.info.get("averaged", [run.best])) == int(count)
+    if int(count) == 1:
+        best = load_checkpoint(run.best).model.state_dict()
+        assert all(torch.equal(v, best[k]) for k, v in written.model.state_dict().items())
