@@ -88,6 +88,22 @@ def timed(command: list[str]) -> float:
     return time.monotonic() - start
 
 
+def kill_at(
+    command: list[str], fraction: float, seconds: float, fresh
+) -> tuple[float, bool, float]:
+    """Start `command` on fresh work (`fresh()`) and SIGKILL it at `fraction` of its length
+    `seconds`. A run that finishes first shows that the length was timed on a busier machine:
+    the length becomes that run's and the trial starts again (3 tries). Returns the moment,
+    whether the kill interrupted the run, and the length."""
+    for _ in range(3):
+        fresh()
+        moment, start = fraction * seconds, time.monotonic()
+        if not run_killed(command, moment):
+            return moment, True, seconds
+        seconds = min(seconds, time.monotonic() - start)
+    return moment, False, seconds
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -129,10 +145,13 @@ def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float
     matched = 0
     for i, fraction in enumerate(kills):
         run = work / f"train-{i}"
-        shutil.copytree(preprocessed, run)
         command = [*CLI, "train", str(config), "--run-dir", str(run)]
-        moment = fraction * seconds
-        interrupted = not run_killed(command, moment)
+
+        def fresh(run=run) -> None:
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(preprocessed, run)
+
+        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh)
         if interrupted:
             run_killed(command, None)
         same = same_training(training_record(run), expected)
@@ -162,8 +181,12 @@ def translate_trials(model: Path, source: Path, work: Path, kills: list[float], 
     for i, fraction in enumerate(kills):
         out = work / f"trial-{i}.de"
         command = [*CLI, "translate", *common, "-o", str(out), "--resume"]
-        moment = fraction * seconds
-        interrupted = not run_killed(command, moment)
+
+        def fresh(i=i) -> None:
+            for path in work.glob(f"trial-{i}.de*"):
+                path.unlink()
+
+        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh)
         # the final name comes last: if it is there, the work must be complete
         early = interrupted and out.exists() and out.read_bytes() != expected
         if interrupted:
