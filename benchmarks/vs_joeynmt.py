@@ -21,7 +21,7 @@ Each repetition runs every side once, in turn; the table gives the median and th
 `--repeats` repetitions, and ratios of medians. Everything runs in fp32: JoeyNMT's mixed
 precision is for CUDA only, and ratios are only taken between like precisions.
 
-    python benchmarks/vs_joeynmt.py                   # 3 repetitions of 400 steps: ~70 min
+    python benchmarks/vs_joeynmt.py                   # 3 repetitions of 200 steps: ~75 min
     python benchmarks/vs_joeynmt.py --repeats 1 --steps 100 --warmup 50   # a quick look
 
 Run it on a quiet machine: any other load distorts both sides. The peer is set up by
@@ -239,8 +239,8 @@ def report(reps: list[dict], args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--warmup", type=int, default=100, help="steps left out (x 50)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=50, help="steps left out (x 50)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "vs_joeynmt")
     args = parser.parse_args()
