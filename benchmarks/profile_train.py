@@ -1,0 +1,93 @@
+"""Where a training step's time goes: torch profiler over a few steps of a config's model.
+
+Builds the model of CONFIG (fresh weights), takes batches from the preprocessed RUN folder
+(as the trainer makes them: length-bucketed, or with `--no-bucket` runs of shuffled pairs
+as JoeyNMT makes them), times `--steps` steps after `--warmup`, then profiles `--profile`
+more and prints the share of time in matrix products and the costliest operators.
+
+    python benchmarks/profile_train.py benchmarks/joeynmt_size.yaml runs/vs_joeynmt --no-bucket
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.layout import RunFolder  # noqa: E402
+from pipelines.train import load_tokenizers, make_vocab  # noqa: E402
+from seq2seq.batching import TokenSequences, make_batch, training_batches  # noqa: E402
+from seq2seq.config import load_config  # noqa: E402
+from seq2seq.model import Seq2Seq  # noqa: E402
+from seq2seq.training import build_optimizer, label_smoothed_nll  # noqa: E402
+
+MATRIX_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("run", type=Path, help="a preprocessed run folder")
+    parser.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    run = RunFolder(args.run.resolve())
+    manifest = run.read_manifest()
+    vocab = make_vocab(*load_tokenizers(run, manifest))
+    langs = manifest["languages"]
+    src, tgt = (TokenSequences.load(run.ids("train", langs[side])) for side in ("src", "tgt"))
+    tc = config.train
+    torch.manual_seed(tc.seed)
+    model = Seq2Seq(config.model, vocab).train()
+    optimizer = build_optimizer(model, tc)
+    order = training_batches(
+        src.lengths, tgt.lengths, tc.batch_type, tc.batch_size, tc.seed, args.bucket
+    )
+    batches = [make_batch(src, tgt, idx, vocab) for idx in order[: args.warmup + args.steps]]
+    batches += [make_batch(src, tgt, idx, vocab) for idx in order[len(batches) :][: args.profile]]
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        log_probs = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions)
+        loss, _ = label_smoothed_nll(log_probs, batch.tgt_real, vocab.pad_id, tc.label_smoothing)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or float("inf"))
+        optimizer.step()
+
+    for batch in batches[: args.warmup]:
+        step(batch)
+    timed = batches[args.warmup : args.warmup + args.steps]
+    start = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    seconds = time.perf_counter() - start
+    tokens = sum(b.num_tgt_tokens for b in timed)
+    print(
+        f"{args.config.name}, {'bucketed' if args.bucket else 'shuffled'} batches, "
+        f"{args.threads} threads: {len(timed) / seconds:.3f} steps/s, "
+        f"{tokens / seconds:,.0f} target tokens/s over {len(timed)} steps"
+    )
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for batch in batches[args.warmup + args.steps :]:
+            step(batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matrix = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_OPS)
+    print(f"matrix products (mm, addmm, bmm): {100 * matrix / total:.0f}% of self CPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
