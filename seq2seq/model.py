@@ -33,12 +33,17 @@ RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 class Encoder(nn.Module):
     """Embeddings, then a stack of (bidirectional) RNN layers over padded batches.
 
-    Each direction of each layer is its own RNN, run over the whole padded batch at once.
-    A forward RNN's output at a real position never depends on the padding after it; the
-    backward direction reads each sentence reversed within its own length, so its padding
-    comes last too. The final state of a direction is its output after the last real token.
-    (Packed sequences give the same results, but PyTorch's CPU backward for them zero-fills
-    a full-size gradient at every time step.)"""
+    Each direction of each layer is its own RNN, run over the padded batch. A forward RNN's
+    output at a real position never depends on the padding after it; the backward direction
+    reads each sentence reversed within its own length, so its padding comes last too. The
+    final state of a direction is its output after the last real token.
+
+    On the CPU, a batch of mixed lengths (such as randomly shuffled pairs) would spend much
+    of its time on padding: there the rows are sorted longest first and the time axis is cut
+    into a few spans, each run over only the rows still going (see `length_spans`), as
+    packed sequences would do. (PyTorch's CPU backward for packed sequences zero-fills a
+    full-size gradient at every time step; a few spans cost a few RNN calls instead.) On a
+    GPU the whole padded batch is one cuDNN call, which is faster than splitting it."""
 
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__()
@@ -62,6 +67,12 @@ class Encoder(nn.Module):
         """src (B, S), src_lengths (B,) -> states (B, S, D), final states per layer (L, B, D)
         (the forward direction's state after the last real token, then the backward one's).
         Padded positions of `states` are 0."""
+        spans, order = None, None
+        if src.device.type == "cpu" and src.size(0) > 1:
+            spans = length_spans(src_lengths.tolist())
+            if spans is not None:  # sort longest first for the spans; unsorted at the end
+                order = src_lengths.argsort(descending=True, stable=True)  # (B,)
+                src, src_lengths = src.index_select(0, order), src_lengths.index_select(0, order)
         batch, length = src.shape
         positions = torch.arange(length, device=src.device)[None, :]  # (1, S)
         lengths = src_lengths.to(src.device)[:, None]  # (B, 1)
@@ -77,12 +88,51 @@ class Encoder(nn.Module):
             outputs, final = [], []
             for direction, rnn in enumerate(directions):
                 inputs = x if direction == 0 else _gather_time(x, reverse)
-                output, _ = run_rnn(rnn, inputs)  # (B, S, H)
+                output = run_rnn(rnn, inputs)[0] if spans is None else run_spans(rnn, inputs, spans)
                 final.append(_gather_time(output, last)[:, 0])  # (B, H)
                 outputs.append(output if direction == 0 else _gather_time(output, reverse))
             x = torch.cat(outputs, dim=-1) * mask[:, :, None]  # (B, S, D), zero on padding
             finals.append(torch.cat(final, dim=-1))  # (B, D)
-        return x, torch.stack(finals)  # (B, S, D), (L, B, D)
+        finals = torch.stack(finals)  # (L, B, D)
+        if order is not None:
+            inverse = order.argsort()  # (B,)
+            x, finals = x.index_select(0, inverse), finals.index_select(1, inverse)
+        return x, finals  # (B, S, D), (L, B, D)
+
+
+def length_spans(lengths: list[int], most: int = 8) -> list[tuple[int, int]] | None:
+    """How to run an RNN over rows of these lengths without most of the padding: spans of
+    the time axis as (steps, rows), the rows being the longest first. At most `most` spans,
+    cut where the rows at evenly spaced ranks end; None where the spans would save less
+    than a fifth of the padded work (B x S), not worth the extra calls."""
+    ranked = sorted(lengths, reverse=True)
+    ends = sorted({ranked[(len(ranked) - 1) * i // (most - 1)] for i in range(most)})
+    spans, start = [], 0
+    for end in ends:
+        rows = sum(1 for n in ranked if n > start)
+        spans.append((end - start, rows))
+        start = end
+    work = sum(steps * rows for steps, rows in spans)
+    return spans if work <= 0.8 * len(ranked) * ranked[0] else None
+
+
+def run_spans(rnn: nn.RNNBase, x: Tensor, spans: list[tuple[int, int]]) -> Tensor:
+    """`rnn` over x (B, S, F), rows sorted longest first, one call per span (steps, rows)
+    of `length_spans`, each over only its first `rows` rows -> output (B, S, H), zero where
+    a span left a row out (its padding)."""
+    batch, length = x.shape[:2]
+    steps = [steps for steps, _ in spans]
+    pieces = x.transpose(0, 1).contiguous().split(steps + [length - sum(steps)])  # (t, B, F)
+    outputs, hidden = [], None
+    for piece, (_, rows) in zip(pieces, spans):  # columns past the longest row: none run
+        if isinstance(hidden, tuple):  # an LSTM's (hidden, cell)
+            hidden = tuple(h[:, :rows] for h in hidden)
+        elif hidden is not None:
+            hidden = hidden[:, :rows]  # (1, rows, H)
+        output, hidden = _run_time_major(rnn, piece[:, :rows], hidden)  # (t, rows, H)
+        outputs.append(F.pad(output, (0, 0, 0, batch - rows)))  # (t, B, H)
+    output = torch.cat(outputs)  # (S', B, H), S' the longest row
+    return F.pad(output, (0, 0, 0, 0, 0, length - output.size(0))).transpose(0, 1)  # (B, S, H)
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
@@ -101,12 +151,16 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor, hidden=None):
     """A time-major RNN over batch-major x (B, T, F) -> output (B, T, H), final state.
     The RNN gets a contiguous (T, B, F) input so its input product is one matrix product
     (see `linear`)."""
-    x = x.transpose(0, 1).contiguous()
+    output, hidden = _run_time_major(rnn, x.transpose(0, 1).contiguous(), hidden)
+    return output.transpose(0, 1), hidden
+
+
+def _run_time_major(rnn: nn.RNNBase, x: Tensor, hidden):
+    """`rnn` over time-major x (T, B, F) -> output (T, B, H), final state."""
     if isinstance(rnn, nn.LSTM) and _cpu_autocast_without_bf16_lstm(x):
         with torch.autocast("cpu", enabled=False):  # an fp32 LSTM, as autocast would leave it
             return _run_lstm_fp32(rnn, x, hidden)
-    output, hidden = rnn(x, hidden)
-    return output.transpose(0, 1), hidden
+    return rnn(x, hidden)
 
 
 def _cpu_autocast_without_bf16_lstm(x: Tensor) -> bool:
@@ -118,8 +172,7 @@ def _cpu_autocast_without_bf16_lstm(x: Tensor) -> bool:
 def _run_lstm_fp32(rnn: nn.LSTM, x: Tensor, hidden):
     if hidden is not None:
         hidden = tuple(h.float() for h in hidden)
-    output, hidden = rnn(x.float(), hidden)
-    return output.transpose(0, 1), hidden
+    return rnn(x.float(), hidden)
 
 
 # --- attention ------------------------------------------------------------------------------

@@ -254,3 +254,60 @@ def test_training_on_real_positions_only_gives_the_padded_result(config):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "lengths", [[9, 1, 1, 2, 1, 3], [12, 11, 3, 2, 2, 2, 1], [5, 5, 5, 5, 1], list(range(1, 30))]
+)
+def test_length_spans_cover_every_real_position_and_no_more_rows(lengths):
+    from seq2seq.model import length_spans
+
+    spans = length_spans(lengths, most=4)
+    if spans is None:  # too little padding to be worth it
+        return
+    assert sum(steps for steps, _ in spans) == max(lengths)
+    assert all(steps > 0 for steps, _ in spans) and len(spans) <= 4
+    start = 0
+    for steps, rows in spans:
+        assert rows == sum(1 for n in lengths if n > start)  # every row still going, only those
+        start += steps
+    assert [rows for _, rows in spans] == sorted((rows for _, rows in spans), reverse=True)
+
+
+def test_length_spans_leave_batches_of_similar_length_alone():
+    from seq2seq.model import length_spans
+
+    assert length_spans([7, 7, 7, 6, 6]) is None
+    assert length_spans([9, 1, 1, 1]) is not None
+
+
+@ALL
+def test_encoder_spans_give_the_padded_result(config, monkeypatch):
+    """On the CPU a batch of mixed lengths runs in spans of rows still going (unsorted rows,
+    a column of padding past the longest row): the same states, final states and gradients
+    as one RNN call over the whole padded batch."""
+    from seq2seq import model as model_module
+
+    model = build(config).eval()
+    generator = torch.Generator().manual_seed(7)
+    lengths = [2, 9, 1, 4, 1, 1]
+    sentences = [
+        torch.randint(4, VOCAB.src_size, (n,), generator=generator).tolist() for n in lengths
+    ]
+    src, src_lengths = pad(sentences, VOCAB.pad_id, suffix=VOCAB.eos_id)
+    src = torch.cat([src, torch.full((len(lengths), 1), VOCAB.pad_id)], dim=1)  # one more column
+    assert model_module.length_spans(src_lengths.tolist()) is not None
+    results = []
+    for spans in (True, False):
+        if not spans:
+            monkeypatch.setattr(model_module, "length_spans", lambda lengths: None)
+        model.zero_grad()
+        states, finals = model.encoder(src, src_lengths)
+        (states.sin().sum() + finals.cos().sum()).backward()
+        grads = [p.grad.clone() for p in model.encoder.parameters() if p.grad is not None]
+        results.append((states.detach(), finals.detach(), grads))
+    (states, finals, grads), (states0, finals0, grads0) = results
+    assert torch.allclose(states, states0, atol=1e-6) and torch.allclose(finals, finals0, atol=1e-6)
+    assert len(grads) == len(grads0)
+    for a, b in zip(grads, grads0):
+        assert torch.allclose(a, b, atol=1e-5)
