@@ -104,7 +104,8 @@ def length_spans(lengths: list[int], most: int = 8) -> list[tuple[int, int]] | N
     """How to run an RNN over rows of these lengths without most of the padding: spans of
     the time axis as (steps, rows), the rows being the longest first. At most `most` spans,
     cut where the rows at evenly spaced ranks end; None where the spans would save less
-    than a fifth of the padded work (B x S), not worth the extra calls."""
+    than a fifth of the padded work (B x S), not worth the extra calls. Every length is at
+    least 1 (the end of sentence), and `most` at least 2."""
     ranked = sorted(lengths, reverse=True)
     ends = sorted({ranked[(len(ranked) - 1) * i // (most - 1)] for i in range(most)})
     spans, start = [], 0
