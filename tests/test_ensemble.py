@@ -3,6 +3,9 @@ code as one model; on the command line, `translate -m A -m B`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -13,7 +16,7 @@ from seq2seq.config import SearchConfig
 from seq2seq.ensemble import Ensemble
 from seq2seq.search import search
 
-from .conftest import TINY_CONFIG, copy_run
+from .conftest import ROOT, TINY_CONFIG, copy_run
 from .test_model import random_sentences
 from .test_search import SOME, VOCAB, build, teacher_forced_log_prob
 
@@ -136,3 +139,28 @@ def test_models_of_another_vocabulary_are_refused_in_one_line(two_runs):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SentencePiece model is not the one of" in lines[0], lines
     assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_the_ensemble_is_chosen_on_dev_the_smaller_on_a_tie():
+    from benchmarks.ensemble_quality import choose
+
+    assert choose({1: 30.0, 2: 31.5, 3: 31.2}) == 2
+    assert choose({1: 30.0, 2: 30.0, 3: 29.0}) == 1
+    assert choose({1: 30.0, 2: 29.0, 3: 30.5, 4: 30.5}) == 3
+
+
+def test_ensemble_quality_scores_dev_then_test_for_the_choice(two_runs, tmp_path):
+    root, one, two, _ = two_runs
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ensemble_quality.py"), "-m", str(one),
+         "-m", str(two), "--data", str(one / "data"), "--src", "en", "--tgt", "de",
+         "--beam-size", "2", "--work", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| best")]
+    assert [row.split("|")[1].split()[:2] for row in rows] == [["best", "1"], ["best", "2"]]
+    assert sum("(chosen)" in row for row in rows) == 1
+    assert "--" not in rows[0]  # the best single model is always scored on test
+    chosen = next(row for row in rows if "(chosen)" in row)
+    assert "--" not in chosen  # and so is the chosen ensemble

@@ -4,6 +4,7 @@ are tried on every machine; they must give exactly what the plain paths give."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -136,3 +137,20 @@ def test_the_gpu_benchmark_runs_on_the_cpu_at_small_sizes(tmp_path, trained_run)
     assert len(trained) == 4 and len(decoded) == 12
     assert all(line.endswith("| yes |") for line in decoded if "| fp32 |" in line)
     assert "where the time goes" in result.stdout
+
+
+def test_the_decoding_profile_runs_and_names_where_the_time_goes(tmp_path, trained_run):
+    source = tmp_path / "in.en"
+    source.write_text("The dog sleeps.\nA woman reads.\nThe old man sees the cat.\n" * 2)
+    script = str(ROOT / "benchmarks" / "profile_translate.py")
+    command = [sys.executable, script, str(trained_run), str(source), "--batch-size", "2",
+               "--timed", "1", "--profile", "1", "--threads", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"beam 5, input-order batches of 2, fp32, 1 threads: [\d.]+ sentences/s",
+                     result.stdout), result.stdout  # fmt: skip
+    share = re.search(r"matrix products \(mm, addmm, bmm\): (\d+)% .*tanh: (\d+)%", result.stdout)
+    assert share and 0 < int(share[1]) <= 100, result.stdout
+    too_few = subprocess.run([*command[:4], "--batch-size", "64"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=300)  # fmt: skip
+    assert too_few.returncode != 0 and "batches of 64 lines" in too_few.stderr
