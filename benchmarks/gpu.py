@@ -141,39 +141,55 @@ def train_quality(args) -> tuple[RunFolder, list]:
     return run, curve
 
 
+# Precisions decoded, and whether the decoder step is replayed as CUDA graphs.
+VARIANTS = [("fp32", False), ("bf16", False), ("fp32", True)]
+
+
+def graph_notes(message: str) -> None:
+    """Of what translate says, only the shapes whose CUDA graphs could not be used."""
+    if "cuda graphs" in message:
+        say(message)
+
+
+def decode_options(args, beam: int, precision: str, graphs: bool, batch: int | None):
+    """Options for one decoding: `batch` sentences a batch, or None for a token budget."""
+    search = {"beam_size": beam, "n_best": 1, "cuda_graphs": graphs}
+    if batch is not None:
+        search["batch_size"] = batch
+    elif args.device == "cpu":
+        search["max_tokens"] = 2048  # on a GPU: sized to the card
+    return TranslateOptions(search, args.device, precision, "strict", 4000)
+
+
 def decoding(args, run: RunFolder, source: Path) -> list[dict]:
     """Every search x precision x batching over `source`; whether each output is the one
-    the first batching gave (in fp32 it must be: a sentence's result does not depend on its
-    batch; bf16 rounds differently at each batch shape)."""
+    the first batching gave in that precision (in fp32 it must be, with CUDA graphs or
+    without: a sentence's result does not depend on its batch; bf16 rounds differently at
+    each batch shape)."""
     rows, reference = [], {}
     tokens_label = "2,048 tokens" if args.device == "cpu" else "tokens, card-sized"
-    batchings = [("batch", b) for b in args.batches] + [("tokens", None)]
     for beam in (5, 1):
-        for precision in ("fp32", "bf16"):
-            for kind, size in batchings:
-                search = {"beam_size": beam, "n_best": 1}
-                if kind == "batch":
-                    search["batch_size"] = size
-                elif args.device == "cpu":
-                    search["max_tokens"] = 2048  # on a GPU: sized to the card
-                options = TranslateOptions(search, args.device, precision, "strict", 4000)
-                out = args.work / f"decode-b{beam}-{precision}-{kind}{size or ''}.txt"
-                result = translate_file(run.root, str(source), str(out), options, lambda _: None)
+        for precision, graphs in VARIANTS:
+            for size in [*args.batches, None]:
+                options = decode_options(args, beam, precision, graphs, size)
+                name = f"{precision}{'+graphs' if graphs else ''}"
+                out = args.work / f"decode-b{beam}-{name}-{size or 'tokens'}.txt"
+                result = translate_file(run.root, str(source), str(out), options, graph_notes)
                 text = out.read_text(encoding="utf-8")
-                key = (beam, precision)
-                reference.setdefault(key, text)
+                reference.setdefault((beam, precision), text)
                 row = {
                     "search": "greedy" if beam == 1 else f"beam {beam}",
-                    "precision": precision,
-                    "batching": f"{size} sentences" if kind == "batch" else tokens_label,
+                    "precision": name,
+                    "batching": tokens_label if size is None else f"{size} sentences",
+                    "options": options,
                     "sentences_per_s": result["sentences_per_s"],
                     "tgt_tokens_per_s": result["tgt_tokens_per_s"],
-                    "same_as_first": text == reference[key],
+                    "same_as_first": text == reference[(beam, precision)],
                     "result": result,
                 }
                 rows.append(row)
                 say(
-                    f"decode {row['search']} {precision} {row['batching']}: "
+                    f"decode {row['search']} {name} {row['batching']}: "
                     f"{row['sentences_per_s']:,.0f} sent/s, {row['tgt_tokens_per_s']:,.0f} "
                     f"tgt tok/s, same output as batch {args.batches[0]}: {row['same_as_first']}"
                 )
@@ -186,10 +202,7 @@ def gpu_busy(args, run: RunFolder, source: Path, best: dict) -> float | None:
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    search = {"beam_size": 5, "n_best": 1}
-    if best["batching"].endswith("sentences"):
-        search["batch_size"] = int(best["batching"].split()[0])
-    options = TranslateOptions(search, args.device, best["precision"], "strict", 4000)
+    options = best["options"]
     out = args.work / "profiled.txt"
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
@@ -224,7 +237,7 @@ def print_table(args, speed: list, curve: list, rows: list, busy: float | None) 
     )
     say("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        same = "-" if r["precision"] != "fp32" else ("yes" if r["same_as_first"] else "no")
+        same = "-" if r["precision"] == "bf16" else ("yes" if r["same_as_first"] else "no")
         say(
             f"| {r['search']} | {r['precision']} | {r['batching']} | "
             f"{r['sentences_per_s']:,.0f} | {r['tgt_tokens_per_s']:,.0f} | {same} |"
@@ -274,7 +287,8 @@ def main() -> None:
     print_table(args, speed, curve, rows, busy)
     summary = {"training": speed, "curve": curve, "busy": busy}
     summary["decoding"] = [
-        {k: v for k, v in r.items() if k != "result"} | {"seconds": r["result"]["stage_seconds"]}
+        {k: v for k, v in r.items() if k not in ("result", "options")}
+        | {"seconds": r["result"]["stage_seconds"]}
         for r in rows
     ]
     (args.work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -8,9 +8,11 @@ is measured here on the CPU, where every change of the search loop shows.
     python benchmarks/host_overhead.py                 # greedy and beam 5, batch 1,000
     python benchmarks/host_overhead.py --batch 64 1000 --repeat 5
 
-Prints milliseconds per decoder step (median of the repetitions, and their range), and two
-counts that do not depend on the machine's mood: tensor operations per step, and how often a
-step makes the host wait for the device (reading a value: `.item()`, `.tolist()`, `bool()`,
+Prints milliseconds per decoder step (median of the repetitions, and their range), and
+counts that do not depend on the machine's mood: tensor operations per step (each a kernel
+launch on a GPU), the same with the decoder step replayed as a CUDA graph (search.cuda_graphs:
+the step's own operations become one launch; its input copies stay), and how often a step
+makes the host wait for the device (reading a value: `.item()`, `.tolist()`, `bool()`,
 `nonzero`, or an operation whose output size depends on the data, which on a GPU each mean
 a synchronization).
 """
@@ -37,6 +39,7 @@ from seq2seq.config import (  # noqa: E402
     ModelConfig,
     SearchConfig,
 )
+from seq2seq.graphs import GraphedModel  # noqa: E402
 from seq2seq.model import Seq2Seq  # noqa: E402
 from seq2seq.search import search  # noqa: E402
 from seq2seq.vocab import Vocab  # noqa: E402
@@ -60,28 +63,40 @@ WAITS = {"_local_scalar_dense", "nonzero", "repeat_interleave", "masked_select",
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the tensor operations dispatched, and those that make the host wait."""
+    """Counts the tensor operations dispatched, and those that make the host wait; while
+    `paused`, nothing is counted."""
 
     def __init__(self):
         super().__init__()
         self.ops = self.waits = 0
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        if func.__name__.split(".")[0] in WAITS:
-            self.waits += 1
+        if not self.paused:
+            self.ops += 1
+            if func.__name__.split(".")[0] in WAITS:
+                self.waits += 1
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(model, src, src_lengths, config) -> tuple[int, int, int]:
+def count_ops(model, src, src_lengths, config, graphed: bool = False) -> tuple[int, int, int]:
     """Operations, host waits and decoder steps of one search (`.tolist()` reads the data
-    without an operation, so it is counted apart)."""
+    without an operation, so it is counted apart). With `graphed`, the search goes through
+    the CUDA-graph buffers of seq2seq.graphs and the model's own step counts as the one
+    launch that replaying its graph is on a GPU: what is left for the host with graphs."""
     steps = [0]
     real_step = model.step
 
     def counted(*args):
         steps[0] += 1
-        return real_step(*args)
+        if not graphed:
+            return real_step(*args)
+        counter.ops += 1  # the replay
+        counter.paused = True
+        try:
+            return real_step(*args)
+        finally:
+            counter.paused = False
 
     model.step = counted
     real_tolist = torch.Tensor.tolist
@@ -91,9 +106,10 @@ def count_ops(model, src, src_lengths, config) -> tuple[int, int, int]:
         return real_tolist(tensor)
 
     torch.Tensor.tolist = tolist
+    searched = GraphedModel(model, capture=False) if graphed else model
     try:
         with OpCounter() as counter:
-            search(model, src, src_lengths, config)
+            search(searched, src, src_lengths, config)
     finally:
         model.step, torch.Tensor.tolist = real_step, real_tolist
     return counter.ops, counter.waits, steps[0]
@@ -125,7 +141,8 @@ def time_search(model, batch: int, beam: int, repeat: int):
         per_step.append((time.perf_counter() - start) / steps[0])
     model.step = real_step
     ops, waits, _ = count_ops(model, src, src_lengths, config)
-    return per_step, steps[0], ops / steps[0], waits / steps[0]
+    graphed_ops, _, _ = count_ops(model, src, src_lengths, config, graphed=True)
+    return per_step, steps[0], ops / steps[0], waits / steps[0], graphed_ops / steps[0]
 
 
 def main() -> None:
@@ -140,17 +157,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
     print(
         "| search | batch | decoder steps | ms per step (median) | range | operations per step "
-        "| host waits per step |"
+        "| with CUDA graphs | host waits per step |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for beam in args.beam:
         for batch in args.batch:
-            per_step, steps, ops, waits = time_search(model, batch, beam, args.repeat)
+            per_step, steps, ops, waits, graphed = time_search(model, batch, beam, args.repeat)
             ms = [1000 * s for s in per_step]
             name = "greedy" if beam == 1 else f"beam {beam}"
             print(
                 f"| {name} | {batch} | {steps} | {statistics.median(ms):.3f} | "
-                f"{min(ms):.3f}-{max(ms):.3f} | {ops:.1f} | {waits:.2f} |"
+                f"{min(ms):.3f}-{max(ms):.3f} | {ops:.1f} | {graphed:.1f} | {waits:.2f} |"
             )
 
 

@@ -51,6 +51,7 @@ from seq2seq.config import SearchConfig, override_search
 from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError
+from seq2seq.graphs import GraphedModel
 from seq2seq.io import StreamLines, count_lines, read_lines
 from seq2seq.search import Hypothesis, translate_ids
 
@@ -154,6 +155,9 @@ class Translator:
         if self.device.type == "cuda" and not asked and not self.search.max_tokens:
             tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
             self.search = override_search(self.search, {"max_tokens": tokens})
+        self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
+        if self.search.cuda_graphs and self.device.type == "cuda":
+            self.graphs = self.model = GraphedModel(self.model)
         if options.precision == "fp16" and self.device.type != "cuda":
             raise UserError("option '--precision fp16' needs a CUDA GPU; use bf16 on the CPU")
         parameters = sum(p.numel() for p in checkpoints[0].model.parameters())
@@ -396,6 +400,8 @@ def translate_files(
             f"translate: warning: {translator.truncated} line(s) longer than "
             f"{translator.max_pieces} pieces were cut to that length"
         )
+    for note in translator.graphs.notes if translator.graphs else []:
+        log(f"translate: cuda graphs: {note}")  # shapes that ran eagerly, and why
     return {
         "sentences": sentences,
         "tgt_tokens": tokens,

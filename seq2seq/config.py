@@ -360,6 +360,7 @@ class SearchConfig:
     no_repeat_ngram: int = 0  # block any repeated n-gram of this size; 0: off
     batch_size: int = 64  # sentences per batch
     max_tokens: int = 0  # if > 0, batch by source tokens instead of batch_size
+    cuda_graphs: bool = False  # on a GPU, replay the decoder step as CUDA graphs
 
     def __post_init__(self):
         _check(self.beam_size >= 1, "search.beam_size", "an integer >= 1", self.beam_size)
