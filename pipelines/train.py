@@ -36,7 +36,7 @@ from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import SENTENCEPIECE_VERSION, Tokenizer, sampling_follows_seed
 from seq2seq.training import (
     LearningRate,
     build_optimizer,
@@ -227,6 +227,12 @@ class Trainer:
             self.config.data.cleaning.max_pieces,
         )
         self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
+        if self.pairs.sampling and not sampling_follows_seed():
+            self.log(
+                f"train: warning: SentencePiece {SENTENCEPIECE_VERSION} samples segmentations "
+                "anew in every process, whatever the seed: a resumed run will not repeat the "
+                "interrupted one exactly (sentencepiece<0.2.2 does)"
+            )
         self.dev_set = DevSet(self.folder, self.manifest, self.vocab, self.tgt_tokenizer)
 
     # --- the loop ---------------------------------------------------------------------------

@@ -140,6 +140,7 @@ class DataConfig:
     subwords: SubwordConfig = field(default_factory=SubwordConfig)
 
     def __post_init__(self):
+        _check(self.seed >= 0, "data.seed", "an integer >= 0", self.seed)
         _check(
             self.src_lang != self.tgt_lang or self.src_column != self.tgt_column,
             "data.tgt_lang",
@@ -310,9 +311,17 @@ class TrainConfig:
             "dev_beam_size",
         ):
             _check(getattr(self, key) > 0, f"train.{key}", "a positive integer", getattr(self, key))
-        for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "threads"):
+        for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "threads", "seed"):
             _check(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
+        for key in ("min_lr", "weight_decay"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "a number >= 0", getattr(self, key))
+        _check(
+            self.plateau_patience >= 0,
+            "train.plateau_patience",
+            "an integer >= 0",
+            self.plateau_patience,
+        )
         _check(self.max_time >= 0, "train.max_time", "seconds >= 0", self.max_time)
         _check(
             self.clip_grad_norm >= 0, "train.clip_grad_norm", "a number >= 0", self.clip_grad_norm
@@ -373,12 +382,8 @@ class SearchConfig:
         _check(
             self.length_penalty >= 0, "search.length_penalty", "a number >= 0", self.length_penalty
         )
-        _check(
-            self.max_len_a >= 0 and self.max_len_b >= 0,
-            "search.max_len_a/max_len_b",
-            "numbers >= 0",
-            (self.max_len_a, self.max_len_b),
-        )
+        for key in ("max_len_a", "max_len_b"):
+            _check(getattr(self, key) >= 0, f"search.{key}", "a number >= 0", getattr(self, key))
         _check(
             self.max_len_a > 0 or self.max_len_b > 0,
             "search.max_len_b",
@@ -480,6 +485,9 @@ NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
 NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
 
 
+LARGEST_INT = 2**62
+
+
 def _number(tp: type, value: Any, key: str) -> int | float:
     """An int or float field's value, from a number or a string spelling one; finite only.
     An int field takes a float spelling of a whole number (1e4)."""
@@ -497,7 +505,9 @@ def _number(tp: type, value: Any, key: str) -> int | float:
     if isinstance(value, float):
         if not value.is_integer():
             raise UserError(f"config key '{key}': expected an integer, got {given!r}")
-        return int(value)
+        value = int(value)
+    if abs(value) > LARGEST_INT:  # no tensor could hold it
+        raise UserError(f"config key '{key}': expected an integer below 2**62, got {given!r}")
     return value
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .batching import group_batches, pad
 from .config import SearchConfig
+from .errors import UserError
 
 NEG_INF = float("-inf")
 
@@ -499,6 +500,11 @@ def translate_ids(
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
     back in input order."""
+    if config.beam_size > model.vocab.tgt_size:  # wider beams only repeat work
+        raise UserError(
+            f"config key 'search.beam_size': expected at most the target vocabulary size "
+            f"({model.vocab.tgt_size}), got {config.beam_size}"
+        )
     lengths = [len(s) + 1 for s in sequences]
     order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
     if config.max_tokens:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 from collections.abc import Iterable
 
@@ -11,6 +12,32 @@ import sentencepiece as spm
 
 from .config import SubwordConfig
 from .errors import UserError
+
+
+def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
+    """At most `size` of `items`, drawn uniformly with a seeded reservoir (Vitter's
+    algorithm R) and kept in their order; all of them, in order, when there are fewer."""
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    for i, item in enumerate(items):
+        if i < size:
+            kept.append((i, item))
+        else:
+            j = rng.randrange(i + 1)
+            if j < size:
+                kept[j] = (i, item)
+    return [item for _, item in sorted(kept)]
+
+
+SENTENCEPIECE_VERSION = spm.__version__
+
+
+def sampling_follows_seed(version: str = SENTENCEPIECE_VERSION) -> bool:
+    """Whether this SentencePiece samples segmentations from its seed alone. Measured:
+    0.2.0 and 0.2.1 give the same samples for the same seed in every process; 0.2.2 and
+    0.2.3 draw their randomness anew in each process, so only one process repeats itself."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    return numbers < (0, 2, 2)
 
 
 class Tokenizer:
@@ -35,20 +62,21 @@ class Tokenizer:
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:
-        """Train on an iterable of sentences; SentencePiece samples at most
-        `config.input_sentence_size` of them, with a fixed seed."""
+        """Train on an iterable of sentences, at most `config.input_sentence_size` of them:
+        a seeded sample when there are more (drawn here: SentencePiece 0.2.2 and later draw
+        their own sample differently in every process, whatever the seed)."""
         writer = io.BytesIO()
         spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(sentences),
+                sentence_iterator=iter(seeded_sample(sentences, config.input_sentence_size, seed)),
                 model_writer=writer,
                 model_type=config.model_type,
                 vocab_size=config.vocab_size,
                 character_coverage=config.character_coverage,
                 byte_fallback=config.byte_fallback,
                 user_defined_symbols=list(config.user_symbols),
-                input_sentence_size=config.input_sentence_size,
+                input_sentence_size=config.input_sentence_size,  # no more than it gets
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
                 # JoeyNMT's layout; nothing in this code relies on the numbers.

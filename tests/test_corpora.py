@@ -245,3 +245,45 @@ def test_bad_input_is_one_line_and_leaves_the_run_folder_alone(
     assert "Traceback" not in result.output
     assert snapshot(run) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_the_sentencepiece_sample_is_seeded_uniform_and_in_order():
+    from seq2seq.tokenizer import seeded_sample
+
+    items = [f"s{i}" for i in range(1000)]
+    sample = seeded_sample(iter(items), 100, seed=3)
+    assert len(sample) == 100 == len(set(sample))
+    assert sample == sorted(sample, key=items.index)  # corpus order kept
+    assert sample == seeded_sample(iter(items), 100, seed=3)
+    assert sample != seeded_sample(iter(items), 100, seed=4)
+    assert seeded_sample(iter(items[:50]), 100, seed=3) == items[:50]  # fewer: all of them
+    # each item is kept with probability 100/1000: the later half is not left out
+    assert 30 <= sum(int(s[1:]) >= 500 for s in sample) <= 70
+
+
+def test_sentencepiece_trained_on_a_sample_is_the_same_in_every_process(tmp_path, tiny_corpus):
+    """SentencePiece 0.2.2 and later draw their own sample differently in each process."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    script = (
+        "import sys, hashlib; from seq2seq.tokenizer import Tokenizer; "
+        "from seq2seq.config import SubwordConfig; "
+        "lines = open(sys.argv[1], encoding='utf-8').read().splitlines(); "
+        "config = SubwordConfig(vocab_size=60, input_sentence_size=len(lines) // 2); "
+        "print(hashlib.sha256(Tokenizer.train(lines, config, seed=5).proto).hexdigest())"
+    )
+    source = str(tiny_corpus / "train.en")
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script, source],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout  # fmt: skip
+        for _ in range(2)
+    }
+    assert len(digests) == 1

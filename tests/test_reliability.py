@@ -764,3 +764,29 @@ def test_stdin_waits_are_not_busy(world):
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+INT_KEYS = [k for k, tp, _ in numeric_keys() if tp is int]
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_every_integer_key_refuses_numbers_no_tensor_holds(tmp_path, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    for spelled in ("1e100", "99999999999999999999999", "-1e30"):
+        with pytest.raises(UserError, match=rf"'{re.escape(key)}': expected an integer below"):
+            load_config(path, [f"--{key}={spelled}"])
+
+
+@pytest.mark.parametrize("key", [k for k in NUMERIC_KEYS if k != "data.subwords.nbest_size"])
+def test_no_numeric_key_but_nbest_size_takes_a_negative_number(tmp_path, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    with pytest.raises(UserError, match=re.escape(key)):
+        load_config(path, [f"--{key}=-1"])
+
+
+def test_a_beam_wider_than_the_target_vocabulary_is_refused(world):
+    args = ["translate", "-m", world / "run", "-i", world / "in.en", "-o", world / "wide.de",
+            "--beam-size", "100000"]  # fmt: skip
+    refused_and_untouched(world, args, r"'search.beam_size': expected at most the target vocab")

@@ -219,3 +219,18 @@ def test_training_with_sampling_resumes_exactly(tmp_path, tiny_corpus, trained_r
 
     a, b = (load_checkpoint(r.last).model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("follows_seed", [True, False])
+def test_sampling_warns_where_sentencepiece_ignores_the_seed(
+    tmp_path, tiny_corpus, trained_run, monkeypatch, follows_seed
+):
+    import pipelines.train as train_module
+
+    monkeypatch.setattr(train_module, "sampling_follows_seed", lambda: follows_seed)
+    run = RunFolder(copy_run(trained_run, tmp_path / "run", untrained=True))
+    config = load_config(write_config(tmp_path, tiny_corpus), [*SAMPLING, "--train.max_steps=1"])
+    lines = []
+    train(config, run, log=lines.append)
+    warned = [line for line in lines if "resumed run will not repeat" in line]
+    assert len(warned) == (0 if follows_seed else 1)
