@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from seq2seq.config import Config, load_config, parse_override
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, out_of_memory
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -63,6 +63,8 @@ class OneLineErrors(TyperGroup):
         except UserError as e:
             fail(str(e))
         except UsageError as e:
+            if not e.format_message().strip():  # a bare `nmt`: the help is the answer
+                sys.exit(2)
             where = f" ({e.ctx.command_path})" if e.ctx is not None else ""
             fail(e.format_message(), where=where)
         except ClickException as e:
@@ -72,6 +74,11 @@ class OneLineErrors(TyperGroup):
                 raise
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}")
+        except (MemoryError, RuntimeError) as e:
+            message = out_of_memory(e)
+            if message is None:
+                raise
+            fail(message)
         except typer.Abort:
             typer.echo("interrupted", err=True)
             sys.exit(130)

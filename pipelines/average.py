@@ -27,7 +27,7 @@ from seq2seq.device import resolve_device, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import check_destination, same_file
 
-from .layout import RunFolder
+from .layout import RunFolder, refuse_run_artifact
 from .validation import DevSet
 
 
@@ -118,6 +118,7 @@ def average(
     for path in paths:
         if same_file(output, path):
             raise UserError(f"{output}: is the input {path}; choose another output")
+    refuse_run_artifact(output)
     if choose_by_dev:
         paths, averaged = choose_on_dev(checkpoints[0], log)
     else:

@@ -17,6 +17,7 @@ runs/<name>/
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,10 +102,22 @@ class RunFolder:
         SentencePiece model, anything in data/."""
         path = Path(path).resolve()
         root = self.root.resolve()
-        if path.parent == root / "data":
+        if path.parent == (root / "data").resolve():  # data/ may itself be a link
             return True
         tokenizer = path.name.startswith("spm") and path.suffix == ".model"
-        return path.parent == root and (path.name == "manifest.json" or tokenizer)
+        written = path.name == "manifest.json" or tokenizer
+        return written and (path.parent == root or (root / path.name).resolve() == path)
+
+    def train_keeps(self, path: Path) -> bool:
+        """Whether `path` is a place training writes: its checkpoints and state in model/,
+        its log and learning curve."""
+        path, root = Path(path).resolve(), self.root.resolve()
+        if path.parent == (root / "model").resolve():
+            return re.fullmatch(r"(best|last)(-\d+)?|train_state", path.stem) is not None
+        return path in (
+            (root / "train_log.jsonl").resolve(),
+            (root / "learning_curve.png").resolve(),
+        )
 
     def read_manifest(self) -> dict:
         if not self.manifest.is_file():
@@ -120,6 +133,19 @@ class RunFolder:
 def run_folder(name: str, run_dir: str | Path | None) -> RunFolder:
     """runs/<config name> unless a run folder is given."""
     return RunFolder(Path(run_dir) if run_dir is not None else Path("runs") / name)
+
+
+def refuse_run_artifact(path: str | Path) -> None:
+    """Refuse an output that would land on what a run folder's preprocess or training
+    keeps (a run folder is one with a manifest.json): another stage reads those."""
+    path = Path(path).resolve()
+    for root in (path.parent, path.parent.parent):
+        run = RunFolder(root)
+        if run.manifest.is_file() and (run.preprocess_writes(path) or run.train_keeps(path)):
+            raise UserError(
+                f"{path}: the run folder {root} keeps this file (preprocess or train wrote "
+                "it there); choose another output"
+            )
 
 
 def resolve_checkpoint(model: str | Path) -> Path:

@@ -10,16 +10,25 @@ result is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_open, atomic_write_text, check_destination, same_file
+from seq2seq.io import (
+    WRITE_ERRORS,
+    atomic_open,
+    atomic_write_text,
+    check_destination,
+    same_file,
+)
+
+from .layout import refuse_run_artifact
 
 
 @dataclass
@@ -55,6 +64,21 @@ class Plan:
                 path.unlink(missing_ok=True)
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """The files a folder holds (not its subfolders, nor hidden files); anything else there
+    (a broken link, a pipe, a device) would be skipped without a word, so it is refused."""
+    files = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.is_file():
+            files.append(path)
+        elif not path.is_dir():
+            raise UserError(
+                f"{path}: not a regular file (a broken link, a pipe or a device); "
+                f"move it out of {folder} or name the files to translate"
+            )
+    return files
+
+
 def _files_of(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for name in inputs:
@@ -62,7 +86,7 @@ def _files_of(inputs: list[str]) -> list[Path]:
         if name == "-":
             raise UserError("'-' (stdin) cannot be one of several inputs")
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            files += _folder_files(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -127,6 +151,7 @@ def _check_plan(plan: Plan, resume: bool, models: list[Path], world: int) -> Non
             for other in targets:
                 if same_file(target, other):
                     raise UserError(f"{target}: named twice as an output")
+            refuse_run_artifact(target)
             targets.append(target)
 
 
@@ -170,6 +195,18 @@ class StdoutSink:
             self.aligned.flush()
             os.fsync(self.aligned.fileno())
         self.close()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A write that fails for want of room or rights, said as one line naming `path` (the
+    error of a write to an open file names none)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
 
 
 class FileSink:
@@ -235,10 +272,11 @@ class FileSink:
 
     def append(self, chunk: int, texts: list[str]) -> None:
         """Write one finished chunk to every output, then record it as done."""
-        for f, text in zip(self.files, texts):
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        for f, path, text in zip(self.files, self.paths, texts):
+            with _naming(path):
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
         self.next_chunk = chunk + 1
         state = {
             "next_chunk": self.next_chunk,
@@ -248,8 +286,9 @@ class FileSink:
         atomic_write_text(self.progress_path, json.dumps(state) + "\n")
 
     def close(self) -> None:
-        for f in self.files:
-            f.close()
+        for f, path in zip(self.files, self.paths):
+            with _naming(path):  # closing flushes what a full disk refused
+                f.close()
 
     def finish(self) -> None:
         """Every output complete as `<output>.partial` (rank 0 merges the ranks' parts)."""

@@ -92,6 +92,21 @@ def plot_attention(alignments: Path, line: int, png_path: Path) -> None:
     draw_attention(read_alignment(alignments, line), png_path)
 
 
+def _check_weights(record: dict, where: str) -> None:
+    """A row of finite weights in [0, 1] for each target piece, one for each source piece."""
+    rows, source, target = record["attention"], record["source"], record["target"]
+    shape = f"{len(target)} rows of {len(source)} weights (target x source pieces)"
+    if not isinstance(rows, list) or len(rows) != len(target):
+        raise UserError(f"{where}: attention is not {shape}")
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(source):
+            raise UserError(f"{where}: attention is not {shape}")
+        for weight in row:
+            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not ok or not 0 <= weight <= 1:  # NaN fails the comparison too
+                raise UserError(f"{where}: attention weight {weight!r} is not a number in [0, 1]")
+
+
 def read_alignment(path: Path, line: int) -> dict:
     """The record of input line `line` (1-based) in an alignments file."""
     for number, text in enumerate(read_lines(path), start=1):
@@ -104,5 +119,6 @@ def read_alignment(path: Path, line: int) -> dict:
                 raise UserError(f"{path}:{number}: not an alignment record ({e})") from None
             if not record["target"]:
                 raise UserError(f"{path}:{number}: line {line} was empty; nothing to draw")
+            _check_weights(record, f"{path}:{number}")
             return record
     raise UserError(f"{path}: has no line {line}")

@@ -65,10 +65,12 @@ def _datasets():
 
 
 def _existing(path: Path) -> Path:
-    """`path`, or `path.gz` when only that exists."""
+    """`path` or `path.gz`, whichever exists; both is ambiguous."""
+    gz = path.with_name(path.name + ".gz")
+    if path.is_file() and gz.is_file():
+        raise UserError(f"{path}: both it and {gz.name} exist; keep the one to read")
     if path.is_file():
         return path
-    gz = path.with_name(path.name + ".gz")
     if gz.is_file():
         return gz
     raise UserError(f"{path}: no such file (nor {gz.name})")

@@ -50,7 +50,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import SearchConfig, override_search
 from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, out_of_memory
 from seq2seq.graphs import GraphedModel
 from seq2seq.io import StreamLines, count_lines, read_lines
 from seq2seq.search import Hypothesis, translate_ids
@@ -390,8 +390,9 @@ def translate_files(
             done, produced = _run_job(translator, job, options, shard, resume, plan, log)
             sentences, tokens = sentences + done, tokens + produced
         commit(plan, shard.main)
-    except UserError:
-        plan.remove_created()  # a failed run leaves nothing new
+    except (UserError, MemoryError, RuntimeError) as e:
+        if isinstance(e, UserError) or out_of_memory(e):  # not a bug: leave nothing new
+            plan.remove_created()
         raise
     seconds = time.monotonic() - loaded
     shard.stop()

@@ -130,6 +130,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
     model = Seq2Seq(config, vocab)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, weight in state.items():  # never written so (training checks); planted, then
+        if weight.is_floating_point() and not torch.isfinite(weight).all():
+            raise UserError(f"{path}: weight '{name}' holds NaN or infinite values")
     expected = _unique_state(model).keys()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))

@@ -130,13 +130,45 @@ class StreamLines:
             self.fd = None  # an in-memory stream: everything is there already
         self.buffer = b""
         self.ended = False
+        self.started = False  # whether the first bytes were seen (gzip or not)
+        self.inflate = None  # a gzip stream's decompressor
+        self.fed = False  # whether it holds part of a member
+
+    def _read(self) -> bytes:
+        return os.read(self.fd, 1 << 16) if self.fd is not None else self.stream.read(1 << 16)
 
     def _fill(self) -> None:
-        data = os.read(self.fd, 1 << 16) if self.fd is not None else self.stream.read(1 << 16)
+        data = self._read()
+        if not self.started and data:  # gzip, by its magic bytes, as in `open_binary`
+            if data == GZIP_MAGIC[:1]:  # never text: the rest of the magic is on its way
+                data += self._read()
+            self.started = True
+            if data.startswith(GZIP_MAGIC):
+                self.inflate = zlib.decompressobj(wbits=31)
+        if data and self.inflate is not None:
+            data = self._decompress(data)
+            if not data:  # a gzip header alone: read on
+                return
         if data:
             self.buffer += data
         else:
+            if self.inflate is not None and self.fed:
+                raise UserError(f"{self.where}: corrupt gzip data (it ends in the middle)")
             self.ended = True
+
+    def _decompress(self, data: bytes) -> bytes:
+        """Decompressed bytes of the next compressed `data`, member after member."""
+        out = b""
+        while data:
+            try:
+                out += self.inflate.decompress(data)
+            except zlib.error as e:
+                raise UserError(f"{self.where}: corrupt gzip data ({e})") from None
+            data = self.inflate.unused_data
+            self.fed = not self.inflate.eof
+            if self.inflate.eof:
+                self.inflate = zlib.decompressobj(wbits=31)
+        return out
 
     def waiting(self) -> bool:
         if self.buffer or self.ended or self.fd is None:

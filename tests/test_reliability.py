@@ -179,6 +179,19 @@ def test_preprocess_refuses_a_run_folder_where_its_corpus_lives(world, tmp_path,
         )
 
 
+def test_preprocess_refuses_a_run_whose_data_folder_links_to_the_corpus(world, tmp_path):
+    """run/data a symbolic link to the corpus folder: writing data/ would write the corpus."""
+    run = tmp_path / "linked"
+    run.mkdir()
+    (run / "data").symlink_to(world / "corpus")
+    for path in [run / "data", world / "corpus"]:
+        refused_and_untouched(
+            world,
+            ["preprocess", world / "tiny.yaml", "--run-dir", run, f"--data.path={path}"],
+            r"where preprocess writes",
+        )
+
+
 # --- 2. destinations that cannot be written -------------------------------------------------
 
 
@@ -658,9 +671,10 @@ def test_score_reads_every_variant_like_the_plain_file(world, tmp_path, variant)
     text = (world / "in.de").read_text(encoding="utf-8")
     (tmp_path / "v.de").write_bytes(variants(text)[variant])
     plain = invoke(["score", "-H", world / "in.de", "-r", world / "in.de", "--json"])
-    for args in (["-H", tmp_path / "v.de", "-r", world / "in.de"],
-                 ["-H", world / "in.de", "-r", tmp_path / "v.de"]):  # fmt: skip
-        result = invoke(["score", *args, "--json"])
+    for args, input in ((["-H", tmp_path / "v.de", "-r", world / "in.de"], None),
+                        (["-H", world / "in.de", "-r", tmp_path / "v.de"], None),
+                        (["-H", "-", "-r", world / "in.de"], variants(text)[variant])):  # fmt: skip
+        result = invoke(["score", *args, "--json"], input=input)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == json.loads(plain.stdout)
 
@@ -670,8 +684,6 @@ def test_translate_reads_every_variant_like_the_plain_file(world, tmp_path, vari
     text = "".join(s + "\n" for s in SENTENCES)
     (tmp_path / "v.en").write_bytes(variants(text)[variant])
     for source, input in ((tmp_path / "v.en", None), ("-", variants(text)[variant])):
-        if source == "-" and variant.startswith("gzip"):
-            continue  # a stream is read as text
         result = invoke(["translate", "-m", world / "run", "-i", source, "-o", tmp_path / "o.de"],
                         input=input)  # fmt: skip
         assert result.exit_code == 0, result.output
@@ -790,3 +802,122 @@ def test_a_beam_wider_than_the_target_vocabulary_is_refused(world):
     args = ["translate", "-m", world / "run", "-i", world / "in.en", "-o", world / "wide.de",
             "--beam-size", "100000"]  # fmt: skip
     refused_and_untouched(world, args, r"'search.beam_size': expected at most the target vocab")
+
+
+@pytest.mark.parametrize(
+    "kept",
+    ["spm.model", "manifest.json", "data/test.de", "model/train_state.safetensors",
+     "model/best-6.safetensors", "model/last.safetensors", "train_log.jsonl"],
+)  # fmt: skip
+def test_no_output_lands_on_what_a_run_folder_keeps(world, kept):
+    """A run folder's manifest, SentencePiece model, data and training files are read by
+    later stages: translate and average refuse to write over them, however named."""
+    target = world / "run" / kept
+    refused_and_untouched(
+        world,
+        ["translate", "-m", world / "one.safetensors", "-i", world / "in.en", "-o", target],
+        r"the run folder .* keeps this file",
+    )
+    refused_and_untouched(
+        world,
+        ["average", world / "one.safetensors", world / "two.safetensors", "-o", target],
+        r"the run folder .* keeps this file",
+    )
+
+
+def test_sizes_beyond_memory_are_one_line_and_leave_nothing(world, tmp_path):
+    """An output limit or a model too big to allocate is the user's size, not a bug."""
+    refused_and_untouched(
+        world,
+        ["translate", "-m", world / "run", "-i", world / "in.en", "-o", world / "huge.de",
+         "--search.max_len_b=1e12"],
+        r"out of memory .* max_len_b",
+    )  # fmt: skip
+    run = copy_run(world / "run", tmp_path / "run", untrained=True)
+    before = snapshot(run)
+    result = invoke(["train", world / "tiny.yaml", "--run-dir", run, "--model.embedding_size=1e9"])
+    assert_refused(result, r"out of memory")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_refused_by_every_reader(world, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = world / "one.safetensors"
+    with safe_open(source, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(source)
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].is_floating_point())
+    tensors[name][0] = float("nan")
+    poisoned = tmp_path / "nan.safetensors"
+    save_file(tensors, poisoned, metadata=metadata)
+    pattern = r"nan\.safetensors: weight .* holds NaN or infinite values"
+    for args in (
+        ["translate", "-m", poisoned, "-i", world / "in.en", "-o", tmp_path / "out.de"],
+        ["average", poisoned, world / "two.safetensors", "-o", tmp_path / "avg.safetensors"],
+    ):
+        refused_and_untouched(tmp_path, args, pattern)
+
+
+def test_a_bare_nmt_shows_the_commands_and_no_empty_error():
+    result = invoke([])
+    assert "pipeline" in result.output and "translate" in result.output
+    assert not result.stderr.strip().startswith("error")
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(world, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (["-o", out / "one.de"], ["--alignments", out / "a.json", "-o", out / "two.de"]):
+        result = invoke(["translate", "-m", world / "run", "-i", world / "in.en", *args])
+        assert_refused(result, rf"{re.escape(str(out))}/\S+: cannot write \(No space left")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("odd", ["broken link", "pipe"])
+def test_a_folder_holding_something_that_is_not_a_file_is_refused(world, tmp_path, odd):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(world / "inbox", inbox)
+    if odd == "pipe":
+        os.mkfifo(inbox / "c.en")
+    else:
+        (inbox / "c.en").symlink_to(tmp_path / "gone.en")
+    (inbox / "sub").mkdir()  # a subfolder is not translated, and not an error
+    args = ["translate", "-m", world / "run", "-i", inbox, "-o", tmp_path / "out"]
+    refused_and_untouched(tmp_path, args, r"c\.en: not a regular file")
+
+
+def test_a_corpus_with_a_split_both_plain_and_gzipped_is_refused(world, tmp_path):
+    corpus = shutil.copytree(world / "corpus", tmp_path / "corpus")
+    (corpus / "dev.de.gz").write_bytes(gzip.compress((corpus / "dev.de").read_bytes()))
+    args = ["preprocess", world / "tiny.yaml", "--run-dir", tmp_path / "run",
+            f"--data.path={corpus}"]  # fmt: skip
+    refused_and_untouched(tmp_path, args, r"dev\.de: both it and dev\.de\.gz exist")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    ["a row short", "a weight short", "a NaN weight", "a weight of 2", "a string weight",
+     "no rows"],
+)  # fmt: skip
+def test_plot_attention_refuses_weights_that_do_not_fit_the_pieces(world, tmp_path, spoil):
+    record = json.loads((world / "in.align").read_text().splitlines()[0])
+    rows = record["attention"]
+    if spoil == "a row short":
+        rows.pop()
+    elif spoil == "a weight short":
+        rows[0].pop()
+    elif spoil == "no rows":
+        record["attention"] = {}
+    else:
+        rows[0][0] = {"a NaN weight": float("nan"), "a weight of 2": 2.0}.get(spoil, "0.5")
+    (tmp_path / "a.jsonl").write_text(json.dumps(record) + "\n")
+    args = ["plot-attention", tmp_path / "a.jsonl", "-o", tmp_path / "a.png"]
+    refused_and_untouched(tmp_path, args, r"a\.jsonl:1: attention")
