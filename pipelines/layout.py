@@ -96,6 +96,9 @@ class RunFolder:
         for sub in (self.data, self.model_dir, self.translation("test", "x").parent):
             if sub.exists() and not sub.is_dir():
                 raise UserError(f"{sub}: exists and is not a folder; the run folder needs it")
+        for file in (self.manifest, self.train_log, self.learning_curve, self.score):
+            if file.exists() and not file.is_file():
+                raise UserError(f"{file}: exists and is not a file; the run folder needs it")
 
     def preprocess_writes(self, path: Path) -> bool:
         """Whether `path` is (or links to) a place preprocess writes: the manifest, a

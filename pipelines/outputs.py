@@ -121,6 +121,10 @@ def plan_jobs(
             raise UserError("two inputs have the same file name; their outputs would collide")
         folder = Path(output)
         check_destination(folder, folder=True)
+        for name in inputs:  # as cp does: a folder is not copied into itself
+            source, target = Path(name).resolve(), folder.resolve()
+            if Path(name).is_dir() and target != source and target.is_relative_to(source):
+                raise UserError(f"{folder}: is inside the input folder {name}; write elsewhere")
         plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder)
     _check_plan(plan, resume, models, world)
     return plan

@@ -61,8 +61,8 @@ STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"
 
 def load_tokenizers(run: RunFolder, manifest: dict) -> tuple[Tokenizer, Tokenizer]:
     files = manifest["tokenizer"]
-    src = Tokenizer((run.root / files["src"]).read_bytes())
-    tgt = src if files["tgt"] == files["src"] else Tokenizer((run.root / files["tgt"]).read_bytes())
+    src = Tokenizer.load(run.root / files["src"])
+    tgt = src if files["tgt"] == files["src"] else Tokenizer.load(run.root / files["tgt"])
     return src, tgt
 
 
@@ -210,6 +210,8 @@ class Trainer:
             self.log(f"train: resuming from {run.train_state} at step {self.state.step}")
         elif self.ranks.main:
             run.model_dir.mkdir(parents=True, exist_ok=True)
+            for kept in [*run.kept_checkpoints("best"), *run.kept_checkpoints("last")]:
+                kept.unlink()  # an earlier run's: averaging must not mix them with ours
             atomic_write_text(run.train_log, "")
         if self.ranks.main:
             self.checkpoints.remove_stale_temporaries()

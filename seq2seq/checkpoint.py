@@ -40,6 +40,11 @@ def read_safetensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read all tensors and the metadata; a missing, truncated or foreign file is a UserError."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{path}: is a folder; name checkpoint files, or one run folder with --best K, "
+            "--last K or --choose"
+        )
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:

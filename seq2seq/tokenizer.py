@@ -7,6 +7,7 @@ import os
 import random
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import sentencepiece as spm
 
@@ -59,6 +60,14 @@ class Tokenizer:
                 "the SentencePiece model lacks a pad, unk, bos or eos piece; "
                 "train it with `nmt preprocess`"
             )
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        """A SentencePiece model file; a broken one is an error naming it."""
+        try:
+            return cls(Path(path).read_bytes())
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:

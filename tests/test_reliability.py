@@ -921,3 +921,58 @@ def test_plot_attention_refuses_weights_that_do_not_fit_the_pieces(world, tmp_pa
     (tmp_path / "a.jsonl").write_text(json.dumps(record) + "\n")
     args = ["plot-attention", tmp_path / "a.jsonl", "-o", tmp_path / "a.png"]
     refused_and_untouched(tmp_path, args, r"a\.jsonl:1: attention")
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_folder_is_not_translated_into_a_folder_inside_it(world, tmp_path, existing):
+    inbox = shutil.copytree(world / "inbox", tmp_path / "inbox")
+    if existing:
+        (inbox / "sub").mkdir()
+    outputs = [inbox / "sub", tmp_path / "inbox" / ".." / "inbox/sub"]
+    for output in outputs + ([inbox / "sub" / "deeper"] if existing else []):
+        args = ["translate", "-m", world / "run", "-i", inbox, "-o", output]
+        refused_and_untouched(tmp_path, args, r"is inside the input folder")
+
+
+def test_config_files_say_what_is_wrong_with_them(tmp_path):
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.1\n  max_steps: 5\n  lr: 0.2\n")
+    assert_refused(
+        invoke(["train", tmp_path / "twice.yaml"]), r"twice\.yaml:4: key 'lr' is given twice"
+    )
+    assert_refused(invoke(["train", tmp_path]), r"is a folder; expected a YAML config file")
+
+
+def test_a_run_folder_names_its_broken_parts_up_front(world, tmp_path):
+    run = copy_run(world / "run", tmp_path / "run")
+    (run / "train_log.jsonl").unlink()
+    (run / "train_log.jsonl").mkdir()
+    refused_and_untouched(
+        tmp_path,
+        ["train", world / "tiny.yaml", "--run-dir", run],
+        r"train_log\.jsonl: exists and is not a file",
+    )
+    (run / "train_log.jsonl").rmdir()
+    (run / "spm.model").write_bytes(b"not a model")
+    refused_and_untouched(
+        tmp_path,
+        ["train", world / "tiny.yaml", "--run-dir", run, "--fresh"],
+        r"spm\.model: not a valid SentencePiece",
+    )
+
+
+def test_average_of_a_run_folder_asks_which_checkpoints(world, tmp_path):
+    args = ["average", world / "run", "-o", tmp_path / "a.safetensors"]
+    refused_and_untouched(tmp_path, args, r"is a folder; .* --best K, --last K or --choose")
+
+
+def test_a_fresh_start_drops_the_earlier_run_s_kept_checkpoints(world, tmp_path):
+    run = copy_run(world / "run", tmp_path / "run")
+    overrides = ["--train.keep_last=3", "--train.keep_best=3", "--train.validate_every=3"]
+    first = invoke(["train", world / "tiny.yaml", "--run-dir", run, "--fresh",
+                    "--train.max_steps=9", *overrides])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = invoke(["train", world / "tiny.yaml", "--run-dir", run, "--fresh",
+                    "--train.max_steps=3", *overrides])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    kept = sorted(p.name for p in (run / "model").glob("*-*.safetensors"))
+    assert kept == ["best-3.safetensors", "last-3.safetensors"]
