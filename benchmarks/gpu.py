@@ -141,7 +141,7 @@ def train_quality(args) -> tuple[RunFolder, list]:
     return run, curve
 
 
-# Precisions decoded, and whether the decoder step is replayed as CUDA graphs.
+# Precisions decoded, and whether the decoder step is replayed as CUDA graphs (on a GPU).
 VARIANTS = [("fp32", False), ("bf16", False), ("fp32", True)]
 
 
@@ -169,7 +169,7 @@ def decoding(args, run: RunFolder, source: Path) -> list[dict]:
     rows, reference = [], {}
     tokens_label = "2,048 tokens" if args.device == "cpu" else "tokens, card-sized"
     for beam in (5, 1):
-        for precision, graphs in VARIANTS:
+        for precision, graphs in VARIANTS if args.device != "cpu" else VARIANTS[:2]:
             for size in [*args.batches, None]:
                 options = decode_options(args, beam, precision, graphs, size)
                 name = f"{precision}{'+graphs' if graphs else ''}"

@@ -121,10 +121,6 @@ def plan_jobs(
             raise UserError("two inputs have the same file name; their outputs would collide")
         folder = Path(output)
         check_destination(folder, folder=True)
-        for name in inputs:  # as cp does: a folder is not copied into itself
-            source, target = Path(name).resolve(), folder.resolve()
-            if Path(name).is_dir() and target != source and target.is_relative_to(source):
-                raise UserError(f"{folder}: is inside the input folder {name}; write elsewhere")
         plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder)
     _check_plan(plan, resume, models, world)
     return plan
@@ -213,6 +209,11 @@ def _naming(path: Path) -> Iterator[None]:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
 
 
+def _close(f, path: Path) -> None:
+    with _naming(path):  # closing flushes what a full disk refused
+        f.close()
+
+
 class FileSink:
     """The outputs of one job while they are written, resumable.
 
@@ -290,9 +291,9 @@ class FileSink:
         atomic_write_text(self.progress_path, json.dumps(state) + "\n")
 
     def close(self) -> None:
-        for f, path in zip(self.files, self.paths):
-            with _naming(path):  # closing flushes what a full disk refused
-                f.close()
+        with contextlib.ExitStack() as closing:  # every file closed, even after a failure
+            for f, path in zip(self.files, self.paths):
+                closing.callback(_close, f, path)
 
     def finish(self) -> None:
         """Every output complete as `<output>.partial` (rank 0 merges the ranks' parts)."""

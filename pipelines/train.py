@@ -36,6 +36,7 @@ from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq
+from seq2seq.search import check_beam_size
 from seq2seq.tokenizer import SENTENCEPIECE_VERSION, Tokenizer, sampling_follows_seed
 from seq2seq.training import (
     LearningRate,
@@ -181,6 +182,7 @@ class Trainer:
         torch.manual_seed(self.tc.seed)
         self.src_tokenizer, self.tgt_tokenizer = load_tokenizers(run, self.manifest)
         self.vocab = make_vocab(self.src_tokenizer, self.tgt_tokenizer)
+        check_beam_size(self.tc.dev_beam_size, self.vocab, "train.dev_beam_size")
         if config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
             raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
         self._load_data()

@@ -53,7 +53,7 @@ from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, out_of_memory
 from seq2seq.graphs import GraphedModel
 from seq2seq.io import StreamLines, count_lines, read_lines
-from seq2seq.search import Hypothesis, translate_ids
+from seq2seq.search import Hypothesis, check_beam_size, translate_ids
 
 from .background import Behind, ahead, worth_it
 from .distributed import Ranks
@@ -155,6 +155,7 @@ class Translator:
         if self.device.type == "cuda" and not asked and not self.search.max_tokens:
             tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
             self.search = override_search(self.search, {"max_tokens": tokens})
+        check_beam_size(self.search.beam_size, self.model.vocab)
         self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
         if self.search.cuda_graphs and self.device.type == "cuda":
             self.graphs = self.model = GraphedModel(self.model)

@@ -135,7 +135,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
     model = Seq2Seq(config, vocab)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    for name, weight in state.items():  # never written so (training checks); planted, then
+    for name, weight in state.items():  # training never writes one; a file from elsewhere may
         if weight.is_floating_point() and not torch.isfinite(weight).all():
             raise UserError(f"{path}: weight '{name}' holds NaN or infinite values")
     expected = _unique_state(model).keys()

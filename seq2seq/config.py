@@ -506,7 +506,7 @@ def _number(tp: type, value: Any, key: str) -> int | float:
         if not value.is_integer():
             raise UserError(f"config key '{key}': expected an integer, got {given!r}")
         value = int(value)
-    if abs(value) > LARGEST_INT:  # no tensor could hold it
+    if abs(value) >= LARGEST_INT:  # beyond any sensible size; past 2**63 torch overflows
         raise UserError(f"config key '{key}': expected an integer below 2**62, got {given!r}")
     return value
 
@@ -575,8 +575,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or a mapping as a key
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {kind} cannot be a key", key_node.start_mark
+                ) from None
+            if repeated:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark
                 )

@@ -8,11 +8,13 @@ them with a single launch. `GraphedModel` wraps a model (or an ensemble) for sea
 shapes (source memory only when it is not the one already there) and replays it.
 
 Shapes change at every new batch and when search drops finished rows, so graphs are kept per
-shape, the `most` last used. Recording one costs a few eager steps: two to warm up (on a
-side stream, as PyTorch asks), the capture, and a check that the replay gives what the
-eager step gave; a shape that fails the check or cannot be captured runs eagerly, and the
-reason is kept in `notes`. Without CUDA (`capture=False`) the same buffers are used and the
-step runs eagerly on them, which is how the tests check the bookkeeping on a CPU.
+shape, the `most` last used; they pay off where shapes repeat (batches of `batch_size`
+sentences, more than token budgets). Recording one costs a few eager steps: two to warm up
+(on a side stream, as PyTorch asks), the capture, and a check that the replay gives what the
+eager step gave; once a recording fails the check or cannot be made, every step runs
+eagerly, and the reason is kept in `notes`. Without CUDA (`capture=False`) the same buffers
+are used and the step runs eagerly on them, which is how the tests check the bookkeeping on
+a CPU.
 
 Every output of a replay lives in the graph's buffers and is overwritten by the next replay
 of that graph: search reads or copies each step's outputs before it takes the next step.
@@ -131,15 +133,21 @@ class GraphedModel:
 
     def step(self, prev: Tensor, state, memory):
         """prev (N, 1) -> log-probabilities (N, 1, V), next state, weights, as model.step."""
+        if self.notes:  # a recording failed: the next would too, so steps stay eager
+            return self.model.step(prev, state, memory)
         inputs = [prev, *tensors_of(state), *tensors_of(memory)]
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         graph = self.graphs.get(key)
         if graph is None:
             if len(self.graphs) == self.most:
                 self.graphs.popitem(last=False)
-            graph = _Graph(self.model.step, prev, state, memory, self.capture)
+            try:
+                graph = _Graph(self.model.step, prev, state, memory, self.capture)
+            except torch.cuda.OutOfMemoryError:  # search splits the batch: free ours first
+                self.graphs.clear()
+                raise
             self.graphs[key] = graph
-            if graph.note and graph.note not in self.notes:
+            if graph.note:
                 self.notes.append(graph.note)
         self.graphs.move_to_end(key)
         return graph(prev, state, memory)

@@ -168,6 +168,7 @@ class StreamLines:
             self.fed = not self.inflate.eof
             if self.inflate.eof:
                 self.inflate = zlib.decompressobj(wbits=31)
+                data = data.lstrip(b"\x00")  # padding after a member, as `gzip` skips it
         return out
 
     def waiting(self) -> bool:

@@ -481,6 +481,15 @@ def beam_search(
     )
 
 
+def check_beam_size(beam_size: int, vocab, key: str = "search.beam_size") -> None:
+    """A beam wider than the target vocabulary only repeats work; checked before any."""
+    if beam_size > vocab.tgt_size:
+        raise UserError(
+            f"config key '{key}': expected at most the target vocabulary size "
+            f"({vocab.tgt_size}), got {beam_size}"
+        )
+
+
 def search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
@@ -500,11 +509,6 @@ def translate_ids(
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
     back in input order."""
-    if config.beam_size > model.vocab.tgt_size:  # wider beams only repeat work
-        raise UserError(
-            f"config key 'search.beam_size': expected at most the target vocabulary size "
-            f"({model.vocab.tgt_size}), got {config.beam_size}"
-        )
     lengths = [len(s) + 1 for s in sequences]
     order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
     if config.max_tokens:

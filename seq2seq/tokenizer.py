@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 import random
 import re
@@ -16,18 +18,35 @@ from .errors import UserError
 
 
 def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
-    """At most `size` of `items`, drawn uniformly with a seeded reservoir (Vitter's
-    algorithm R) and kept in their order; all of them, in order, when there are fewer."""
+    """At most `size` of `items`, drawn uniformly by a seeded reservoir and kept in their
+    order; all of them, in order, when there are fewer. Li's algorithm L (1994) skips ahead
+    between replacements, so a long corpus costs a few random numbers per kept item, not
+    one per line."""
     rng = random.Random(seed)
-    kept: list[tuple[int, str]] = []
-    for i, item in enumerate(items):
-        if i < size:
-            kept.append((i, item))
-        else:
-            j = rng.randrange(i + 1)
-            if j < size:
-                kept[j] = (i, item)
-    return [item for _, item in sorted(kept)]
+    stream = enumerate(items)
+    kept = list(itertools.islice(stream, size))
+    if len(kept) < size or size == 0:
+        return [item for _, item in kept]
+    log_w = _log_uniform(rng) / size  # log of the threshold w, kept in logs for precision
+    while True:
+        skip = math.floor(_log_uniform(rng) / _log1mexp(log_w))
+        chosen = next(itertools.islice(stream, skip, None), None)
+        if chosen is None:
+            return [item for _, item in sorted(kept)]
+        kept[rng.randrange(size)] = chosen
+        log_w += _log_uniform(rng) / size
+
+
+def _log_uniform(rng: random.Random) -> float:
+    """log u for u uniform in (0, 1): strictly negative."""
+    while (u := rng.random()) == 0.0:
+        pass
+    return math.log(u)
+
+
+def _log1mexp(x: float) -> float:
+    """log(1 - e^x) for x < 0, accurate at both ends (Maechler, 2012)."""
+    return math.log(-math.expm1(x)) if x > -math.log(2) else math.log1p(-math.exp(x))
 
 
 SENTENCEPIECE_VERSION = spm.__version__
