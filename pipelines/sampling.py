@@ -6,15 +6,24 @@ time it is batched: sampled from SentencePiece's unigram lattice (Kudo, 2018, "S
 Regularization"; `nbest_size` -1 samples from all segmentations, n > 1 from the n best, alpha
 smooths the distribution: smaller is more varied), or for a bpe model with merges dropped at
 random (BPE-dropout, Provilkov et al., 2020; alpha is the probability). The sample is a
-function of the seed, the epoch and the batch's place in it, so a run repeats itself and
-resumes exactly. Batches are still formed from the lengths of the best segmentation; dev
-and test always use it.
+function of the seed, the epoch and the batch's place in it, drawn by seq2seq/segmentation.py
+(not inside SentencePiece, whose randomness differs between processes), so a run repeats
+itself and resumes exactly. Batches are still formed from the lengths of the best
+segmentation; dev and test always use it. Worker processes (`train.sampling_workers`) can
+sample the coming batches while the model trains: the same samples, sooner.
 
 Reads (from the run folder): data/train.<lang>.bin/.idx, and with sampling data/train.<lang>.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +50,20 @@ class TextLines:
         return self.data[self.starts[i] : self.ends[i]].decode("utf-8")
 
 
+def sampling_workers(configured: int | None, device) -> int:
+    """Worker processes for sampling: as configured; else none on a CPU (training has its
+    cores) and, beside a GPU, up to 4, leaving a core to the trainer."""
+    if configured is not None:
+        return configured
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) - 1))
+
+
 class TrainingPairs:
-    """The training pairs' ids: stored (`sampling` off) or sampled per batch."""
+    """The training pairs' ids: stored (`sampling` off) or sampled per batch, in this process
+    or, with `workers` > 0, ahead of time in worker processes (see `plan`)."""
 
     def __init__(
         self,
@@ -51,27 +72,117 @@ class TrainingPairs:
         tokenizers: tuple[Tokenizer, Tokenizer],
         subwords: SubwordConfig,
         max_pieces: int,
+        workers: int = 0,
     ):
         self.src = TokenSequences.load(run_root / split["src_ids"])  # the best segmentation
         self.tgt = TokenSequences.load(run_root / split["tgt_ids"])
         self.tokenizers, self.subwords, self.max_pieces = tokenizers, subwords, max_pieces
         self.sampling = subwords.sampling_alpha > 0
+        self.pool = None
         if self.sampling:
             self.texts = (TextLines(run_root / split["src"]), TextLines(run_root / split["tgt"]))
+            if workers > 0:
+                protos = tuple(t.proto for t in tokenizers)
+                self.pool = SamplingPool(workers, (run_root, split, protos, subwords, max_pieces))
 
     def __len__(self) -> int:
         return len(self.src)
+
+    def plan(self, batches: list[tuple[list[int], int]]) -> None:
+        """The (indices, seed) of the batches about to be asked for, in order: worker
+        processes start sampling them."""
+        if self.pool is not None:
+            self.pool.plan(batches)
 
     def batch(self, indices: list[int], seed: int) -> tuple[TokenSequences, TokenSequences, list]:
         """The ids of the pairs `indices` and where they are in them: the stored sequences
         and `indices` themselves, or freshly sampled sequences and 0..n-1."""
         if not self.sampling:
             return self.src, self.tgt, indices
+        sampled = self.pool.take(indices, seed) if self.pool is not None else None
+        src, tgt = sampled if sampled is not None else self.sample(indices, seed)
+        return (
+            TokenSequences.from_lists(src),
+            TokenSequences.from_lists(tgt),
+            list(range(len(indices))),
+        )
+
+    def sample(self, indices: list[int], seed: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Sampled source and target ids of the pairs `indices`: a function of `seed`."""
         sampled = []
         for side, (tokenizer, texts) in enumerate(zip(self.tokenizers, self.texts)):
             lines = [texts[i] for i in indices]
             ids = tokenizer.sample(
                 lines, self.subwords.sampling_alpha, self.subwords.nbest_size, seed * 2 + side
             )
-            sampled.append(TokenSequences.from_lists([seq[: self.max_pieces] for seq in ids]))
-        return sampled[0], sampled[1], list(range(len(indices)))
+            sampled.append([seq[: self.max_pieces] for seq in ids])
+        return sampled[0], sampled[1]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+class SamplingPool:
+    """Samples planned batches in worker processes, up to two per worker ahead of the one
+    asked for. Each batch's samples are a function of its seed, so they are the ones this
+    process would have drawn."""
+
+    def __init__(self, workers: int, pairs: tuple):
+        self.executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
+            initializer=_start_worker,
+            initargs=(os.getpid(), *pairs),
+        )
+        self.most = 2 * workers
+        self.waiting: deque[tuple[list[int], int]] = deque()
+        self.running: deque[tuple[tuple, Future]] = deque()
+        self.served = 0  # batches taken from the workers
+
+    def plan(self, batches: list[tuple[list[int], int]]) -> None:
+        for _, future in self.running:
+            future.cancel()
+        self.running.clear()
+        self.waiting = deque(batches)
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.waiting and len(self.running) < self.most:
+            indices, seed = self.waiting.popleft()
+            future = self.executor.submit(_sample_in_worker, indices, seed)
+            self.running.append(((seed, tuple(indices)), future))
+
+    def take(self, indices: list[int], seed: int) -> tuple[list, list] | None:
+        """The samples of the next planned batch, if that is this one; None otherwise."""
+        if not self.running or self.running[0][0] != (seed, tuple(indices)):
+            return None
+        _, future = self.running.popleft()
+        self._fill()
+        self.served += 1
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+_PAIRS: TrainingPairs | None = None  # a worker process's own
+
+
+def _start_worker(trainer: int, run_root, split, protos, subwords, max_pieces) -> None:
+    global _PAIRS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    threading.Thread(target=_exit_without, args=(trainer,), daemon=True).start()
+    tokenizers = tuple(Tokenizer(proto) for proto in protos)
+    _PAIRS = TrainingPairs(run_root, split, tokenizers, subwords, max_pieces)
+
+
+def _exit_without(trainer: int) -> None:
+    """Ends this worker once the trainer is gone (killed, it cannot say so)."""
+    while os.getppid() == trainer:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _sample_in_worker(indices: list[int], seed: int) -> tuple[list, list]:
+    return _PAIRS.sample(indices, seed)

@@ -37,7 +37,7 @@ from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
-from seq2seq.tokenizer import SENTENCEPIECE_VERSION, Tokenizer, sampling_follows_seed
+from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import (
     LearningRate,
     build_optimizer,
@@ -53,7 +53,7 @@ from .distributed import Ranks
 from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
-from .sampling import TrainingPairs
+from .sampling import TrainingPairs, sampling_workers
 from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
@@ -229,14 +229,9 @@ class Trainer:
             (self.src_tokenizer, self.tgt_tokenizer),
             self.config.data.subwords,
             self.config.data.cleaning.max_pieces,
+            workers=sampling_workers(self.tc.sampling_workers, self.device),
         )
         self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
-        if self.pairs.sampling and not sampling_follows_seed():
-            self.log(
-                f"train: warning: SentencePiece {SENTENCEPIECE_VERSION} samples segmentations "
-                "anew in every process, whatever the seed: a resumed run will not repeat the "
-                "interrupted one exactly (sentencepiece<0.2.2 does)"
-            )
         self.dev_set = DevSet(self.folder, self.manifest, self.vocab, self.tgt_tokenizer)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -269,8 +264,11 @@ class Trainer:
         self.started = time.monotonic() - state.elapsed
         stop = self._budget_reached()
         with _interrupt_flag() as interrupted:
-            while stop is None:
-                stop = self._epoch(interrupted)
+            try:
+                while stop is None:
+                    stop = self._epoch(interrupted)
+            finally:
+                self.pairs.close()
         self.progress.close()
         if stop == "interrupted":
             self._sync_figures(log=False)
@@ -305,6 +303,11 @@ class Trainer:
             (batches[i : i + tc.accumulate], state.epoch, i)
             for i in range(state.batch, len(batches), tc.accumulate)
         ]
+        self.pairs.plan(
+            [(idx, self._batch_seed(state.epoch, i)) for i, idx in enumerate(batches)][
+                state.batch :
+            ]
+        )
         steps = ahead(lambda g: self._prepare(*g), groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)
@@ -354,8 +357,10 @@ class Trainer:
         batch; the loss weight divides by the target tokens of the whole step (all ranks)
         and multiplies by the number of ranks, so the gradients DDP averages are those of
         one process training on the whole batch."""
-        ranks, vocab, seed = self.ranks, self.vocab, self.tc.seed * 1_000_003 + epoch
-        pairs = [self.pairs.batch(idx, seed * 100_003 + first + i) for i, idx in enumerate(group)]
+        ranks, vocab = self.ranks, self.vocab
+        pairs = [
+            self.pairs.batch(idx, self._batch_seed(epoch, first + i)) for i, idx in enumerate(group)
+        ]
         tgt_tokens = sum(int(tgt.lengths[idx].sum()) + len(idx) for _, tgt, idx in pairs)  # + eos
         src_tokens = sum(int(src.lengths[idx].sum()) + len(idx) for src, _, idx in pairs)
         parts = []
@@ -366,6 +371,10 @@ class Trainer:
             batch = make_batch(src, tgt, rows, vocab)
             parts.append((batch.pin_memory() if self.device.type == "cuda" else batch, weight))
         return Step(parts, len(group), tgt_tokens, src_tokens)
+
+    def _batch_seed(self, epoch: int, position: int) -> int:
+        """The seed of the sampled segmentations of batch `position` of `epoch`."""
+        return (self.tc.seed * 1_000_003 + epoch) * 100_003 + position
 
     def train_step(self, step: Step) -> None:
         """One optimizer step over the step's batches; nothing in it waits for the device."""

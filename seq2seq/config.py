@@ -70,7 +70,8 @@ class SubwordConfig:
     # Subword regularization: 0 trains on the best segmentation; > 0 samples one afresh each
     # time a training pair is batched. Unigram (Kudo, 2018): from all segmentations
     # (nbest_size -1) or the n best, smaller alpha giving more varied samples; bpe: alpha is
-    # the BPE-dropout probability (Provilkov et al., 2020).
+    # the BPE-dropout probability (Provilkov et al., 2020), nbest_size unused. Drawn by
+    # segmentation.py: the same samples from the same seed in every process.
     sampling_alpha: float = 0.0
     nbest_size: int = -1
 
@@ -274,6 +275,9 @@ class TrainConfig:
     # bf16/fp16: autocast; fp16 scales the loss (CUDA only)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int = 0  # CPU threads for torch; 0: one per core
+    # Processes sampling segmentations ahead of training (data.subwords.sampling_alpha > 0);
+    # null: none on a CPU (they would take its cores), up to 4 beside a GPU.
+    sampling_workers: int | None = None
     batch_type: Literal["tokens", "sentences"] = "tokens"
     batch_size: int = 4096  # per batch: padded tokens (max of source and target) or sentences
     accumulate: int = 1  # batches per optimizer step
@@ -313,6 +317,12 @@ class TrainConfig:
             _check(getattr(self, key) > 0, f"train.{key}", "a positive integer", getattr(self, key))
         for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "threads", "seed"):
             _check(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
+        _check(
+            self.sampling_workers is None or self.sampling_workers >= 0,
+            "train.sampling_workers",
+            "an integer >= 0, or null (chosen by device)",
+            self.sampling_workers,
+        )
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
         for key in ("min_lr", "weight_decay"):
             _check(getattr(self, key) >= 0, f"train.{key}", "a number >= 0", getattr(self, key))

@@ -15,6 +15,7 @@ import sentencepiece as spm
 
 from .config import SubwordConfig
 from .errors import UserError
+from .segmentation import Segmenter
 
 
 def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
@@ -49,17 +50,6 @@ def _log1mexp(x: float) -> float:
     return math.log(-math.expm1(x)) if x > -math.log(2) else math.log1p(-math.exp(x))
 
 
-SENTENCEPIECE_VERSION = spm.__version__
-
-
-def sampling_follows_seed(version: str = SENTENCEPIECE_VERSION) -> bool:
-    """Whether this SentencePiece samples segmentations from its seed alone. Measured:
-    0.2.0 and 0.2.1 give the same samples for the same seed in every process; 0.2.2 and
-    0.2.3 draw their randomness anew in each process, so only one process repeats itself."""
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
-    return numbers < (0, 2, 2)
-
-
 class Tokenizer:
     """A trained SentencePiece model, held as its serialized bytes so checkpoints can carry it."""
 
@@ -74,6 +64,7 @@ class Tokenizer:
         self.unk_id = self.sp.unk_id()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
+        self.segmenter: Segmenter | None = None  # built when sampling is asked for
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
             raise UserError(
                 "the SentencePiece model lacks a pad, unk, bos or eos piece; "
@@ -144,13 +135,11 @@ class Tokenizer:
         return self.sp.encode(texts, out_type=int)
 
     def sample(self, texts: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
-        """A segmentation of each text sampled from the unigram lattice (subword
-        regularization); the same seed gives the same samples."""
-        spm.set_random_generator_seed(seed % 2**31)
-        return self.sp.encode(
-            texts, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest_size,
-            num_threads=1,
-        )  # fmt: skip
+        """A sampled segmentation of each text (subword regularization, see segmentation.py);
+        the same seed gives the same samples in every process."""
+        if self.segmenter is None:
+            self.segmenter = Segmenter(self.proto, self.sp)
+        return self.segmenter.sample(texts, alpha, nbest_size, seed)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,8 @@ from seq2seq.training import (
 )
 
 from .conftest import copy_run, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_warmup_is_linear_then_inverse_square_root():
@@ -208,12 +213,22 @@ def test_sampled_segmentations_spell_the_same_text_and_repeat_with_the_seed(
     assert first.tgt_tokens == sum(b.num_tgt_tokens for b, _ in first.parts)
 
 
-def test_training_with_sampling_resumes_exactly(tmp_path, tiny_corpus, trained_run):
+def test_training_with_sampling_resumes_exactly_in_a_new_process(
+    tmp_path, tiny_corpus, trained_run
+):
+    """The first half trains in another process, the second here: the samples (and so the
+    weights) must be those of one uninterrupted run."""
     config_path = write_config(tmp_path, tiny_corpus)
     runs = [RunFolder(copy_run(trained_run, tmp_path / n, untrained=True)) for n in "ab"]
     overrides = [*SAMPLING, "--train.validate_every=3", "--train.log_every=1"]
     train(load_config(config_path, [*overrides, "--train.max_steps=6"]), runs[0], log=print)
-    train(load_config(config_path, [*overrides, "--train.max_steps=3"]), runs[1], log=print)
+    cli = [sys.executable, str(ROOT / "cli.py"), "train", str(config_path)]
+    subprocess.run(
+        [*cli, "--run-dir", str(runs[1].root), *overrides, "--train.max_steps=3"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     train(load_config(config_path, [*overrides, "--train.max_steps=6"]), runs[1], log=print)
     from seq2seq.checkpoint import load_checkpoint
 
@@ -221,16 +236,23 @@ def test_training_with_sampling_resumes_exactly(tmp_path, tiny_corpus, trained_r
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("follows_seed", [True, False])
-def test_sampling_warns_where_sentencepiece_ignores_the_seed(
-    tmp_path, tiny_corpus, trained_run, monkeypatch, follows_seed
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_sampling_in_worker_processes_trains_the_same_model(
+    tmp_path, tiny_corpus, trained_run, accumulate
 ):
-    import pipelines.train as train_module
+    """Workers sample the planned batches; the weights are those of sampling in process."""
+    from pipelines.train import Trainer
+    from seq2seq.checkpoint import load_checkpoint
 
-    monkeypatch.setattr(train_module, "sampling_follows_seed", lambda: follows_seed)
-    run = RunFolder(copy_run(trained_run, tmp_path / "run", untrained=True))
-    config = load_config(write_config(tmp_path, tiny_corpus), [*SAMPLING, "--train.max_steps=1"])
-    lines = []
-    train(config, run, log=lines.append)
-    warned = [line for line in lines if "resumed run will not repeat" in line]
-    assert len(warned) == (0 if follows_seed else 1)
+    config_path = write_config(tmp_path, tiny_corpus)
+    overrides = [*SAMPLING, "--train.max_steps=7", f"--train.accumulate={accumulate}"]
+    weights, served = [], []
+    for workers in (0, 2):
+        run = RunFolder(copy_run(trained_run, tmp_path / f"w{workers}", untrained=True))
+        config = load_config(config_path, [*overrides, f"--train.sampling_workers={workers}"])
+        trainer = Trainer(config, run, log=lambda _: None)
+        trainer.run()
+        served.append(trainer.pairs.pool.served if trainer.pairs.pool else 0)
+        weights.append(load_checkpoint(run.last).model.state_dict())
+    assert served == [0, 7 * accumulate]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
