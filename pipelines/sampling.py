@@ -52,13 +52,15 @@ class TextLines:
 
 def sampling_workers(configured: int | None, device) -> int:
     """Worker processes for sampling: as configured; else none on a CPU (training has its
-    cores) and, beside a GPU, up to 4, leaving a core to the trainer."""
+    cores) and, beside a GPU, up to 4 per training process on this machine (torchrun's
+    LOCAL_WORLD_SIZE), leaving a core to each."""
     if configured is not None:
         return configured
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(4, (cores or 1) - 1))
+    per_process = (cores or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, per_process - 1))
 
 
 class TrainingPairs:

@@ -256,3 +256,29 @@ def test_sampling_in_worker_processes_trains_the_same_model(
         weights.append(load_checkpoint(run.last).model.state_dict())
     assert served == [0, 7 * accumulate]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize(
+    "configured, device, cores, local_world, expected",
+    [
+        (3, "cpu", 2, None, 3),  # as configured, even on a CPU
+        (None, "cpu", 64, None, 0),  # a CPU trains with its cores
+        (None, "cuda", 16, None, 4),
+        (None, "cuda", 2, None, 1),
+        (None, "cuda", 16, "8", 1),  # 8 ranks on one machine share its cores
+        (None, "cuda", 4, "8", 0),
+    ],
+)
+def test_sampling_workers_by_device_and_cores(
+    monkeypatch, configured, device, cores, local_world, expected
+):
+    import os
+
+    from pipelines.sampling import sampling_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cores)), raising=False)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert sampling_workers(configured, torch.device(device)) == expected
