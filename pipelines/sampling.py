@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,9 @@ class TrainingPairs:
         if self.sampling:
             self.texts = (TextLines(run_root / split["src"]), TextLines(run_root / split["tgt"]))
             if workers > 0:
-                protos = tuple(t.proto for t in tokenizers)
-                self.pool = SamplingPool(workers, (run_root, split, protos, subwords, max_pieces))
+                # Files where there are (a few bytes to send a starting worker, not the models)
+                models = tuple(t.path or t.proto for t in tokenizers)
+                self.pool = SamplingPool(workers, (run_root, split, models, subwords, max_pieces))
 
     def __len__(self) -> int:
         return len(self.src)
@@ -141,6 +143,17 @@ class SamplingPool:
         self.waiting: deque[tuple[list[int], int]] = deque()
         self.running: deque[tuple[tuple, Future]] = deque()
         self.served = 0  # batches taken from the workers
+        self.broken = False  # a worker died: sample in this process from then on
+        # All workers start now (one per task given while none is free), ignoring Ctrl-C
+        # from their first instruction: Python keeps a SIGINT that it starts with ignored,
+        # and a worker interrupted while importing would break the pool. Ctrl-C is the
+        # trainer's to handle; it is ignored here only while the processes are created.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for _ in range(workers):
+                self.executor.submit(int)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def plan(self, batches: list[tuple[list[int], int]]) -> None:
         for _, future in self.running:
@@ -150,19 +163,35 @@ class SamplingPool:
         self._fill()
 
     def _fill(self) -> None:
-        while self.waiting and len(self.running) < self.most:
+        while self.waiting and len(self.running) < self.most and not self.broken:
             indices, seed = self.waiting.popleft()
-            future = self.executor.submit(_sample_in_worker, indices, seed)
+            try:
+                future = self.executor.submit(_sample_in_worker, indices, seed)
+            except BrokenProcessPool:
+                self._give_up()
+                return
             self.running.append(((seed, tuple(indices)), future))
 
+    def _give_up(self) -> None:
+        """A worker died (killed, out of memory): sample in this process from now on."""
+        self.broken = True
+        self.running.clear()
+        self.close()
+
     def take(self, indices: list[int], seed: int) -> tuple[list, list] | None:
-        """The samples of the next planned batch, if that is this one; None otherwise."""
-        if not self.running or self.running[0][0] != (seed, tuple(indices)):
+        """The samples of the next planned batch, if that is this one; None otherwise (and
+        once a worker has died: the same samples come from this process)."""
+        if self.broken or not self.running or self.running[0][0] != (seed, tuple(indices)):
             return None
         _, future = self.running.popleft()
+        try:
+            sampled = future.result()
+        except BrokenProcessPool:
+            self._give_up()
+            return None
         self._fill()
         self.served += 1
-        return future.result()
+        return sampled
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -171,11 +200,13 @@ class SamplingPool:
 _PAIRS: TrainingPairs | None = None  # a worker process's own
 
 
-def _start_worker(trainer: int, run_root, split, protos, subwords, max_pieces) -> None:
+def _start_worker(trainer: int, run_root, split, models, subwords, max_pieces) -> None:
     global _PAIRS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     threading.Thread(target=_exit_without, args=(trainer,), daemon=True).start()
-    tokenizers = tuple(Tokenizer(proto) for proto in protos)
+    tokenizers = tuple(
+        Tokenizer.load(model) if isinstance(model, Path) else Tokenizer(model) for model in models
+    )
     _PAIRS = TrainingPairs(run_root, split, tokenizers, subwords, max_pieces)
 
 

@@ -102,9 +102,9 @@ class SubwordConfig:
             self.sampling_alpha,
         )
         _check(
-            self.nbest_size == -1 or self.nbest_size > 1,
+            self.nbest_size == -1 or 1 < self.nbest_size <= 512,
             "data.subwords.nbest_size",
-            "-1 (all segmentations) or an integer > 1",
+            "-1 (all segmentations) or an integer from 2 to 512 (SentencePiece's n best)",
             self.nbest_size,
         )
 

@@ -29,7 +29,9 @@ import sentencepiece as spm
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
 FLT_MIN = 1.17549435e-38
-UNK_PENALTY = 10.0  # an unknown character scores this far below the rarest piece
+UNK_PENALTY = 10.0
+# Far beyond where every sample is the best segmentation; alpha * score stays finite.
+MOST_ALPHA = 1e200  # an unknown character scores this far below the rarest piece
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -86,6 +88,7 @@ class Segmenter:
 
     def __init__(self, proto: bytes, sp: spm.SentencePieceProcessor):
         self.sp = sp
+        spm.set_min_log_level(2)  # n-best search warns on every long line ("agenda size")
         self.model_type, pieces = read_model(proto)
         normal = [score for _, score, kind in pieces if kind == NORMAL]
         # SentencePiece starts its maximum at FLT_MIN, the smallest positive float, so with
@@ -126,6 +129,7 @@ class Segmenter:
     def sample(self, texts: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
         """One sampled segmentation (piece ids) of each text; the same seed, the same ids."""
         rng = random.Random(seed)
+        alpha = min(alpha, MOST_ALPHA)
         normalized = [self.sp.normalize(text) for text in texts]
         if self.model_type == BPE:
             return [self._bpe(text, alpha, rng) for text in normalized]
@@ -161,14 +165,18 @@ class Segmenter:
             top = max(terms)
             forward[end] = top + math.log(sum([exp(t - top) for t in terms]))
         path, end = [], len(text)
-        while end > 0:  # walk back from the end, choosing each piece by its path weight
-            edges, left = ends[end], rng.random()
-            for begin, piece, score in edges:  # noqa: B007 (P(piece): its paths over all)
-                left -= exp(forward[begin] + alpha * score - forward[end])
+        while end > 0:  # walk back from the end, choosing each piece by its paths' weight
+            edges = ends[end]
+            terms = [forward[b] + alpha * s for b, _, s in edges]
+            top = max(terms)  # weights relative to the heaviest, which is 1: never all 0
+            weights = [exp(t - top) for t in terms]
+            left = rng.random() * sum(weights)
+            for edge, weight in zip(edges, weights):  # noqa: B007 (the chosen edge)
+                left -= weight
                 if left < 0:
                     break
-            path.append((begin, end, piece))  # (rounding leaves the last piece if none)
-            end = begin
+            path.append((edge[0], end, edge[1]))  # (rounding leaves the last piece if none)
+            end = edge[0]
         return self._spell([(text[b:e], piece) for b, e, piece in reversed(path)])
 
     def _nbest(self, text: str, normalized: str, alpha: float, n: int, rng) -> list[int]:
@@ -180,29 +188,37 @@ class Segmenter:
         return rng.choices(candidates, [math.exp(s - top) for s in scores])[0]
 
     def _score(self, text: str, ids: list[int]) -> float:
-        """The lattice score of a segmentation SentencePiece returned, which spells a run
-        of unknown characters as one unknown piece, or as their bytes."""
+        """The lattice score of a segmentation SentencePiece returned. It spells a run of
+        unknown characters as one unknown piece (or as their bytes), so where a run ends
+        is found by following the pieces after it through the text."""
         if self.spelled_apart.isdisjoint(ids):
             return sum([self.id_scores[i] for i in ids])
-        total, pos, i = 0.0, 0, 0
-        while i < len(ids):
-            if ids[i] in self.byte_values:
-                start = i
-                while i < len(ids) and ids[i] in self.byte_values:
-                    i += 1
-                chars = len(bytes(self.byte_values[b] for b in ids[start:i]).decode("utf-8"))
-                total, pos = total + chars * self.unk_score, pos + chars
-                continue
-            if ids[i] == self.unk_id:
-                run = pos
-                while run < len(text) and not self.usable(text[run]):
-                    run += 1
-                total, pos = total + (run - pos) * self.unk_score, run
+        choices = [(0, 0, 0.0)]  # (next id, position in text, score so far) to follow
+        while choices:
+            i, pos, total = choices.pop()
+            while i < len(ids) and ids[i] != self.unk_id:
+                if ids[i] in self.byte_values:
+                    end = i
+                    while end < len(ids) and ids[end] in self.byte_values:
+                        end += 1
+                    spelled = bytes(self.byte_values[b] for b in ids[i:end])
+                    chars = len(spelled.decode("utf-8", errors="replace"))
+                    i, pos, total = end, pos + chars, total + chars * self.unk_score
+                    continue
+                piece = self.sp.id_to_piece(ids[i])
+                if not text.startswith(piece, pos):
+                    break
+                i, pos, total = i + 1, pos + len(piece), total + self.id_scores[ids[i]]
             else:
-                total += self.id_scores[ids[i]]
-                pos += len(self.sp.id_to_piece(ids[i]))
-            i += 1
-        return total
+                if i == len(ids):
+                    if pos == len(text):
+                        return total
+                    continue
+                end = pos  # an unknown run: each length it can have is a choice
+                while end < len(text) and not self.usable(text[end]):
+                    end += 1
+                    choices.append((i + 1, end, total + (end - pos) * self.unk_score))
+        raise ValueError(f"SentencePiece's segmentation {ids} does not spell {text!r}")
 
     # --- bpe ----------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class Tokenizer:
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
         self.segmenter: Segmenter | None = None  # built when sampling is asked for
+        self.path: Path | None = None  # the file it was loaded from, if any
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
             raise UserError(
                 "the SentencePiece model lacks a pad, unk, bos or eos piece; "
@@ -75,9 +76,11 @@ class Tokenizer:
     def load(cls, path: Path) -> Tokenizer:
         """A SentencePiece model file; a broken one is an error naming it."""
         try:
-            return cls(Path(path).read_bytes())
+            tokenizer = cls(Path(path).read_bytes())
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
+        tokenizer.path = Path(path)
+        return tokenizer
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:

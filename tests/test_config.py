@@ -35,6 +35,9 @@ def test_name_defaults_to_the_file_name_and_paths_resolve_against_it(tmp_path):
         ("search: {beam_size: 0}\n", ["search.beam_size", ">= 1"]),
         ("model: {decoder: {dropout: 1.5}}\n", ["model.decoder.dropout", "[0, 1)"]),
         ("data: {subwords: {joint: maybe}}\n", ["data.subwords.joint", "true or false"]),
+        ("data: {subwords: {nbest_size: 513}}\n", ["data.subwords.nbest_size", "2 to 512"]),
+        ("data: {subwords: {nbest_size: 1}}\n", ["data.subwords.nbest_size", "2 to 512"]),
+        ("train: {sampling_workers: -1}\n", ["train.sampling_workers", ">= 0"]),
         ("model: [1, 2]\n", ["model", "mapping"]),
     ],
 )

@@ -86,11 +86,11 @@ def test_without_randomness_the_result_is_sentencepieces(tokenizer, texts):
     """A very large alpha concentrates the unigram lattice on its best path; BPE without
     dropout is plain BPE. Either way SentencePiece's own encoding must come out."""
     unigram = read_model(tokenizer.proto)[0] == UNIGRAM
-    alpha = 1000.0 if unigram else 0.0
-    for nbest in (-1, 8) if unigram else (-1,):
-        ours = tokenizer.sample(texts, alpha, nbest, seed=1)
-        ours = [_merge_unknowns(ids, tokenizer.unk_id) for ids in ours]
-        assert ours == tokenizer.encode(texts)
+    for alpha in (1000.0, 1e308) if unigram else (0.0,):  # 1e308 * score would overflow
+        for nbest in (-1, 8) if unigram else (-1,):
+            ours = tokenizer.sample(texts, alpha, nbest, seed=1)
+            ours = [_merge_unknowns(ids, tokenizer.unk_id) for ids in ours]
+            assert ours == tokenizer.encode(texts)
 
 
 def test_the_same_seed_gives_the_same_samples_in_a_new_process(tokenizer, texts, tmp_path):
@@ -181,10 +181,33 @@ def test_bpe_dropout_follows_sentencepiece(word):
                                        alpha=0.2, nbest_size=-1))
     )  # fmt: skip
     assert len(ours) > 3
+    assert _same_frequencies(ours, theirs, draws)
+
+
+def _same_frequencies(ours: Counter, theirs: Counter, draws: int) -> bool:
+    """Two samplers' counts within 5 standard deviations (and 3 draws) of each other."""
     for key in set(ours) | set(theirs):  # the difference of two counts, each about n p
         p = (ours[key] + theirs[key]) / (2 * draws)
-        spread = 5 * math.sqrt(2 * draws * p * (1 - p)) + 3
-        assert abs(ours[key] - theirs[key]) <= spread, tokenizer.sp.id_to_piece(list(key))
+        if abs(ours[key] - theirs[key]) > 5 * math.sqrt(2 * draws * p * (1 - p)) + 3:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("text", ["§§§", "ɮ§§", "ɮ<tag>", "Hund ɮɮ <tag>§§ Haus"])
+@pytest.mark.parametrize("alpha", [0.02, 0.5])
+def test_nbest_weights_match_sentencepiece_beside_unknown_characters(text, alpha):
+    """SentencePiece's n best spell a run of unknown characters as one piece; where the run
+    ends next to a user-defined piece made of unknown characters decides its weight."""
+    lines = _lines("train.en.gz", 3000)
+    config = SubwordConfig(vocab_size=400, user_symbols=("§§", "<tag>"))
+    tokenizer = Tokenizer.train(lines, config)
+    draws = 3000
+    ours = Counter(map(tuple, tokenizer.sample([text] * draws, alpha, 3, seed=4)))
+    spm.set_random_generator_seed(4)
+    theirs = tokenizer.sp.encode(
+        [text] * draws, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=3
+    )
+    assert _same_frequencies(ours, Counter(map(tuple, theirs)), draws)
 
 
 def test_nbest_samples_come_from_sentencepieces_n_best(tokenizer, texts):
