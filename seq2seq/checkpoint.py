@@ -30,9 +30,23 @@ VERSION = 1
 def write_safetensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
-    """Write tensors and string metadata atomically."""
+    """Write tensors and string metadata atomically; the same contents, the same bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    atomic_write_bytes(path, _in_order(safetensors_bytes(tensors, metadata=metadata)))
+
+
+def _in_order(blob: bytes) -> bytes:
+    """The safetensors file with its JSON header's keys sorted: safetensors writes them in
+    the order of a hash map that is seeded anew in every process, so two runs that train
+    the same weights would otherwise write files that differ. The data is left as it is."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    ordered = {key: header[key] for key in sorted(header)}
+    if "__metadata__" in ordered:
+        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors keeps it
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def read_safetensors(

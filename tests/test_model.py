@@ -211,6 +211,28 @@ def test_checkpoint_gives_identical_log_probs_in_a_new_process(tmp_path, name):
     assert reloaded.model.config == model.config
 
 
+def test_the_same_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders its header by a hash seeded per process; ours is sorted."""
+    script = (
+        "import sys, torch\n"
+        "from seq2seq.checkpoint import load_checkpoint, save_checkpoint\n"
+        "from seq2seq.config import SearchConfig\n"
+        "from seq2seq.model import Seq2Seq\n"
+        "from seq2seq.vocab import Vocab\n"
+        "from tests.test_model import CONFIGS, _tokenizer\n"
+        "t = _tokenizer()\n"
+        "torch.manual_seed(0)\n"
+        "vocab = Vocab(t.vocab_size, t.vocab_size, t.pad_id, t.unk_id, t.bos_id, t.eos_id)\n"
+        "model = Seq2Seq(CONFIGS['lstm-multihead-feed'], vocab)\n"
+        "save_checkpoint(sys.argv[1], model, t, t, SearchConfig(), {'step': 7, 'a': 1, 'z': 2})\n"
+        "load_checkpoint(sys.argv[1])\n"
+    )
+    paths = [tmp_path / f"{n}.safetensors" for n in range(3)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+
+
 def test_a_checkpoint_from_another_version_is_a_clear_error(tmp_path):
     from safetensors.torch import save_file
 
