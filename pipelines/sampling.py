@@ -17,12 +17,15 @@ Reads (from the run folder): data/train.<lang>.bin/.idx, and with sampling data/
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -35,11 +38,13 @@ from seq2seq.tokenizer import Tokenizer
 
 
 class TextLines:
-    """The lines of a UTF-8 file held as its bytes and line offsets: line i costs nothing
-    until it is asked for, and memory is the size of the file."""
+    """The lines of a UTF-8 file, memory-mapped (so sampling workers share its pages) with
+    their offsets: line i costs nothing until it is asked for."""
 
     def __init__(self, path: Path):
-        self.data = path.read_bytes()
+        with open(path, "rb") as f:
+            empty = os.fstat(f.fileno()).st_size == 0  # (mmap refuses an empty file)
+            self.data = b"" if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         ends = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == ord("\n"))
         self.starts = np.concatenate([[0], ends + 1])
         self.ends = ends
@@ -76,18 +81,20 @@ class TrainingPairs:
         subwords: SubwordConfig,
         max_pieces: int,
         workers: int = 0,
+        log: Callable[[str], None] = print,
     ):
         self.src = TokenSequences.load(run_root / split["src_ids"])  # the best segmentation
         self.tgt = TokenSequences.load(run_root / split["tgt_ids"])
         self.tokenizers, self.subwords, self.max_pieces = tokenizers, subwords, max_pieces
         self.sampling = subwords.sampling_alpha > 0
-        self.pool = None
+        self.workers, self.log = workers if self.sampling else 0, log
+        self.pool: SamplingPool | None = None  # started by the first plan
         if self.sampling:
             self.texts = (TextLines(run_root / split["src"]), TextLines(run_root / split["tgt"]))
-            if workers > 0:
-                # Files where there are (a few bytes to send a starting worker, not the models)
-                models = tuple(t.path or t.proto for t in tokenizers)
-                self.pool = SamplingPool(workers, (run_root, split, models, subwords, max_pieces))
+        # A starting worker is sent where the SentencePiece models are and their digest
+        # (sending the models themselves would hold the trainer up while workers start).
+        models = tuple((t.path, _digest(t.proto)) if t.path else t.proto for t in tokenizers)
+        self.worker_args = (run_root, split, models, subwords, max_pieces)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -95,6 +102,8 @@ class TrainingPairs:
     def plan(self, batches: list[tuple[list[int], int]]) -> None:
         """The (indices, seed) of the batches about to be asked for, in order: worker
         processes start sampling them."""
+        if self.workers and self.pool is None:
+            self.pool = SamplingPool(self.workers, self.worker_args, self.log)
         if self.pool is not None:
             self.pool.plan(batches)
 
@@ -132,7 +141,7 @@ class SamplingPool:
     asked for. Each batch's samples are a function of its seed, so they are the ones this
     process would have drawn."""
 
-    def __init__(self, workers: int, pairs: tuple):
+    def __init__(self, workers: int, pairs: tuple, log: Callable[[str], None]):
         self.executor = ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
@@ -144,6 +153,7 @@ class SamplingPool:
         self.running: deque[tuple[tuple, Future]] = deque()
         self.served = 0  # batches taken from the workers
         self.broken = False  # a worker died: sample in this process from then on
+        self.log = log
         # All workers start now (one per task given while none is free), ignoring Ctrl-C
         # from their first instruction: Python keeps a SIGINT that it starts with ignored,
         # and a worker interrupted while importing would break the pool. Ctrl-C is the
@@ -174,6 +184,10 @@ class SamplingPool:
 
     def _give_up(self) -> None:
         """A worker died (killed, out of memory): sample in this process from now on."""
+        self.log(
+            "train: note: a sampling worker stopped; the trainer samples from here on "
+            "(the same samples, more slowly)"
+        )
         self.broken = True
         self.running.clear()
         self.close()
@@ -181,7 +195,10 @@ class SamplingPool:
     def take(self, indices: list[int], seed: int) -> tuple[list, list] | None:
         """The samples of the next planned batch, if that is this one; None otherwise (and
         once a worker has died: the same samples come from this process)."""
-        if self.broken or not self.running or self.running[0][0] != (seed, tuple(indices)):
+        if self.broken or not self.running:
+            return None
+        if self.running[0][0] != (seed, tuple(indices)):  # not as planned: drop the plan
+            self.plan([])
             return None
         _, future = self.running.popleft()
         try:
@@ -196,6 +213,10 @@ class SamplingPool:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        return list(self.executor._processes)  # (no public way to ask)
+
 
 _PAIRS: TrainingPairs | None = None  # a worker process's own
 
@@ -204,10 +225,23 @@ def _start_worker(trainer: int, run_root, split, models, subwords, max_pieces) -
     global _PAIRS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     threading.Thread(target=_exit_without, args=(trainer,), daemon=True).start()
-    tokenizers = tuple(
-        Tokenizer.load(model) if isinstance(model, Path) else Tokenizer(model) for model in models
-    )
+    tokenizers = tuple(_load(model) for model in models)
     _PAIRS = TrainingPairs(run_root, split, tokenizers, subwords, max_pieces)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load(model: tuple[Path, str] | bytes) -> Tokenizer:
+    """A SentencePiece model from bytes, or from a file that must still hold the trainer's."""
+    if isinstance(model, bytes):
+        return Tokenizer(model)
+    path, digest = model
+    tokenizer = Tokenizer.load(path)
+    if _digest(tokenizer.proto) != digest:
+        raise RuntimeError(f"{path} changed since training started")
+    return tokenizer
 
 
 def _exit_without(trainer: int) -> None:

@@ -230,6 +230,7 @@ class Trainer:
             self.config.data.subwords,
             self.config.data.cleaning.max_pieces,
             workers=sampling_workers(self.tc.sampling_workers, self.device),
+            log=self.log,
         )
         self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
         self.dev_set = DevSet(self.folder, self.manifest, self.vocab, self.tgt_tokenizer)
@@ -304,8 +305,9 @@ class Trainer:
             for i in range(state.batch, len(batches), tc.accumulate)
         ]
         self.pairs.plan(
-            [(idx, self._batch_seed(state.epoch, i)) for i, idx in enumerate(batches)][
-                state.batch :
+            [
+                (batches[i], self._batch_seed(state.epoch, i))
+                for i in range(state.batch, len(batches))
             ]
         )
         steps = ahead(lambda g: self._prepare(*g), groups, enabled=worth_it(self.device))

@@ -46,7 +46,7 @@ def _in_order(blob: bytes) -> bytes:
         ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors keeps it
-    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
+    return b"".join([len(text).to_bytes(8, "little"), text, memoryview(blob)[8 + size :]])
 
 
 def read_safetensors(

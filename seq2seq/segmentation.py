@@ -29,9 +29,9 @@ import sentencepiece as spm
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
 FLT_MIN = 1.17549435e-38
-UNK_PENALTY = 10.0
+UNK_PENALTY = 10.0  # an unknown character scores this far below the rarest piece
 # Far beyond where every sample is the best segmentation; alpha * score stays finite.
-MOST_ALPHA = 1e200  # an unknown character scores this far below the rarest piece
+MAX_ALPHA = 1e200
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -88,12 +88,12 @@ class Segmenter:
 
     def __init__(self, proto: bytes, sp: spm.SentencePieceProcessor):
         self.sp = sp
-        spm.set_min_log_level(2)  # n-best search warns on every long line ("agenda size")
         self.model_type, pieces = read_model(proto)
         normal = [score for _, score, kind in pieces if kind == NORMAL]
         # SentencePiece starts its maximum at FLT_MIN, the smallest positive float, so with
         # unigram scores (log-probabilities, all negative) it stays about 0, and a
-        # user-defined piece scores about -0.1 whatever its length.
+        # user-defined piece scores about -0.1 whatever its length. (So in 0.2.0; 0.2.3
+        # scores one 0.1 a character higher. Samples here are the same with every version.)
         max_score = max([*normal, FLT_MIN])
         self.unk_id = sp.unk_id()
         self.unk_score = min(normal, default=0.0) - UNK_PENALTY
@@ -113,9 +113,8 @@ class Segmenter:
                 self.scores[piece] = (i, score)  # merged by BPE, then split again
             elif kind == BYTE:
                 self.bytes[int(piece[1:-1], 16)] = i  # "<0x41>"
-        self.byte_values = {i: value for value, i in self.bytes.items()}
         self.id_scores = {i: score for piece, (i, score) in self.scores.items()}
-        self.spelled_apart = {self.unk_id, *self.byte_values}  # unknown characters
+        self.id_lengths = {i: len(piece) for piece, (i, _) in self.scores.items()}
         # The lattice's pieces as a trie: a node maps a character to the next node, and ""
         # to the (id, score) of the piece spelled on the way there.
         self.trie: dict = {}
@@ -129,7 +128,7 @@ class Segmenter:
     def sample(self, texts: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
         """One sampled segmentation (piece ids) of each text; the same seed, the same ids."""
         rng = random.Random(seed)
-        alpha = min(alpha, MOST_ALPHA)
+        alpha = min(alpha, MAX_ALPHA)
         normalized = [self.sp.normalize(text) for text in texts]
         if self.model_type == BPE:
             return [self._bpe(text, alpha, rng) for text in normalized]
@@ -153,10 +152,6 @@ class Segmenter:
                 ends[begin + 1].append((begin, self.unk_id, self.unk_score))
         return ends
 
-    def usable(self, piece: str) -> bool:
-        """Whether the lattice has a piece spelled `piece`."""
-        return piece in self.scores and piece not in self.unused
-
     def _unigram(self, text: str, alpha: float, rng: random.Random) -> list[int]:
         ends, exp = self.lattice(text), math.exp
         forward = [0.0] * len(ends)  # log of the summed weight of every path to each position
@@ -179,8 +174,12 @@ class Segmenter:
             end = edge[0]
         return self._spell([(text[b:e], piece) for b, e, piece in reversed(path)])
 
-    def _nbest(self, text: str, normalized: str, alpha: float, n: int, rng) -> list[int]:
-        candidates = self.sp.nbest_encode(text, out_type=int, nbest_size=n)
+    def _nbest(self, text: str, normalized: str, alpha: float, nbest_size: int, rng) -> list[int]:
+        spm.set_min_log_level(2)  # its n-best search warns on every long line ("agenda size")
+        try:
+            candidates = self.sp.nbest_encode(text, out_type=int, nbest_size=nbest_size)
+        finally:
+            spm.set_min_log_level(0)  # SentencePiece's default
         if not candidates:
             return []
         scores = [alpha * self._score(normalized, ids) for ids in candidates]
@@ -188,37 +187,15 @@ class Segmenter:
         return rng.choices(candidates, [math.exp(s - top) for s in scores])[0]
 
     def _score(self, text: str, ids: list[int]) -> float:
-        """The lattice score of a segmentation SentencePiece returned. It spells a run of
-        unknown characters as one unknown piece (or as their bytes), so where a run ends
-        is found by following the pieces after it through the text."""
-        if self.spelled_apart.isdisjoint(ids):
-            return sum([self.id_scores[i] for i in ids])
-        choices = [(0, 0, 0.0)]  # (next id, position in text, score so far) to follow
-        while choices:
-            i, pos, total = choices.pop()
-            while i < len(ids) and ids[i] != self.unk_id:
-                if ids[i] in self.byte_values:
-                    end = i
-                    while end < len(ids) and ids[end] in self.byte_values:
-                        end += 1
-                    spelled = bytes(self.byte_values[b] for b in ids[i:end])
-                    chars = len(spelled.decode("utf-8", errors="replace"))
-                    i, pos, total = end, pos + chars, total + chars * self.unk_score
-                    continue
-                piece = self.sp.id_to_piece(ids[i])
-                if not text.startswith(piece, pos):
-                    break
-                i, pos, total = i + 1, pos + len(piece), total + self.id_scores[ids[i]]
-            else:
-                if i == len(ids):
-                    if pos == len(text):
-                        return total
-                    continue
-                end = pos  # an unknown run: each length it can have is a choice
-                while end < len(text) and not self.usable(text[end]):
-                    end += 1
-                    choices.append((i + 1, end, total + (end - pos) * self.unk_score))
-        raise ValueError(f"SentencePiece's segmentation {ids} does not spell {text!r}")
+        """The lattice score of a segmentation SentencePiece returned: its pieces' scores,
+        and each character they do not spell is an unknown one (SentencePiece writes a run
+        of those as one unknown piece, or as their bytes)."""
+        scores = [self.id_scores.get(i) for i in ids]
+        if None not in scores:  # no unknown character
+            return sum(scores)
+        spelled = sum(self.id_lengths.get(i, 0) for i in ids)
+        known = sum(score for score in scores if score is not None)
+        return known + (len(text) - spelled) * self.unk_score
 
     # --- bpe ----------------------------------------------------------------------------
 

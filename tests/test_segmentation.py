@@ -5,6 +5,7 @@ same samples from the same seed in every process."""
 import gzip
 import itertools
 import math
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -14,7 +15,7 @@ import pytest
 import sentencepiece as spm
 
 from seq2seq.config import SubwordConfig
-from seq2seq.segmentation import BPE, UNIGRAM, read_model
+from seq2seq.segmentation import BPE, UNIGRAM, _fields, read_model
 from seq2seq.tokenizer import Tokenizer
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -150,7 +151,7 @@ def test_unigram_samples_follow_the_lattice_and_sentencepiece(small_unigram, wor
     """Exact probabilities by enumerating the lattice; our draws and SentencePiece's (in
     this process its seed holds) must both match them."""
     tokenizer = small_unigram
-    segmenter = tokenizer.sample([""], alpha, -1, 0) and tokenizer.segmenter
+    segmenter = tokenizer.segmenter
     normalized = tokenizer.sp.normalize(word)
     paths = list(_paths(segmenter.lattice(normalized), len(normalized)))
     assert len(paths) > 2
@@ -208,6 +209,36 @@ def test_nbest_weights_match_sentencepiece_beside_unknown_characters(text, alpha
         [text] * draws, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=3
     )
     assert _same_frequencies(ours, Counter(map(tuple, theirs)), draws)
+
+
+def _nbest_with_scores(tokenizer: Tokenizer, text: str, n: int) -> list[tuple[list[int], float]]:
+    """SentencePiece's n best and its own scores, read from its serialized answer
+    (NBestSentencePieceText: nbests = 1; each: pieces = 2 (id = 2), score = 3)."""
+    blob = tokenizer.sp.nbest_encode(text, out_type="serialized_proto", nbest_size=n)
+    results = []
+    for field, nbest in _fields(blob):
+        if field == 1:
+            parts = list(_fields(nbest))
+            ids = [next(v for f, v in _fields(piece) if f == 2) for f, piece in parts if f == 2]
+            score = next((struct.unpack("<f", v)[0] for f, v in parts if f == 3), 0.0)
+            results.append((ids, score))
+    return results
+
+
+def test_nbest_candidates_are_scored_as_sentencepiece_scores_them(tokenizer, texts):
+    """Exactly, for every candidate without a user-defined piece (whose score changed
+    between SentencePiece versions; ours is 0.2.0's, the same with every version)."""
+    if read_model(tokenizer.proto)[0] != UNIGRAM:
+        pytest.skip("n-best is for unigram models")
+    user_defined = {tokenizer.sp.piece_to_id(p) for p in tokenizer.segmenter.user_defined}
+    compared = 0
+    for text in texts:
+        normalized = tokenizer.sp.normalize(text)
+        for ids, score in _nbest_with_scores(tokenizer, text, 4):
+            if user_defined.isdisjoint(ids):
+                assert tokenizer.segmenter._score(normalized, ids) == pytest.approx(score, abs=1e-3)
+                compared += 1
+    assert compared > len(texts)
 
 
 def test_nbest_samples_come_from_sentencepieces_n_best(tokenizer, texts):

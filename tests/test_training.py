@@ -286,7 +286,6 @@ def test_sampling_workers_by_device_and_cores(
 
 def test_a_dead_sampling_worker_leaves_the_samples_to_this_process(trained_run):
     """A worker killed (out of memory, say) mid-epoch: the batches keep coming, the same."""
-    import multiprocessing
     import os
     import signal
 
@@ -300,18 +299,19 @@ def test_a_dead_sampling_worker_leaves_the_samples_to_this_process(trained_run):
 
     def pairs(workers):
         tokenizers = load_tokenizers(run, manifest)
-        return TrainingPairs(
-            run.root, manifest["splits"]["train"], tokenizers, subwords, 250, workers
-        )
+        split = manifest["splits"]["train"]
+        return TrainingPairs(run.root, split, tokenizers, subwords, 250, workers, said.append)
 
     batches = [(list(range(i, i + 8)), 1000 + i) for i in range(0, 80, 8)]
+    said = []
     with_workers, alone = pairs(2), pairs(0)
     with_workers.plan(batches)
     got = [with_workers.batch(*batches[0])]
-    for child in multiprocessing.active_children():
-        os.kill(child.pid, signal.SIGKILL)
+    for pid in with_workers.pool.pids():
+        os.kill(pid, signal.SIGKILL)
     got += [with_workers.batch(*batch) for batch in batches[1:]]
     assert with_workers.pool.broken and with_workers.pool.served >= 1
+    assert len(said) == 1 and "sampling worker stopped" in said[0]
     for (src, tgt, _), batch in zip(got, batches):
         src_alone, tgt_alone, _ = alone.batch(*batch)
         assert torch.equal(src.tokens, src_alone.tokens)
@@ -321,7 +321,6 @@ def test_a_dead_sampling_worker_leaves_the_samples_to_this_process(trained_run):
 def test_sampling_workers_ignore_ctrl_c_from_their_start(trained_run):
     """Ctrl-C reaches the whole process group, workers still importing included: it is the
     trainer's to handle, and a worker it killed would break the pool."""
-    import multiprocessing
     import os
     import signal
 
@@ -334,10 +333,10 @@ def test_sampling_workers_ignore_ctrl_c_from_their_start(trained_run):
     tokenizers = load_tokenizers(run, manifest)
     split, subwords = manifest["splits"]["train"], SubwordConfig(sampling_alpha=0.3)
     pairs = TrainingPairs(run.root, split, tokenizers, subwords, 250, workers=2)
-    for child in multiprocessing.active_children():  # at once: they are still starting
-        os.kill(child.pid, signal.SIGINT)
     batches = [(list(range(i, i + 8)), i) for i in range(0, 40, 8)]
-    pairs.plan(batches)
+    pairs.plan(batches)  # starts the workers
+    for pid in pairs.pool.pids():  # at once: they are still importing
+        os.kill(pid, signal.SIGINT)
     for batch in batches:
         pairs.batch(*batch)
     assert pairs.pool.served == len(batches) and not pairs.pool.broken
