@@ -154,16 +154,17 @@ class SamplingPool:
         self.served = 0  # batches taken from the workers
         self.broken = False  # a worker died: sample in this process from then on
         self.log = log
-        # All workers start now (one per task given while none is free), ignoring Ctrl-C
-        # from their first instruction: Python keeps a SIGINT that it starts with ignored,
-        # and a worker interrupted while importing would break the pool. Ctrl-C is the
-        # trainer's to handle; it is ignored here only while the processes are created.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # All workers start now (one per task given while none is free) with Ctrl-C blocked
+        # from their first instruction (they inherit the mask; the first thing a worker
+        # does is ignore it): one interrupted while importing would break the pool, and
+        # Ctrl-C is the trainer's to handle. Blocked, not ignored, here: a Ctrl-C while
+        # the workers are created waits and reaches the trainer after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for _ in range(workers):
                 self.executor.submit(int)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def plan(self, batches: list[tuple[list[int], int]]) -> None:
         for _, future in self.running:

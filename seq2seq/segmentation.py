@@ -259,9 +259,11 @@ class Segmenter:
     # --- both ---------------------------------------------------------------------------
 
     def _spell(self, pieces: list[tuple[str, int]]) -> list[int]:
-        """Piece ids, an unknown piece spelled as its UTF-8 bytes where the model has them."""
+        """Piece ids, as SentencePiece writes them: a run of unknown characters as one
+        unknown piece, or as their UTF-8 bytes where the model has bytes."""
         if not self.bytes:
-            return [piece for _, piece in pieces]
+            ids, unk = [piece for _, piece in pieces], self.unk_id
+            return [i for n, i in enumerate(ids) if i != unk or n == 0 or ids[n - 1] != unk]
         ids = []
         for surface, piece in pieces:
             if piece == self.unk_id:
