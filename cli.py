@@ -163,8 +163,8 @@ def train(
     run = _run_folder(cfg, run_dir)
     try:
         run_train(cfg, run, _log, fresh=fresh)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as stopped:  # 130 for Ctrl-C, 143 for SIGTERM
+        raise typer.Exit(128 + getattr(stopped, "signum", 2)) from None
     _log(f"train: best checkpoint {run.best}")
 
 

@@ -158,7 +158,8 @@ class SamplingPool:
         # from their first instruction (they inherit the mask; the first thing a worker
         # does is ignore it): one interrupted while importing would break the pool, and
         # Ctrl-C is the trainer's to handle. Blocked, not ignored, here: a Ctrl-C while
-        # the workers are created waits and reaches the trainer after.
+        # the workers are created waits and reaches the trainer after. (SIGTERM is left
+        # alone: the pool stops its workers with it.)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for _ in range(workers):

@@ -78,25 +78,35 @@ def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:
     return Vocab(src.vocab_size, tgt.vocab_size, tgt.pad_id, tgt.unk_id, tgt.bos_id, tgt.eos_id)
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped by a signal after saving; the exit code is 128 + `signum`."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def _interrupt_flag():
-    """Ctrl-C (SIGINT) sets a flag that the loop reads between steps, so that it stops with
-    whole steps only and saves; a second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT), or SIGTERM as schedulers send before they kill, sets a flag that the
+    loop reads between steps, so that it stops with whole steps only and saves; a second
+    signal stops at once. The flag reads as the signal's number (0 while none came)."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: 0
         return
-    flag: list[bool] = []
+    flag: list[int] = []
 
     def handler(signum, frame):
         if flag:
-            raise KeyboardInterrupt
-        flag.append(True)
+            raise Stopped(signum)
+        flag.append(signum)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: bool(flag)
+        yield lambda: flag[0] if flag else 0
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 def finite_or_null(record: dict) -> dict:
@@ -270,6 +280,7 @@ class Trainer:
                     stop = self._epoch(interrupted)
             finally:
                 self.pairs.close()
+            signum = interrupted()
         self.progress.close()
         if stop == "interrupted":
             self._sync_figures(log=False)
@@ -280,7 +291,7 @@ class Trainer:
                 f"train: interrupted at step {state.step}; saved {self.folder.train_state}; "
                 "run `nmt train` again to resume"
             )
-            raise KeyboardInterrupt
+            raise Stopped(signum)
         if state.validated_step != state.step:
             self.validate_and_save()
         best = state.best[0][0] if state.best else float("nan")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from seq2seq.checkpoint import load_checkpoint
@@ -175,7 +176,11 @@ def test_killed_translation_resumes_to_the_same_output(tmp_path, tiny_corpus, tr
     ]
 
 
-def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, trained_run):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_saves_whole_steps_and_resumes_exactly(
+    tmp_path, tiny_corpus, trained_run, signum, code
+):
+    """Ctrl-C, or SIGTERM as a scheduler sends it before it kills."""
     config = write_config(tmp_path, tiny_corpus)
     overrides = [
         "--train.max_steps=24",
@@ -204,9 +209,9 @@ def test_ctrl_c_saves_whole_steps_and_resumes_exactly(tmp_path, tiny_corpus, tra
     deadline = time.monotonic() + 60
     while (not log.is_file() or log.read_text().count("\n") < 3) and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     assert "interrupted at step" in out
     assert "Traceback" not in err
     subprocess.run(
