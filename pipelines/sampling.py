@@ -91,10 +91,7 @@ class TrainingPairs:
         self.pool: SamplingPool | None = None  # started by the first plan
         if self.sampling:
             self.texts = (TextLines(run_root / split["src"]), TextLines(run_root / split["tgt"]))
-        # A starting worker is sent where the SentencePiece models are and their digest
-        # (sending the models themselves would hold the trainer up while workers start).
-        models = tuple((t.path, _digest(t.proto)) if t.path else t.proto for t in tokenizers)
-        self.worker_args = (run_root, split, models, subwords, max_pieces)
+        self.run_root, self.split = run_root, split
 
     def __len__(self) -> int:
         return len(self.src)
@@ -103,7 +100,13 @@ class TrainingPairs:
         """The (indices, seed) of the batches about to be asked for, in order: worker
         processes start sampling them."""
         if self.workers and self.pool is None:
-            self.pool = SamplingPool(self.workers, self.worker_args, self.log)
+            # A starting worker is sent where the SentencePiece models are and their digest
+            # (sending the models themselves would hold the trainer up while workers start).
+            models = tuple(
+                (t.path, _digest(t.proto)) if t.path else t.proto for t in self.tokenizers
+            )
+            pairs = (self.run_root, self.split, models, self.subwords, self.max_pieces)
+            self.pool = SamplingPool(self.workers, pairs, self.log)
         if self.pool is not None:
             self.pool.plan(batches)
 
