@@ -232,17 +232,52 @@ def translate(
     )
 
 
-def _search_overrides(ctx: typer.Context) -> dict:
-    """`--search.key=value` arguments as {key: value}; translate takes no other section."""
-    changes = {}
+@app.command(context_settings=OVERRIDES)
+def serve(
+    ctx: typer.Context,
+    model: list[Path] = typer.Option(
+        ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
+    ),
+    host: str | None = typer.Option(
+        None, help="serve.host: default 127.0.0.1 (this machine only)."
+    ),
+    port: int | None = typer.Option(None, help="serve.port: default 5000; 0 picks a free one."),
+    beam_size: int | None = typer.Option(None, help="search.beam_size: requests may change it."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+):
+    """Translate over HTTP: a JSON API (POST /v1/translate) and LibreTranslate's (POST
+    /translate, GET /languages), batching concurrent requests. --serve.KEY=VALUE and
+    --search.KEY=VALUE change any setting (see README, serve)."""
+    from pipelines.serve import serve as run_serve
+    from pipelines.translator import Translator
+    from seq2seq.config import ServeConfig, from_dict
+
+    changes = {"host": host, "port": port}
+    settings = {key: value for key, value in changes.items() if value is not None}
+    search = {} if beam_size is None else {"beam_size": beam_size}
+    for key, value in _overrides(ctx, ("search", "serve")):
+        (search if key[0] == "search" else settings)[key[1]] = value
+    config = from_dict(ServeConfig, settings, "serve")
+    translator = Translator(model, device, precision, **search)
+    run_serve(translator, config, _log)
+
+
+def _overrides(ctx: typer.Context, sections: tuple[str, ...]) -> list[tuple[list[str], object]]:
+    """`--section.key=value` arguments of the sections a command takes."""
+    changes = []
     for arg in ctx.args:
         path, value = parse_override(arg)
-        if len(path) != 2 or path[0] != "search":
-            raise UsageError(
-                f"unexpected argument '{arg}'; translate takes --search.KEY=VALUE overrides", ctx
-            )
-        changes[path[1]] = value
+        if len(path) != 2 or path[0] not in sections:
+            allowed = " or ".join(f"--{section}.KEY=VALUE" for section in sections)
+            raise UsageError(f"unexpected argument '{arg}'; this command takes {allowed}", ctx)
+        changes.append((path, value))
     return changes
+
+
+def _search_overrides(ctx: typer.Context) -> dict:
+    """`--search.key=value` arguments as {key: value}; translate takes no other section."""
+    return {path[1]: value for path, value in _overrides(ctx, ("search",))}
 
 
 @app.command()

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.profile_train import MATRIX_OPS  # noqa: E402
-from pipelines.translate import TranslateOptions, Translator  # noqa: E402
+from pipelines.translator import Translator  # noqa: E402
 from seq2seq.io import read_lines  # noqa: E402
 
 
@@ -41,8 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     search = {"beam_size": args.beam_size, "batch_size": args.batch_size}
-    options = TranslateOptions(search=search, precision=args.precision, device="cpu")
-    translator = Translator(args.model, options)
+    translator = Translator(args.model, "cpu", args.precision, **search)
     lines = list(read_lines(args.input))
     if args.sorted:
         lines.sort(key=len)

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import tempfile
-import unicodedata
 from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -45,7 +44,7 @@ from seq2seq.io import (
     file_sha256,
     read_lines,
 )
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import Tokenizer, normalize
 
 from .layout import SPLITS, RunFolder
 
@@ -264,13 +263,6 @@ def _describe(origin: dict) -> str:
 
 
 # --- cleaning -------------------------------------------------------------------------------
-
-
-def normalize(text: str, form: str) -> str:
-    """Unicode normalization, then whitespace trimmed and runs of it collapsed to one space."""
-    if form != "none":
-        text = unicodedata.normalize(form.upper(), text)
-    return " ".join(text.split())
 
 
 def _batches(dataset) -> Iterator[tuple[list[str], list[str]]]:

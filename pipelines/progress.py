@@ -26,6 +26,13 @@ def _figure(value) -> str:
     return str(value)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class Progress:
     """total: the amount of work when known (for time left); done: how much was done before
     (a resumed run); deadline: seconds of budget, when time rather than work ends the job;
@@ -56,7 +63,14 @@ class Progress:
             if total:
                 columns.append(BarColumn())
             columns.append(TextColumn("{task.fields[status]}"))
-            self.bar = Bar(*columns, console=Console(file=self.stream), refresh_per_second=4)
+            # What the program prints meanwhile goes above the bar when it reaches the same
+            # terminal; standard output sent elsewhere (a file, a pipe) is left alone.
+            self.bar = Bar(
+                *columns,
+                console=Console(file=self.stream),
+                refresh_per_second=4,
+                redirect_stdout=_is_terminal(sys.stdout),
+            )
             self.task = self.bar.add_task(label, total=total, completed=done, status="")
             self.bar.start()
 

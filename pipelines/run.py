@@ -60,7 +60,7 @@ def pipeline(
     test = manifest["splits"]["test"]
     hypotheses = run.translation("test", manifest["languages"]["tgt"])
     hypotheses.parent.mkdir(parents=True, exist_ok=True)
-    options = TranslateOptions(device=config.train.device)
+    options = TranslateOptions(device=config.train.device, precision=config.train.precision)
     speed = translate_file(run.root, str(run.root / test["src"]), str(hypotheses), options, log)
     log(
         f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "

@@ -38,28 +38,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import SearchConfig, override_search
-from seq2seq.device import autocast, resolve_device, resolve_precision
-from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, out_of_memory
-from seq2seq.graphs import GraphedModel
 from seq2seq.io import StreamLines, count_lines, read_lines
-from seq2seq.search import Hypothesis, check_beam_size, translate_ids
 
 from .background import Behind, ahead, worth_it
 from .distributed import Ranks
-from .layout import resolve_checkpoint
 from .outputs import FileSink, Job, Plan, StdoutSink, commit, plan_jobs
 from .progress import Progress
+from .translator import CHUNK_LINES, Encoded, Translation, Translator, model_paths
 
 
 @dataclass(frozen=True)
@@ -68,13 +59,9 @@ class TranslateOptions:
     device: str = "auto"
     precision: str = "auto"  # see seq2seq.device.resolve_precision
     errors: str = "strict"  # invalid UTF-8 in the input: "strict" or "replace"
-    chunk_lines: int = 4000  # lines read, sorted by length and translated together
+    chunk_lines: int = CHUNK_LINES  # lines read, sorted by length and translated together
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(
-                f"option '--precision': expected auto, fp32, bf16 or fp16, got {self.precision!r}"
-            )
         if self.errors not in ("strict", "replace"):
             raise UserError(f"option '--errors': expected strict or replace, got {self.errors!r}")
         if self.chunk_lines < 1:
@@ -83,170 +70,27 @@ class TranslateOptions:
             )
 
 
-def card_sized_tokens(model, search: SearchConfig, device: torch.device, models: int = 1) -> int:
-    """A source-token budget for one batch on a GPU: what a quarter of its free memory holds
-    at the memory one source token costs in search (its beams' scores over the vocabulary,
-    four copies of them at an average of 16 tokens a sentence, and the attention memory).
-    A batch that does not fit after all is split in two and tried again."""
-    free, _ = torch.cuda.mem_get_info(device)
-    per_token = models * search.beam_size * 4 * (4 * model.vocab.tgt_size / 16 + 4 * 1024)
-    return int(min(131_072, max(2_048, free / 4 / per_token)))
+# --- writing --------------------------------------------------------------------------------
 
 
-@dataclass
-class Encoded:
-    """One chunk's lines, normalized and tokenized."""
-
-    lines: list[str]
-    ids: list[list[int]]  # source ids of every line (cut to the model's limit)
-    todo: list[int]  # the lines that are not empty
-
-
-def model_paths(model: str | Path | list) -> list[Path]:
-    """The checkpoint file of each model named (one, or several for an ensemble)."""
-    names = [model] if isinstance(model, (str, Path)) else list(model)
-    return [resolve_checkpoint(name) for name in names]
+def output_line(translations: list[Translation], n_best: int) -> str:
+    """A line's output: the best translation, or with n-best, each hypothesis and its score,
+    tab-separated. An empty input line gives an empty line."""
+    if not translations:
+        return "\n"
+    if n_best == 1:
+        return translations[0].text + "\n"
+    return "\t".join(f"{t.text}\t{t.score:.4f}" for t in translations) + "\n"
 
 
-def check_ensemble(checkpoints: list, paths: list[Path]) -> None:
-    """Ensembled models must read and write the same pieces, prepared the same way."""
-    first = checkpoints[0]
-    for checkpoint, path in zip(checkpoints[1:], paths[1:]):
-        for side, ours, theirs in [
-            ("target", checkpoint.tgt_tokenizer, first.tgt_tokenizer),
-            ("source", checkpoint.src_tokenizer, first.src_tokenizer),
-        ]:
-            if ours.proto != theirs.proto:
-                raise UserError(
-                    f"{path}: its {side} SentencePiece model is not the one of {paths[0]}; "
-                    "the models of an ensemble must share their vocabularies"
-                )
-        for key in ("normalize", "max_pieces"):
-            if checkpoint.info.get(key) != first.info.get(key):
-                raise UserError(
-                    f"{path}: data.cleaning.{key} {checkpoint.info.get(key)!r} differs from "
-                    f"{paths[0]}'s {first.info.get(key)!r}; the models of an ensemble must "
-                    "prepare input the same way"
-                )
-
-
-class Translator:
-    """A loaded model (or an ensemble of several) with its tokenizers, translating lists of
-    lines. The first model's search section and input preparation are the ensemble's."""
-
-    def __init__(
-        self,
-        model: str | Path | list,
-        options: TranslateOptions,
-        device: torch.device | None = None,
-    ):
-        self.device = device or resolve_device(options.device)
-        self.checkpoint_paths = model_paths(model)
-        checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
-        check_ensemble(checkpoints, self.checkpoint_paths)
-        self.checkpoint = checkpoints[0]
-        self.model = (
-            checkpoints[0].model
-            if len(checkpoints) == 1
-            else Ensemble([c.model for c in checkpoints]).eval()
-        )
-        self.search = override_search(self.checkpoint.search, options.search)
-        asked = {"batch_size", "max_tokens"} & set(options.search)
-        if self.device.type == "cuda" and not asked and not self.search.max_tokens:
-            tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
-            self.search = override_search(self.search, {"max_tokens": tokens})
-        check_beam_size(self.search.beam_size, self.model.vocab)
-        self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
-        if self.search.cuda_graphs and self.device.type == "cuda":
-            self.graphs = self.model = GraphedModel(self.model)
-        if options.precision == "fp16" and self.device.type != "cuda":
-            raise UserError("option '--precision fp16' needs a CUDA GPU; use bf16 on the CPU")
-        parameters = sum(p.numel() for p in checkpoints[0].model.parameters())
-        self.precision, self.precision_note = resolve_precision(
-            options.precision, self.device, parameters
-        )
-        info = self.checkpoint.info
-        self.normalize = info.get("normalize", "nfc")
-        self.max_pieces = info.get("max_pieces", 250)
-        self.truncated = 0
-        self.seconds = {"tokenize": 0.0, "search": 0.0, "detokenize": 0.0}
-
-    def prepare(self, line: str) -> str:
-        if self.normalize != "none":
-            line = unicodedata.normalize(self.normalize.upper(), line)
-        return " ".join(line.split())
-
-    def encode(self, lines: list[str]) -> Encoded:
-        """Normalize and tokenize a chunk in one call (host work, done ahead on a GPU)."""
-        start = time.perf_counter()
-        texts = [self.prepare(line) for line in lines]
-        ids = self.checkpoint.src_tokenizer.encode(texts)
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_pieces:
-                ids[i] = seq[: self.max_pieces]
-                self.truncated += 1
-        todo = [i for i, text in enumerate(texts) if text]
-        self.seconds["tokenize"] += time.perf_counter() - start
-        return Encoded(lines, ids, todo)
-
-    def search_chunk(self, chunk: Encoded, with_attention: bool = False) -> list[list[Hypothesis]]:
-        """Hypothesis lists (n-best, best first) for each line ([] for an empty line)."""
-        start = time.perf_counter()
-        results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(
-                self.model,
-                [chunk.ids[i] for i in chunk.todo],
-                self.search,
-                self.device,
-                return_attention=with_attention,
-            )
-        for i, hyps in zip(chunk.todo, hypotheses):
-            results[i] = hyps
-        self.seconds["search"] += time.perf_counter() - start
-        return results
-
-    def translate(self, lines: list[str], with_attention: bool = False):
-        """Hypothesis lists for each line, and the source ids each was translated from."""
-        chunk = self.encode(lines)
-        return self.search_chunk(chunk, with_attention), chunk.ids
-
-    def texts(self, chunk: Encoded, results: list, first_line: int, with_alignments: bool):
-        """The text each output gets for one chunk (detokenized in one call), and the target
-        tokens produced."""
-        start = time.perf_counter()
-        hypotheses = [h for hyps in results for h in hyps]
-        decoded = iter(self.checkpoint.tgt_tokenizer.decode([h.tokens for h in hypotheses]))
-        lines, aligned, tokens = [], [], 0
-        for i, hyps in enumerate(results):
-            tokens += len(hyps[0].tokens) + 1 if hyps else 0
-            texts = [next(decoded) for _ in hyps]
-            lines.append(self.format(texts, hyps) + "\n")
-            if with_alignments:
-                record = self.alignment(first_line + i, chunk.ids[i], hyps)
-                aligned.append(json.dumps(record, ensure_ascii=False) + "\n")
-        self.seconds["detokenize"] += time.perf_counter() - start
-        return ["".join(lines)] + (["".join(aligned)] if with_alignments else []), tokens
-
-    def format(self, texts: list[str], hypotheses: list[Hypothesis]) -> str:
-        """A line's output: the best translation, or with n-best, each hypothesis and its
-        score, tab-separated. An empty input line gives an empty line."""
-        if not hypotheses:
-            return ""
-        if self.search.n_best == 1:
-            return texts[0]
-        return "\t".join(f"{t}\t{h.score:.4f}" for t, h in zip(texts, hypotheses))
-
-    def alignment(self, number: int, source_ids: list[int], hypotheses: list) -> dict:
-        """One line's attention as JSON-ready data: pieces on both sides, weights by row."""
-        if not hypotheses:
-            return {"line": number, "source": [], "target": [], "attention": []}
-        best = hypotheses[0]
-        source = self.checkpoint.src_tokenizer.pieces(source_ids) + ["</s>"]
-        target = self.checkpoint.tgt_tokenizer.pieces(best.tokens) + ["</s>"]
-        weights = best.attention[:, : len(source)]  # (target, source)
-        rows = [[round(w, 4) for w in row] for row in weights.tolist()]
-        return {"line": number, "source": source, "target": target, "attention": rows}
+def alignment_line(number: int, translations: list[Translation]) -> str:
+    """One line's attention as a JSON line: pieces on both sides, weights by row."""
+    record = {"line": number, "source": [], "target": [], "attention": []}
+    if translations:
+        best = translations[0].alignment
+        rows = [[round(w, 4) for w in row] for row in best.weights]
+        record.update(source=best.source, target=best.target, attention=rows)
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -264,10 +108,32 @@ def _chunks(lines: Iterable[str], size: int, waiting: Callable[[], bool]) -> Ite
         yield chunk
 
 
+def _prompted(lines: Iterable[str]) -> Iterator[list[str]]:
+    """A person typing at a terminal: a prompt on stderr before each line, and each line
+    answered on its own."""
+    lines = iter(lines)
+    while True:
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+        line = next(lines, None)
+        if line is None:
+            sys.stderr.write("\n")
+            return
+        yield [line]
+
+
+def typing() -> bool:
+    """Whether standard input is a terminal (someone types the lines)."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def input_chunks(path: str, size: int, errors: str) -> Iterator[list[str]]:
     if path == "-":
         stream = StreamLines(sys.stdin.buffer, "stdin", errors)
-        return _chunks(stream, size, stream.waiting)
+        return _prompted(stream) if typing() else _chunks(stream, size, stream.waiting)
     return _chunks(read_lines(path, errors=errors), size, lambda: False)
 
 
@@ -333,13 +199,21 @@ def _run_job(
     sink = _open_sink(job, translator, options, shard, resume, plan, log)
     with_alignments = job.alignments is not None
     size = options.chunk_lines
-    progress = Progress("translate", total=sink.total, unit="sent", done=sink.done_lines)
+    n_best = translator.search.n_best
+    # No progress redrawn over what a person types.
+    quiet = job.input == "-" and typing()
+    progress = Progress("translate", sink.total, "sent", done=sink.done_lines, enabled=not quiet)
     counts = [0, 0]  # sentences, target tokens
 
-    def finish(k: int, chunk: Encoded, results: list) -> None:
-        texts, tokens = translator.texts(chunk, results, k * size + 1, with_alignments)
+    def finish(k: int, chunk: Encoded, hypotheses: list) -> None:
+        results = translator.decode(chunk, hypotheses, with_alignments)
+        texts = ["".join(output_line(t, n_best) for t in results)]
+        if with_alignments:
+            first = k * size + 1
+            texts.append("".join(alignment_line(first + i, t) for i, t in enumerate(results)))
         sink.append(k, texts)
-        counts[0], counts[1] = counts[0] + len(chunk.lines), counts[1] + tokens
+        counts[0] += len(chunk.lines)
+        counts[1] += sum(len(t[0].tokens) + 1 for t in results if t)
         progress.update(len(chunk.lines))
 
     chunks = (
@@ -379,7 +253,8 @@ def translate_files(
     start = time.monotonic()
     plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), shard.world)
     check_inputs(plan.jobs, options.errors)
-    translator = Translator(model, options, shard.device(options.device))
+    device = shard.device(options.device)
+    translator = Translator(model, device, options.precision, **options.search)
     if shard.main:
         log(f"translate: {translator.precision_note}")
     shard.start(translator.device)

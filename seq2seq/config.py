@@ -411,6 +411,28 @@ class SearchConfig:
         _check(self.max_tokens >= 0, "search.max_tokens", "an integer >= 0", self.max_tokens)
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """`nmt serve`: where it listens, how it batches requests, and what it refuses."""
+
+    host: str = "127.0.0.1"  # any other address opens the server to other machines
+    port: int = 5000  # LibreTranslate's; 0 picks a free port (printed at start)
+    max_wait_ms: float = 5.0  # how long a batch waits for the requests that usually join it
+    batch_tokens: int = 4096  # source tokens one batch gathers at most
+    max_queue: int = 256  # texts waiting for a batch; a request beyond it gets 503
+    max_texts: int = 64  # texts in one request; more get 413
+    max_body_bytes: int = 1_048_576  # a request body larger gets 413
+    max_beam_size: int = 16  # the widest beam (and most n-best) a request may ask for
+    shutdown_seconds: float = 30.0  # after SIGTERM or Ctrl-C, time left to requests in flight
+
+    def __post_init__(self):
+        _check(0 <= self.port <= 65535, "serve.port", "a port from 0 to 65535", self.port)
+        for key in ("max_wait_ms", "shutdown_seconds"):
+            _check(getattr(self, key) >= 0, f"serve.{key}", "a number >= 0", getattr(self, key))
+        for key in ("batch_tokens", "max_queue", "max_texts", "max_body_bytes", "max_beam_size"):
+            _check(getattr(self, key) >= 1, f"serve.{key}", "an integer >= 1", getattr(self, key))
+
+
 # --- the tree -------------------------------------------------------------------------------
 
 

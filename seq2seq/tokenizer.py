@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,14 @@ import sentencepiece as spm
 from .config import SubwordConfig
 from .errors import UserError
 from .segmentation import Segmenter
+
+
+def normalize(text: str, form: str) -> str:
+    """Unicode normalization (nfc, nfkc or none), then whitespace trimmed and runs of it
+    collapsed to one space: how training text and text to translate are prepared alike."""
+    if form != "none":
+        text = unicodedata.normalize(form.upper(), text)
+    return " ".join(text.split())
 
 
 def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:

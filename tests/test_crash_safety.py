@@ -66,8 +66,8 @@ def say(word, pause=0.0):
     print(word, flush=True)
     time.sleep(pause)
 
-real_texts = tl.Translator.texts
-tl.Translator.texts = lambda *a, **k: (say("CHUNK"), real_texts(*a, **k))[1]
+real_decode = tl.Translator.decode
+tl.Translator.decode = lambda *a, **k: (say("CHUNK"), real_decode(*a, **k))[1]
 import pipelines.outputs as out
 real_write = out.atomic_write_text
 def progress_write(path, text):

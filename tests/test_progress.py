@@ -50,3 +50,19 @@ def test_disabled_progress_writes_nothing():
 def test_durations_read_as_clock_times():
     assert format_duration(59) == "00:59"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_what_is_printed_elsewhere_is_not_drawn_into_the_bar(capsys):
+    """A bar on a terminal while standard output goes to a file or a pipe: what the
+    program prints stays on standard output."""
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    with open(terminal, "w") as stream:
+        progress = Progress("work", total=3, stream=stream)
+        print("a result line")
+        progress.update(1)
+        progress.close()
+    os.close(main)
+    assert capsys.readouterr().out == "a result line\n"

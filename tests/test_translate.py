@@ -206,14 +206,14 @@ def test_two_torchrun_ranks_merge_in_input_order(tmp_path, trained_run, source):
 
 
 def test_length_penalty_option_overrides_the_checkpoint_and_is_checked(trained_run):
-    from pipelines.translate import Translator
+    from pipelines.translator import Translator
 
-    plain = Translator(trained_run, options()).search
-    changed = Translator(trained_run, options(length_penalty=plain.length_penalty + 1.5)).search
+    plain = Translator(trained_run, "cpu").search
+    changed = Translator(trained_run, "cpu", length_penalty=plain.length_penalty + 1.5).search
     assert changed.length_penalty == plain.length_penalty + 1.5
     assert changed.beam_size == plain.beam_size
     with pytest.raises(UserError, match="search.length_penalty"):
-        Translator(trained_run, options(length_penalty=-1.0))
+        Translator(trained_run, "cpu", length_penalty=-1.0)
 
 
 def test_stdout_cannot_take_the_output_of_several_ranks(tmp_path, trained_run):
@@ -226,3 +226,66 @@ def test_stdout_cannot_take_the_output_of_several_ranks(tmp_path, trained_run):
     assert plan_jobs([str(source)], "-", None, False, model, world=1).jobs[0].output == "-"
     with pytest.raises(UserError, match="cannot take the output of several ranks"):
         plan_jobs([str(source)], "-", None, False, model, world=2)
+
+
+def _read_until(fd: int, marker: bytes, seen: bytearray, seconds: float = 120) -> None:
+    """Read `fd` into `seen` until `marker` is there (a failure after `seconds`)."""
+    import os
+    import select
+    import time
+
+    deadline = time.monotonic() + seconds
+    while marker not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"waited for {marker!r}; got {bytes(seen)[-300:]!r}"
+        seen += os.read(fd, 4096)
+
+
+def test_a_person_at_a_terminal_gets_a_prompt_and_no_redrawn_progress(trained_run):
+    """stdin and stderr on a terminal, as when someone types: each line is answered at
+    once after a prompt, and nothing is drawn over the typing."""
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    command = [sys.executable, "cli.py", "translate", "-m", str(trained_run), "-i", "-", "-o", "-"]
+    process = subprocess.Popen(
+        [*command, "--device", "cpu"], stdin=terminal, stderr=terminal, stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )  # fmt: skip
+    os.close(terminal)
+    shown, answers = bytearray(), bytearray()
+    try:
+        _read_until(main, b"> ", shown)
+        for n, sentence in enumerate((b"The dog sleeps.", b"The old man sees the dog."), 1):
+            os.write(main, sentence + b"\n")
+            _read_until(process.stdout.fileno(), b"\n" * n, answers)  # answered at once
+            _read_until(main, sentence + b"\r\n> ", shown)
+        os.write(main, b"\x04")  # Ctrl-D ends the input
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        os.close(main)
+    assert b"\x1b[2K" not in shown  # rich's redraw, which erased typed text
+
+
+def test_output_piped_away_stays_out_of_the_terminal(trained_run, tiny_corpus):
+    """stderr on a terminal shows progress; the translation still goes to stdout (rich
+    used to send it to the terminal, above its bar, leaving the redirected output empty)."""
+    import os
+    import pty
+
+    lines = (tiny_corpus / "test.en").read_bytes()
+    main, terminal = pty.openpty()
+    command = [sys.executable, "cli.py", "translate", "-m", str(trained_run), "-i", "-", "-o", "-"]
+    process = subprocess.Popen(
+        [*command, "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=terminal, cwd=ROOT,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        out, _ = process.communicate(lines, timeout=300)
+    finally:
+        os.close(main)
+    assert process.returncode == 0
+    assert len(out.splitlines()) == len(lines.splitlines())

@@ -1,0 +1,465 @@
+"""`nmt serve`: a model loaded once behind HTTP (Starlette on uvicorn).
+
+Endpoints (every answer is JSON; an error is `{"error": "<one line>"}` with a 4xx status):
+    POST /v1/translate  {"texts": [...], "beam_size": 5, "n_best": 2, "source": "en",
+                         "target": "de"}  (all but texts optional)
+                        -> {"translations": [...], "scores": [...]}, and with n_best > 1
+                           "n_best": [[{"text": ..., "score": ...}, ...], ...]
+    POST /translate     LibreTranslate's: q (a string or a list), source ("auto" too),
+                        target, format ("text"), alternatives; as JSON or a form
+                        -> {"translatedText": ...} (and "alternatives", "detectedLanguage")
+    GET  /languages     LibreTranslate's: the model's languages
+    GET  /health        {"status": "ok", "queued": N, ...}
+
+Texts of requests that arrive together are translated together: while the model works on
+one batch the next gathers, and when the last batch held several requests, a new batch
+waits up to `serve.max_wait_ms` for as many, up to `serve.batch_tokens` source tokens.
+One client alone never waits. At most `serve.max_queue` texts wait; a request that would go
+beyond gets 503 with Retry-After, so memory stays flat under overload. SIGTERM or Ctrl-C
+stops listening, answers the requests in flight, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from seq2seq.config import SearchConfig, ServeConfig
+from seq2seq.errors import UserError
+
+from .translator import Encoded, Translation, Translator
+
+NAMES = {
+    "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish",
+    "fr": "French", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish",
+    "pt": "Portuguese", "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+}  # fmt: skip
+
+
+class Refused(Exception):
+    """A request the server will not take: its status and a one-line reason."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+# --- batching -------------------------------------------------------------------------------
+
+
+@dataclass
+class Waiting:
+    """One request's texts, waiting for their batch."""
+
+    chunk: Encoded
+    settings: SearchConfig
+    future: asyncio.Future
+    tokens: int = field(init=False)
+
+    def __post_init__(self):
+        self.tokens = sum(len(self.chunk.ids[i]) + 1 for i in self.chunk.todo)
+
+
+class Batcher:
+    """Gathers the texts of concurrent requests into batches for one translator, which works
+    on a thread of its own so that the server keeps answering meanwhile."""
+
+    def __init__(self, translator: Translator, config: ServeConfig):
+        self.translator, self.config = translator, config
+        self.queue: deque[Waiting] = deque()
+        self.queued = 0  # texts waiting
+        self.arrived = asyncio.Event()
+        self.last_batch = 1  # requests in the last batch: how many the next one waits for
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="translate")
+        self.working = 0  # texts in the batch being translated
+        self.served = self.batches = 0  # texts translated, batches they took
+
+    def submit(self, texts: list[str], settings: SearchConfig) -> asyncio.Future:
+        """Queue texts for translation; refused with 503 when the queue is full."""
+        if self.queued + len(texts) > self.config.max_queue:
+            raise Refused(
+                503,
+                f"busy: {self.queued} texts are waiting (serve.max_queue "
+                f"{self.config.max_queue}); retry later",
+                {"Retry-After": "1"},
+            )
+        waiting = Waiting(self.translator.encode(texts), settings, asyncio.Future())
+        self.queue.append(waiting)
+        self.queued += len(texts)
+        self.arrived.set()
+        return waiting.future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.arrived.wait()
+            self.arrived.clear()
+            if not self.queue:
+                continue
+            await self._gather(loop)
+            batch = self._take()
+            self.last_batch = len(batch)
+            self.working = sum(len(waiting.chunk.lines) for waiting in batch)
+            try:
+                results = await loop.run_in_executor(self.worker, self._translate, batch)
+            except Exception as error:  # noqa: BLE001 - every waiting request hears of it
+                for waiting in batch:
+                    waiting.future.set_exception(error)
+            else:
+                for waiting, result in zip(batch, results):
+                    if not waiting.future.done():  # its client may have gone
+                        waiting.future.set_result(result)
+            self.served, self.batches = self.served + self.working, self.batches + 1
+            self.working = 0
+            if self.queue:
+                self.arrived.set()
+
+    async def _gather(self, loop) -> None:
+        """Wait briefly for as many requests as the last batch had, if it had several."""
+        deadline = loop.time() + self.config.max_wait_ms / 1000
+        while len(self.queue) < self.last_batch and self._tokens() < self.config.batch_tokens:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+    def _tokens(self) -> int:
+        return sum(waiting.tokens for waiting in self.queue)
+
+    def _take(self) -> list[Waiting]:
+        """The first waiting request and those after it with the same search settings, up
+        to the token budget; the others keep their places."""
+        first = self.queue.popleft()
+        batch, kept, tokens = [first], deque(), first.tokens
+        while self.queue:
+            waiting = self.queue.popleft()
+            fits = tokens + waiting.tokens <= self.config.batch_tokens
+            if waiting.settings == first.settings and fits:
+                batch.append(waiting)
+                tokens += waiting.tokens
+            else:
+                kept.append(waiting)
+        self.queue = kept
+        self.queued -= sum(len(waiting.chunk.lines) for waiting in batch)
+        return batch
+
+    def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:
+        """One search over the texts of every request in the batch (on the worker thread)."""
+        lines, ids, todo = [], [], []
+        for waiting in batch:
+            todo += [len(lines) + i for i in waiting.chunk.todo]
+            lines += waiting.chunk.lines
+            ids += waiting.chunk.ids
+        chunk = Encoded(lines, ids, todo)
+        hypotheses = self.translator.search_chunk(chunk, False, batch[0].settings)
+        translations = self.translator.decode(chunk, hypotheses)
+        results, start = [], 0
+        for waiting in batch:
+            results.append(translations[start : start + len(waiting.chunk.lines)])
+            start += len(waiting.chunk.lines)
+        return results
+
+
+# --- reading requests -----------------------------------------------------------------------
+
+
+async def read_fields(request: Request, limit: int) -> dict:
+    """The request's fields: a JSON object, or a URL-encoded form (LibreTranslate's clients
+    send both). Too large, not UTF-8, not JSON or not an object: refused."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(
+            413, f"request body of {declared} bytes; at most {limit} (serve.max_body_bytes)"
+        )
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise Refused(413, f"request body over {limit} bytes (serve.max_body_bytes)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Refused(400, f"request body is not valid UTF-8 (byte {e.start})") from None
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        raise Refused(415, "multipart forms are not read; send JSON or a URL-encoded form")
+    if kind == "application/x-www-form-urlencoded":
+        form = parse_qs(text, keep_blank_values=True)
+        return {
+            key: values if key == "q" and len(values) > 1 else values[-1]
+            for key, values in form.items()
+        }
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Refused(
+            400, f"request body is not valid JSON ({e.msg} at character {e.pos})"
+        ) from None
+    if not isinstance(fields, dict):
+        raise Refused(400, f"request body: expected a JSON object, got {type(fields).__name__}")
+    return fields
+
+
+def integer(fields: dict, key: str, low: int, high: int, default: int | None) -> int | None:
+    """An optional integer field within [low, high]; form fields arrive as strings."""
+    value = fields.get(key, default)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Refused(
+            400, f"field '{key}': expected an integer from {low} to {high}, got {value!r}"
+        )
+    return value
+
+
+def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
+    """The texts of a request (a list, or one string), and whether one string was sent."""
+    if key not in fields:
+        raise Refused(400, f"field '{key}' is missing")
+    value = fields[key]
+    if isinstance(value, str):
+        return [value], True
+    if not isinstance(value, list):
+        raise Refused(400, f"field '{key}': expected a list of strings, got {type(value).__name__}")
+    if not value:
+        raise Refused(400, f"field '{key}': expected at least one text, got an empty list")
+    if len(value) > limit:
+        raise Refused(413, f"field '{key}': {len(value)} texts; at most {limit} (serve.max_texts)")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise Refused(400, f"field '{key}[{i}]': expected a string, got {type(text).__name__}")
+    return value, False
+
+
+# --- the application ------------------------------------------------------------------------
+
+
+class Service:
+    """The endpoints over one translator and its batcher."""
+
+    def __init__(self, translator: Translator, config: ServeConfig):
+        self.translator, self.config = translator, config
+        self.batcher: Batcher | None = None  # made on the server's event loop
+        self.started = time.monotonic()
+
+    def languages(self) -> tuple[str, str]:
+        return self.translator.src_lang or "auto", self.translator.tgt_lang or "auto"
+
+    def check_pair(self, source: Any, target: Any) -> None:
+        src, tgt = self.languages()
+        for key, value, ours in (("source", source, src), ("target", target, tgt)):
+            if value is not None and value not in (ours, "auto" if key == "source" else None):
+                raise Refused(
+                    400, f"field '{key}': this model translates {src} to {tgt}, got {value!r}"
+                )
+
+    def settings(self, beam_size: int | None, n_best: int | None) -> SearchConfig:
+        """The model's search settings with a request's beam size and n-best."""
+        changes = {}
+        if n_best is not None:
+            changes["n_best"] = n_best
+            beam_size = beam_size or max(n_best, self.translator.search.beam_size)
+        if beam_size is not None:
+            changes["beam_size"] = beam_size
+        try:
+            return self.translator.settings(changes)
+        except UserError as e:
+            raise Refused(400, str(e).replace("config key 'search.", "field '")) from None
+
+    async def translate_lines(self, texts: list[str], settings: SearchConfig) -> list:
+        """Translations of texts that may hold several lines, each line translated alone."""
+        lines, counts = [], []
+        for text in texts:
+            parts = text.split("\n")
+            lines += parts
+            counts.append(len(parts))
+        if len(lines) > self.config.max_texts:
+            raise Refused(
+                413, f"{len(lines)} lines; at most {self.config.max_texts} (serve.max_texts)"
+            )
+        results = await self.batcher.submit(lines, settings)
+        joined, start = [], 0
+        for count in counts:
+            joined.append(results[start : start + count])
+            start += count
+        return joined
+
+    async def v1_translate(self, request: Request) -> JSONResponse:
+        fields = await read_fields(request, self.config.max_body_bytes)
+        unknown = set(fields) - {"texts", "beam_size", "n_best", "source", "target"}
+        if unknown:
+            raise Refused(
+                400,
+                f"unknown field '{sorted(unknown)[0]}'; "
+                "expected texts, beam_size, n_best, source, target",
+            )
+        texts, _ = texts_field(fields, "texts", self.config.max_texts)
+        self.check_pair(fields.get("source"), fields.get("target"))
+        high = self.config.max_beam_size
+        settings = self.settings(
+            integer(fields, "beam_size", 1, high, None), integer(fields, "n_best", 1, high, None)
+        )
+        results = await self.batcher.submit(texts, settings)
+        answer = {
+            "translations": [hyps[0].text if hyps else "" for hyps in results],
+            "scores": [hyps[0].score if hyps else None for hyps in results],
+        }
+        if settings.n_best > 1:
+            answer["n_best"] = [
+                [{"text": t.text, "score": t.score} for t in hyps] for hyps in results
+            ]
+        return JSONResponse(answer)
+
+    async def libretranslate(self, request: Request) -> JSONResponse:
+        fields = await read_fields(request, self.config.max_body_bytes)
+        texts, single = texts_field(fields, "q", self.config.max_texts)
+        for key in ("source", "target"):
+            if not isinstance(fields.get(key), str):
+                raise Refused(400, f"field '{key}': expected a language code")
+        self.check_pair(fields["source"], fields["target"])
+        if fields.get("format", "text") != "text":
+            raise Refused(
+                400, f"field 'format': only 'text' is translated, got {fields['format']!r}"
+            )
+        alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)
+        settings = self.settings(None, alternatives + 1 if alternatives else None)
+        results = await self.translate_lines(texts, settings)
+        best = ["\n".join(h[0].text if h else "" for h in lines) for lines in results]
+        answer: dict[str, Any] = {"translatedText": best[0] if single else best}
+        if alternatives:
+            others = [
+                [
+                    "\n".join(h[k].text if len(h) > k else (h[0].text if h else "") for h in lines)
+                    for k in range(1, alternatives + 1)
+                ]
+                for lines in results
+            ]
+            answer["alternatives"] = others[0] if single else others
+        if fields["source"] == "auto":
+            detected = {"confidence": 100.0, "language": self.languages()[0]}
+            answer["detectedLanguage"] = detected if single else [detected] * len(texts)
+        return JSONResponse(answer)
+
+    async def list_languages(self, request: Request) -> JSONResponse:
+        src, tgt = self.languages()
+        return JSONResponse(
+            [
+                {"code": src, "name": NAMES.get(src, src), "targets": [tgt]},
+                {"code": tgt, "name": NAMES.get(tgt, tgt), "targets": []},
+            ]
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        batcher = self.batcher
+        return JSONResponse(
+            {
+                "status": "ok",
+                "queued": batcher.queued,
+                "translating": batcher.working,
+                "translated": batcher.served,
+                "batches": batcher.batches,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+            }
+        )
+
+
+def answering(handler: Callable) -> Callable:
+    """An endpoint whose refusals become one-line JSON errors with their status."""
+
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            return await handler(request)
+        except Refused as e:
+            return JSONResponse({"error": str(e)}, e.status, headers=e.headers)
+
+    return endpoint
+
+
+async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such path, wrong method) as one-line JSON too."""
+    message = {
+        404: f"no endpoint {request.url.path}",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }
+    return JSONResponse(
+        {"error": message.get(error.status_code, error.detail)},
+        error.status_code,
+        headers=error.headers,
+    )
+
+
+def application(service: Service) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher = Batcher(service.translator, service.config)
+        task = asyncio.create_task(service.batcher.run())
+        yield
+        task.cancel()
+        service.batcher.worker.shutdown(wait=True)
+
+    routes = [
+        Route("/v1/translate", answering(service.v1_translate), methods=["POST"]),
+        Route("/translate", answering(service.libretranslate), methods=["POST"]),
+        Route("/languages", answering(service.list_languages), methods=["GET"]),
+        Route("/health", answering(service.health), methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), or a UserError saying why not."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
+def serve(translator: Translator, config: ServeConfig, log: Callable[[str], None] = print) -> None:
+    """Answer requests until SIGTERM or Ctrl-C, then finish the ones in flight."""
+    import uvicorn
+
+    sock = listen(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    src, tgt = translator.src_lang, translator.tgt_lang
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application(Service(translator, config)),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=config.shutdown_seconds,
+        )
+    )
+    log(f"serve: {src} -> {tgt}, beam {translator.search.beam_size}, {translator.precision_note}")
+    log(f"serve: listening on http://{host}:{port} (Ctrl-C or SIGTERM stops)")
+    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the
+    # handler it found: a no-op here, so that a requested stop ends the process normally.
+    quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in quiet.items():
+            signal.signal(sig, handler)
+    log("serve: stopped")

@@ -1,0 +1,225 @@
+"""`nmt serve` as a client sees it: a real server process on loopback, real HTTP clients
+(urllib and the libretranslatepy client library), real signals."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from libretranslatepy import LibreTranslateAPI
+
+from pipelines.translator import Translator
+
+from .conftest import ROOT
+
+
+class Server:
+    """`nmt serve` in a process of its own, on a free port of 127.0.0.1."""
+
+    def __init__(self, model: Path, *args: str):
+        command = [sys.executable, "cli.py", "serve", "-m", str(model), "--port", "0"]
+        self.process = subprocess.Popen(
+            [*command, "--device", "cpu", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.lines = []
+        for line in self.process.stdout:
+            self.lines.append(line)
+            found = re.search(r"listening on (http://[\d.]+:\d+)", line)
+            if found:
+                self.url = found.group(1)
+                return
+        raise AssertionError(f"the server did not start: {self.process.stderr.read()}")
+
+    def request(self, path: str, body: bytes | None = None, kind: str = "application/json"):
+        """(status, parsed JSON answer, headers) of one request."""
+        headers = {"Content-Type": kind} if body is not None else {}
+        request = urllib.request.Request(self.url + path, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.loads(answer.read()), answer.headers
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), error.headers
+
+    def post(self, path: str, fields) -> tuple[int, object]:
+        status, answer, _ = self.request(path, json.dumps(fields).encode())
+        return status, answer
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        out, err = self.process.communicate(timeout=60)
+        return self.process.returncode, "".join(self.lines) + out, err
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    server = Server(trained_run)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def translator(trained_run) -> Translator:
+    return Translator(trained_run, "cpu")
+
+
+@pytest.fixture(scope="module")
+def lines(tiny_corpus) -> list[str]:
+    return (tiny_corpus / "test.en").read_text(encoding="utf-8").splitlines()[:12]
+
+
+def test_listens_on_loopback_by_default(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.request("/health")[:2][0] == 200
+
+
+def test_the_json_api_answers_what_the_python_api_gives(server, translator, lines):
+    status, answer = server.post("/v1/translate", {"texts": lines + [""]})
+    assert status == 200
+    assert answer["translations"] == translator.translate(lines) + [""]
+    status, answer = server.post("/v1/translate", {"texts": lines, "beam_size": 4, "n_best": 2})
+    assert status == 200
+    expected = translator.generate(lines, beam_size=4, n_best=2)
+    assert answer["n_best"] == [[{"text": t.text, "score": t.score} for t in h] for h in expected]
+    assert answer["translations"] == [h[0].text for h in expected]
+
+
+def test_libretranslate_clients_work_unchanged(server, translator, lines):
+    client = LibreTranslateAPI(server.url)
+    assert client.translate(lines[0], "en", "de") == translator.translate(lines[0])
+    codes = {language["code"]: language["targets"] for language in client.languages()}
+    assert codes["en"] == ["de"]
+    two_lines = f"{lines[1]}\n{lines[2]}"  # a paragraph: each line translated alone
+    assert client.translate(two_lines, "auto", "de") == "\n".join(translator.translate(lines[1:3]))
+
+
+def test_libretranslate_json_lists_and_alternatives(server, translator, lines):
+    status, answer = server.post(
+        "/translate", {"q": lines[:3], "source": "en", "target": "de", "alternatives": 2}
+    )
+    assert status == 200
+    expected = translator.generate(
+        lines[:3], n_best=3, beam_size=max(3, translator.search.beam_size)
+    )
+    assert answer["translatedText"] == [h[0].text for h in expected]
+    assert answer["alternatives"] == [[t.text for t in h[1:]] for h in expected]
+
+
+BAD_REQUESTS = [
+    # (path, body, content type, status, words the error names)
+    ("/v1/translate", b'{"texts": ["a"', "application/json", 400, "not valid JSON"),
+    ("/v1/translate", b"\xff\xfe{}", "application/json", 400, "not valid UTF-8"),
+    ("/v1/translate", b'["a"]', "application/json", 400, "expected a JSON object"),
+    ("/v1/translate", b"{}", "application/json", 400, "'texts' is missing"),
+    ("/v1/translate", b'{"texts": []}', "application/json", 400, "empty list"),
+    ("/v1/translate", b'{"texts": 5}', "application/json", 400, "expected a list of strings"),
+    ("/v1/translate", b'{"texts": ["a", 1]}', "application/json", 400, "'texts[1]'"),
+    ("/v1/translate", b'{"texts": ["a"], "beam": 2}', "application/json", 400, "unknown field"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": 0}', "application/json", 400, "beam_size"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": 99}', "application/json", 400, "beam_size"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": "5x"}', "application/json", 400, "beam"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": true}', "application/json", 400, "beam"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": 2, "n_best": 3}', "application/json", 400,
+     "n_best"),
+    ("/v1/translate", b'{"texts": ["a"], "target": "fr"}', "application/json", 400, "en to de"),
+    ("/v1/translate", json.dumps({"texts": ["a"] * 65}).encode(), "application/json", 413,
+     "serve.max_texts"),
+    ("/v1/translate", b'{"texts": ["' + b"a" * 1_100_000 + b'"]}', "application/json", 413,
+     "serve.max_body_bytes"),
+    ("/translate", b"q=a&source=en&target=fr", "application/x-www-form-urlencoded", 400,
+     "en to de"),
+    ("/translate", b"q=a&source=xx&target=de", "application/x-www-form-urlencoded", 400, "source"),
+    ("/translate", b"source=en&target=de", "application/x-www-form-urlencoded", 400, "'q'"),
+    ("/translate", b"q=a&target=de", "application/x-www-form-urlencoded", 400, "'source'"),
+    ("/translate", b'{"q": "a", "source": "en", "target": "de", "format": "html"}',
+     "application/json", 400, "format"),
+    ("/translate", b'{"q": "a", "source": "en", "target": "de", "alternatives": -1}',
+     "application/json", 400, "alternatives"),
+    ("/translate", b"--x\r\n", "multipart/form-data; boundary=x", 415, "multipart"),
+    ("/nowhere", b"{}", "application/json", 404, "no endpoint"),
+    ("/health", b"{}", "application/json", 405, "not allowed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path, body, kind, status, words", BAD_REQUESTS)
+def test_a_bad_request_gets_a_one_line_error_and_the_server_serves_on(
+    server, path, body, kind, status, words
+):
+    got, answer, _ = server.request(path, body, kind)
+    assert got == status
+    assert set(answer) == {"error"} and "\n" not in answer["error"]
+    assert words in answer["error"]
+    assert server.request("/health")[0] == 200
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, translator, lines):
+    before = server.request("/health")[1]
+    expected = dict(zip(lines, translator.translate(lines)))
+    texts = [lines[i % len(lines)] for i in range(48)]
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda t: server.post("/v1/translate", {"texts": [t]}), texts))
+    assert all(status == 200 for status, _ in answers)
+    assert [answer["translations"][0] for _, answer in answers] == [expected[t] for t in texts]
+    after = server.request("/health")[1]
+    assert after["translated"] - before["translated"] == 48
+    assert after["batches"] - before["batches"] < 48  # some requests shared a batch
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(trained_run, lines):
+    server = Server(trained_run, "--serve.max_queue=4", "--serve.max_texts=8")
+    try:
+        status, answer, headers = server.request(
+            "/v1/translate", json.dumps({"texts": lines[:5]}).encode()
+        )
+        assert status == 503 and "serve.max_queue" in answer["error"]
+        assert headers["Retry-After"] == "1"
+        with ThreadPoolExecutor(16) as pool:
+            results = list(
+                pool.map(lambda t: server.post("/v1/translate", {"texts": lines[:3]}), range(32))
+            )
+        assert {status for status, _ in results} <= {200, 503}
+        assert all(len(a["translations"]) == 3 for status, a in results if status == 200)
+        assert server.post("/v1/translate", {"texts": lines[:4]})[0] == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(trained_run, lines, sig):
+    server = Server(trained_run, "--serve.max_texts=64")
+    slow = {"texts": (lines * 6)[:64], "beam_size": 16}
+    answers = []
+    sending = threading.Thread(target=lambda: answers.append(server.post("/v1/translate", slow)))
+    sending.start()
+    while not answers:  # until the request is in
+        health = server.request("/health")[1]
+        if health["queued"] + health["translating"]:
+            break
+    code, out, err = server.stop(sig)
+    sending.join()
+    assert answers and answers[0][0] == 200 and len(answers[0][1]["translations"]) == 64
+    assert code == 0, err
+    assert "serve: stopped" in out and "Traceback" not in err
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(server.url + "/health", timeout=5)
+
+
+def test_a_port_in_use_is_one_line(server, trained_run):
+    port = server.url.rsplit(":", 1)[1]
+    command = [sys.executable, "cli.py", "serve", "-m", str(trained_run), "--port", port]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
