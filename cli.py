@@ -259,8 +259,7 @@ def serve(
     for key, value in _overrides(ctx, ("search", "serve")):
         (search if key[0] == "search" else settings)[key[1]] = value
     config = from_dict(ServeConfig, settings, "serve")
-    translator = Translator(model, device, precision, **search)
-    run_serve(translator, config, _log)
+    run_serve(config, lambda: Translator(model, device, precision, **search), _log)
 
 
 def _overrides(ctx: typer.Context, sections: tuple[str, ...]) -> list[tuple[list[str], object]]:

@@ -27,6 +27,7 @@ import json
 import signal
 import socket
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from seq2seq.config import SearchConfig, ServeConfig
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, out_of_memory
 
 from .translator import Encoded, Translation, Translator
 
@@ -181,41 +182,55 @@ class Batcher:
 # --- reading requests -----------------------------------------------------------------------
 
 
-async def read_fields(request: Request, limit: int) -> dict:
-    """The request's fields: a JSON object, or a URL-encoded form (LibreTranslate's clients
-    send both). Too large, not UTF-8, not JSON or not an object: refused."""
+async def read_body(request: Request, limit: int) -> str:
+    """The request body as text; too large or not UTF-8: refused. A body up to four times
+    too large is read to its end first, so that its client, still sending, hears the 413
+    instead of a broken connection."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refused(
-            413, f"request body of {declared} bytes; at most {limit} (serve.max_body_bytes)"
-        )
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise Refused(413, f"request body over {limit} bytes (serve.max_body_bytes)")
+    size = int(declared) if declared.isdigit() else 0
+    body, received = bytearray(), 0
+    if size <= 4 * limit:
+        async for part in request.stream():
+            received += len(part)
+            if received <= limit:
+                body += part
+            elif received > 4 * limit:
+                break
+    if max(size, received) > limit:
+        raise Refused(413, f"request body over {limit} bytes (serve.max_body_bytes)")
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Refused(400, f"request body is not valid UTF-8 (byte {e.start})") from None
+
+
+async def read_fields(request: Request, limit: int, forms: bool = False) -> dict:
+    """The request's fields: a JSON object, or with `forms`, also a URL-encoded form
+    (LibreTranslate's clients send either, not always with the right content type)."""
+    text = await read_body(request, limit)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         raise Refused(415, "multipart forms are not read; send JSON or a URL-encoded form")
-    if kind == "application/x-www-form-urlencoded":
-        form = parse_qs(text, keep_blank_values=True)
-        return {
-            key: values if key == "q" and len(values) > 1 else values[-1]
-            for key, values in form.items()
-        }
+    if forms and (kind == "application/x-www-form-urlencoded" or not text.lstrip()[:1] == "{"):
+        try:
+            form = parse_qs(text, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError as e:
+            raise Refused(400, f"form field is not valid UTF-8 once decoded ({e.reason})") from None
+        return {key: values if len(values) > 1 else values[0] for key, values in form.items()}
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as e:
-        raise Refused(
-            400, f"request body is not valid JSON ({e.msg} at character {e.pos})"
-        ) from None
+        where = f"{e.msg} at character {e.pos}"
+        raise Refused(400, f"request body is not valid JSON ({where})") from None
     if not isinstance(fields, dict):
         raise Refused(400, f"request body: expected a JSON object, got {type(fields).__name__}")
     return fields
+
+
+def short(value: Any) -> str:
+    """A value as errors quote it: at most about 40 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def integer(fields: dict, key: str, low: int, high: int, default: int | None) -> int | None:
@@ -227,7 +242,7 @@ def integer(fields: dict, key: str, low: int, high: int, default: int | None) ->
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise Refused(
-            400, f"field '{key}': expected an integer from {low} to {high}, got {value!r}"
+            400, f"field '{key}': expected an integer from {low} to {high}, got {short(value)}"
         )
     return value
 
@@ -270,7 +285,7 @@ class Service:
         for key, value, ours in (("source", source, src), ("target", target, tgt)):
             if value is not None and value not in (ours, "auto" if key == "source" else None):
                 raise Refused(
-                    400, f"field '{key}': this model translates {src} to {tgt}, got {value!r}"
+                    400, f"field '{key}': this model translates {src} to {tgt}, got {short(value)}"
                 )
 
     def settings(self, beam_size: int | None, n_best: int | None) -> SearchConfig:
@@ -310,7 +325,7 @@ class Service:
         if unknown:
             raise Refused(
                 400,
-                f"unknown field '{sorted(unknown)[0]}'; "
+                f"unknown field {short(sorted(unknown)[0])}; "
                 "expected texts, beam_size, n_best, source, target",
             )
         texts, _ = texts_field(fields, "texts", self.config.max_texts)
@@ -331,7 +346,7 @@ class Service:
         return JSONResponse(answer)
 
     async def libretranslate(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.config.max_body_bytes)
+        fields = await read_fields(request, self.config.max_body_bytes, forms=True)
         texts, single = texts_field(fields, "q", self.config.max_texts)
         for key in ("source", "target"):
             if not isinstance(fields.get(key), str):
@@ -339,7 +354,7 @@ class Service:
         self.check_pair(fields["source"], fields["target"])
         if fields.get("format", "text") != "text":
             raise Refused(
-                400, f"field 'format': only 'text' is translated, got {fields['format']!r}"
+                400, f"field 'format': only 'text' is translated, got {short(fields['format'])}"
             )
         alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)
         settings = self.settings(None, alternatives + 1 if alternatives else None)
@@ -391,6 +406,10 @@ def answering(handler: Callable) -> Callable:
             return await handler(request)
         except Refused as e:
             return JSONResponse({"error": str(e)}, e.status, headers=e.headers)
+        except Exception as e:  # a bug, or the device out of memory: said, and logged
+            traceback.print_exc()
+            message = out_of_memory(e) or f"internal error: {type(e).__name__}"
+            return JSONResponse({"error": message}, 500)
 
     return endpoint
 
@@ -437,13 +456,14 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
-def serve(translator: Translator, config: ServeConfig, log: Callable[[str], None] = print) -> None:
-    """Answer requests until SIGTERM or Ctrl-C, then finish the ones in flight."""
+def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = print) -> None:
+    """Listen (first, so that a taken port fails before the model loads), load the model,
+    and answer requests until SIGTERM or Ctrl-C, then finish the ones in flight."""
     import uvicorn
 
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    src, tgt = translator.src_lang, translator.tgt_lang
+    translator = load()
     server = uvicorn.Server(
         uvicorn.Config(
             application(Service(translator, config)),
@@ -452,7 +472,8 @@ def serve(translator: Translator, config: ServeConfig, log: Callable[[str], None
             timeout_graceful_shutdown=config.shutdown_seconds,
         )
     )
-    log(f"serve: {src} -> {tgt}, beam {translator.search.beam_size}, {translator.precision_note}")
+    src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
+    log(f"serve: {src} -> {tgt}, beam {beam}, {translator.precision_note}")
     log(f"serve: listening on http://{host}:{port} (Ctrl-C or SIGTERM stops)")
     # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the
     # handler it found: a no-op here, so that a requested stop ends the process normally.

@@ -125,6 +125,8 @@ class Translator:
         progress: bool = False,
         **search: Any,
     ):
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
@@ -144,8 +146,6 @@ class Translator:
         self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
         if self.search.cuda_graphs and self.device.type == "cuda":
             self.graphs = self.model = GraphedModel(self.model)
-        if precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
             raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
         parameters = sum(p.numel() for p in checkpoints[0].model.parameters())

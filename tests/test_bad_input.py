@@ -170,12 +170,12 @@ CASES = [
     (
         "bad precision",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --precision fp64",
-        r"'--precision': expected auto, fp32, bf16 or fp16",
+        r"precision: expected auto, fp32, bf16 or fp16, got 'fp64'",
     ),
     (
         "fp16 on cpu",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --device cpu --precision fp16",
-        r"fp16' needs a CUDA GPU",
+        r"precision fp16 needs a CUDA GPU",
     ),
     (
         "chunk of zero lines",

@@ -46,3 +46,21 @@ def test_readme_commands_name_the_real_cli():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = next(line for line in readme.splitlines() if "pytest" in line and "pip" in line)
     assert test_command.strip().replace(" -q", "") in ci.replace(" -q", "")
+
+
+def test_the_python_example_runs(trained_run, capsys):
+    """README's Python API example, run as written against a trained run folder."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```python\n")[1].split("```")[0]
+    assert '"runs/demo"' in example
+    exec(example.replace('"runs/demo"', repr(str(trained_run))), {})
+    assert capsys.readouterr().out.count("\n") == 4  # the list, then three hypotheses
+
+
+def test_serve_settings_are_all_in_the_readme():
+    from seq2seq.config import ServeConfig
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Any `--serve.KEY=VALUE`")[1].split("\n\n")[1]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \|", table, flags=re.M))
+    assert rows == {k: str(v) for k, v in dataclasses.asdict(ServeConfig()).items()}

@@ -106,6 +106,17 @@ def test_libretranslate_clients_work_unchanged(server, translator, lines):
     assert client.translate(two_lines, "auto", "de") == "\n".join(translator.translate(lines[1:3]))
 
 
+def test_json_sent_as_a_form_still_reads_as_json(server, translator, lines):
+    """curl -d sends JSON with a form's content type."""
+    body = json.dumps({"texts": lines[:2]}).encode()
+    status, answer, _ = server.request("/v1/translate", body, "application/x-www-form-urlencoded")
+    assert status == 200 and answer["translations"] == translator.translate(lines[:2])
+    status, answer, _ = server.request(
+        "/translate", json.dumps({"q": lines[0], "source": "en", "target": "de"}).encode(), ""
+    )
+    assert status == 200 and answer["translatedText"] == translator.translate(lines[0])
+
+
 def test_libretranslate_json_lists_and_alternatives(server, translator, lines):
     status, answer = server.post(
         "/translate", {"q": lines[:3], "source": "en", "target": "de", "alternatives": 2}
@@ -149,6 +160,10 @@ BAD_REQUESTS = [
     ("/translate", b'{"q": "a", "source": "en", "target": "de", "alternatives": -1}',
      "application/json", 400, "alternatives"),
     ("/translate", b"--x\r\n", "multipart/form-data; boundary=x", 415, "multipart"),
+    ("/translate", b"q=%FF&source=en&target=de", "application/x-www-form-urlencoded", 400,
+     "UTF-8"),
+    ("/v1/translate", b'{"' + b"k" * 5000 + b'": 1, "texts": ["a"]}', "application/json", 400,
+     "unknown field"),
     ("/nowhere", b"{}", "application/json", 404, "no endpoint"),
     ("/health", b"{}", "application/json", 405, "not allowed"),
 ]  # fmt: skip
@@ -161,6 +176,7 @@ def test_a_bad_request_gets_a_one_line_error_and_the_server_serves_on(
     got, answer, _ = server.request(path, body, kind)
     assert got == status
     assert set(answer) == {"error"} and "\n" not in answer["error"]
+    assert len(answer["error"]) < 200  # a short excerpt of what was sent, at most
     assert words in answer["error"]
     assert server.request("/health")[0] == 200
 
