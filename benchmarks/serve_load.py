@@ -110,13 +110,20 @@ async def drive(port: int, clients: int, lines: list[str], requests: int, pid: i
             await asyncio.sleep(0.1)
         checker.close()
 
+    probe = Client(port)
+    before = json.loads((await probe.call("GET", "/health"))[1])
     watcher = asyncio.create_task(watch())
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - start
     done.set()
     await watcher
+    probe.close()  # idle longer than the keep-alive: a new connection
+    after = json.loads((await probe.call("GET", "/health"))[1])
+    probe.close()
     return {
+        "batch": (after["translated"] - before["translated"])
+        / max(1, after["batches"] - before["batches"]),
         "sent_per_s": requests / seconds,
         "p50_ms": 1000 * percentile(latencies, 0.5),
         "p99_ms": 1000 * percentile(latencies, 0.99),
@@ -190,6 +197,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {}
     latency: dict[int, dict[str, list[float]]] = {n: {"p50": [], "p99": []} for n in args.clients}
     single: list[float] = []
+    batch: dict[int, list[float]] = {n: [] for n in args.clients}
     try:
         for repeat in range(args.repeats):
             rates.setdefault("file", []).append(file_rate(args, lines_file, args.work / "out"))
@@ -210,6 +218,7 @@ def main() -> None:
                 rates.setdefault(n, []).append(result["sent_per_s"])
                 latency[n]["p50"].append(result["p50_ms"])
                 latency[n]["p99"].append(result["p99_ms"])
+                batch[n].append(result["batch"])
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     finally:
         server.terminate()
@@ -222,6 +231,8 @@ def main() -> None:
     for n in args.clients:
         row = f"{f'serve, {n} clients':28} {summary(rates[n]):>22}"
         print(row + f" {summary(latency[n]['p50']):>22} {summary(latency[n]['p99']):>22}")
+    sizes = ", ".join(f"{n} clients {statistics.median(batch[n]):.1f}" for n in args.clients)
+    print(f"mean texts per batch: {sizes}")
     file_median = statistics.median(rates["file"])
     for n in args.clients:
         print(f"serve {n} clients / file: {statistics.median(rates[n]) / file_median:.2f}")

@@ -1,36 +1,31 @@
 """`nmt serve`: a model loaded once behind HTTP (Starlette on uvicorn).
 
-Endpoints (every answer is JSON; an error is `{"error": "<one line>"}` with a 4xx status):
-    POST /v1/translate  {"texts": [...], "beam_size": 5, "n_best": 2, "source": "en",
-                         "target": "de"}  (all but texts optional)
-                        -> {"translations": [...], "scores": [...]}, and with n_best > 1
-                           "n_best": [[{"text": ..., "score": ...}, ...], ...]
-    POST /translate     LibreTranslate's: q (a string or a list), source ("auto" too),
-                        target, format ("text"), alternatives; as JSON or a form
-                        -> {"translatedText": ...} (and "alternatives", "detectedLanguage")
-    GET  /languages     LibreTranslate's: the model's languages
-    GET  /health        {"status": "ok", "queued": N, ...}
+Endpoints (README, serve): POST /v1/translate (our JSON), POST /translate and GET /languages
+(LibreTranslate's), GET /health. Every answer is JSON; a refusal is {"error": "<one line>"}
+with a 4xx status (413 for too much, 503 with Retry-After when the queue is full).
 
 Texts of requests that arrive together are translated together: while the model works on
 one batch the next gathers, and when the last batch held several requests, a new batch
-waits up to `serve.max_wait_ms` for as many, up to `serve.batch_tokens` source tokens.
-One client alone never waits. At most `serve.max_queue` texts wait; a request that would go
-beyond gets 503 with Retry-After, so memory stays flat under overload. SIGTERM or Ctrl-C
-stops listening, answers the requests in flight, then exits.
+waits up to `serve.max_wait_ms` for as many, up to `serve.batch_tokens` source tokens (one
+client alone never waits). At most `serve.max_queue` texts wait, so memory stays flat under
+overload. SIGTERM or Ctrl-C stops listening, answers the requests in flight, then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import json
+import queue
 import signal
 import socket
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -46,11 +41,7 @@ from seq2seq.errors import UserError, out_of_memory
 
 from .translator import Encoded, Translation, Translator
 
-NAMES = {
-    "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish",
-    "fr": "French", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish",
-    "pt": "Portuguese", "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
-}  # fmt: skip
+NAMES = dict(cs="Czech", de="German", en="English", es="Spanish", fr="French", it="Italian")
 
 
 class Refused(Exception):
@@ -77,17 +68,49 @@ class Waiting:
         self.tokens = sum(len(self.chunk.ids[i]) + 1 for i in self.chunk.todo)
 
 
+class ModelThread:
+    """Runs the model's work on the thread that calls `work_until` (the main thread), for
+    the event loop on another. torch's OpenMP threads spin between the many small parallel
+    regions of a search, but libgomp throttles that spinning once a second thread has used
+    them, and searching from a worker thread was measured 1.7-2.5x slower per sentence."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+
+    async def run(self, work: Callable, *args: Any) -> Any:
+        """`work(*args)` on the model's thread; awaits its result (from the event loop)."""
+        future = concurrent.futures.Future()
+        self.jobs.put((work, args, future))
+        return await asyncio.wrap_future(future)
+
+    def work_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            try:
+                work, args, future = self.jobs.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if future.set_running_or_notify_cancel():  # not cancelled meanwhile
+                try:
+                    future.set_result(work(*args))
+                except Exception as error:  # noqa: BLE001 - the request that waits hears of it
+                    future.set_exception(error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None = None) -> None:
+    if not future.done():  # done: cancelled, as its client went or the server stops
+        future.set_result(result) if error is None else future.set_exception(error)
+
+
 class Batcher:
     """Gathers the texts of concurrent requests into batches for one translator, which works
-    on a thread of its own so that the server keeps answering meanwhile."""
+    on the model's thread so that the server keeps answering meanwhile."""
 
-    def __init__(self, translator: Translator, config: ServeConfig):
-        self.translator, self.config = translator, config
+    def __init__(self, translator: Translator, config: ServeConfig, model: ModelThread):
+        self.translator, self.config, self.model = translator, config, model
         self.queue: deque[Waiting] = deque()
         self.queued = 0  # texts waiting
         self.arrived = asyncio.Event()
         self.last_batch = 1  # requests in the last batch: how many the next one waits for
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="translate")
         self.working = 0  # texts in the batch being translated
         self.served = self.batches = 0  # texts translated, batches they took
 
@@ -118,14 +141,13 @@ class Batcher:
             self.last_batch = len(batch)
             self.working = sum(len(waiting.chunk.lines) for waiting in batch)
             try:
-                results = await loop.run_in_executor(self.worker, self._translate, batch)
+                results = await self.model.run(self._translate, batch)
             except Exception as error:  # noqa: BLE001 - every waiting request hears of it
                 for waiting in batch:
-                    waiting.future.set_exception(error)
+                    _settle(waiting.future, None, error)
             else:
                 for waiting, result in zip(batch, results):
-                    if not waiting.future.done():  # its client may have gone
-                        waiting.future.set_result(result)
+                    _settle(waiting.future, result)
             self.served, self.batches = self.served + self.working, self.batches + 1
             self.working = 0
             if self.queue:
@@ -163,7 +185,7 @@ class Batcher:
         return batch
 
     def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:
-        """One search over the texts of every request in the batch (on the worker thread)."""
+        """One search over the texts of every request in the batch (on the model's thread)."""
         lines, ids, todo = [], [], []
         for waiting in batch:
             todo += [len(lines) + i for i in waiting.chunk.todo]
@@ -172,11 +194,8 @@ class Batcher:
         chunk = Encoded(lines, ids, todo)
         hypotheses = self.translator.search_chunk(chunk, False, batch[0].settings)
         translations = self.translator.decode(chunk, hypotheses)
-        results, start = [], 0
-        for waiting in batch:
-            results.append(translations[start : start + len(waiting.chunk.lines)])
-            start += len(waiting.chunk.lines)
-        return results
+        starts = list(itertools.accumulate((len(w.chunk.lines) for w in batch), initial=0))
+        return [translations[a:b] for a, b in zip(starts, starts[1:])]
 
 
 # --- reading requests -----------------------------------------------------------------------
@@ -266,14 +285,19 @@ def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
     return value, False
 
 
+def joined(lines: list[list[Translation]], k: int) -> str:
+    """The k-th best translation of each line (the best where there are fewer), as one text."""
+    return "\n".join(hyps[min(k, len(hyps) - 1)].text if hyps else "" for hyps in lines)
+
+
 # --- the application ------------------------------------------------------------------------
 
 
 class Service:
     """The endpoints over one translator and its batcher."""
 
-    def __init__(self, translator: Translator, config: ServeConfig):
-        self.translator, self.config = translator, config
+    def __init__(self, translator: Translator, config: ServeConfig, model: ModelThread):
+        self.translator, self.config, self.model = translator, config, model
         self.batcher: Batcher | None = None  # made on the server's event loop
         self.started = time.monotonic()
 
@@ -303,21 +327,15 @@ class Service:
 
     async def translate_lines(self, texts: list[str], settings: SearchConfig) -> list:
         """Translations of texts that may hold several lines, each line translated alone."""
-        lines, counts = [], []
-        for text in texts:
-            parts = text.split("\n")
-            lines += parts
-            counts.append(len(parts))
+        split = [text.split("\n") for text in texts]
+        lines = [line for parts in split for line in parts]
         if len(lines) > self.config.max_texts:
             raise Refused(
                 413, f"{len(lines)} lines; at most {self.config.max_texts} (serve.max_texts)"
             )
         results = await self.batcher.submit(lines, settings)
-        joined, start = [], 0
-        for count in counts:
-            joined.append(results[start : start + count])
-            start += count
-        return joined
+        starts = list(itertools.accumulate((len(parts) for parts in split), initial=0))
+        return [results[a:b] for a, b in zip(starts, starts[1:])]
 
     async def v1_translate(self, request: Request) -> JSONResponse:
         fields = await read_fields(request, self.config.max_body_bytes)
@@ -359,17 +377,12 @@ class Service:
         alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)
         settings = self.settings(None, alternatives + 1 if alternatives else None)
         results = await self.translate_lines(texts, settings)
-        best = ["\n".join(h[0].text if h else "" for h in lines) for lines in results]
-        answer: dict[str, Any] = {"translatedText": best[0] if single else best}
+        texts = [[joined(lines, k) for k in range(alternatives + 1)] for lines in results]
+        answer: dict[str, Any] = {"translatedText": [t[0] for t in texts]}
         if alternatives:
-            others = [
-                [
-                    "\n".join(h[k].text if len(h) > k else (h[0].text if h else "") for h in lines)
-                    for k in range(1, alternatives + 1)
-                ]
-                for lines in results
-            ]
-            answer["alternatives"] = others[0] if single else others
+            answer["alternatives"] = [t[1:] for t in texts]
+        if single:
+            answer = {key: value[0] for key, value in answer.items()}
         if fields["source"] == "auto":
             detected = {"confidence": 100.0, "language": self.languages()[0]}
             answer["detectedLanguage"] = detected if single else [detected] * len(texts)
@@ -385,17 +398,9 @@ class Service:
         )
 
     async def health(self, request: Request) -> JSONResponse:
-        batcher = self.batcher
-        return JSONResponse(
-            {
-                "status": "ok",
-                "queued": batcher.queued,
-                "translating": batcher.working,
-                "translated": batcher.served,
-                "batches": batcher.batches,
-                "uptime_s": round(time.monotonic() - self.started, 1),
-            }
-        )
+        b, uptime = self.batcher, round(time.monotonic() - self.started, 1)
+        counts = {"queued": b.queued, "translating": b.working, "translated": b.served}
+        return JSONResponse({"status": "ok", **counts, "batches": b.batches, "uptime_s": uptime})
 
 
 def answering(handler: Callable) -> Callable:
@@ -416,25 +421,18 @@ def answering(handler: Callable) -> Callable:
 
 async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     """Starlette's own refusals (no such path, wrong method) as one-line JSON too."""
-    message = {
-        404: f"no endpoint {request.url.path}",
-        405: f"method {request.method} not allowed on {request.url.path}",
-    }
-    return JSONResponse(
-        {"error": message.get(error.status_code, error.detail)},
-        error.status_code,
-        headers=error.headers,
-    )
+    path, code = request.url.path, error.status_code
+    messages = {404: f"no endpoint {path}", 405: f"method {request.method} not allowed on {path}"}
+    return JSONResponse({"error": messages.get(code, error.detail)}, code, error.headers)
 
 
 def application(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.batcher = Batcher(service.translator, service.config)
+        service.batcher = Batcher(service.translator, service.config, service.model)
         task = asyncio.create_task(service.batcher.run())
         yield
         task.cancel()
-        service.batcher.worker.shutdown(wait=True)
 
     routes = [
         Route("/v1/translate", answering(service.v1_translate), methods=["POST"]),
@@ -448,11 +446,20 @@ def application(service: Service) -> Starlette:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: a free one), or a UserError saying why not."""
+    """A listening socket (port 0: a free one), or a UserError saying why not. It is made
+    with the TCP protocol named, as getaddrinfo gives it: asyncio turns Nagle's algorithm off
+    only on such sockets, and with it on, each answer waited 40 ms for the client's ACK."""
+    sock = None
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        return sock
     except OSError as e:
+        if sock is not None:
+            sock.close()
         raise UserError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
@@ -464,9 +471,10 @@ def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = p
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     translator = load()
+    model = ModelThread()
     server = uvicorn.Server(
         uvicorn.Config(
-            application(Service(translator, config)),
+            application(Service(translator, config, model)),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=config.shutdown_seconds,
@@ -475,12 +483,17 @@ def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = p
     src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
     log(f"serve: {src} -> {tgt}, beam {beam}, {translator.precision_note}")
     log(f"serve: listening on http://{host}:{port} (Ctrl-C or SIGTERM stops)")
-    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the
-    # handler it found: a no-op here, so that a requested stop ends the process normally.
-    quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http")
+
+    def stop(signum, frame) -> None:  # uvicorn stops listening, then answers what it holds
+        server.force_exit = server.should_exit  # a second signal: at once
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        http.start()
+        model.work_until(lambda: not http.is_alive())
     finally:
-        for sig, handler in quiet.items():
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
     log("serve: stopped")

@@ -239,3 +239,33 @@ def test_a_port_in_use_is_one_line(server, trained_run):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_answers_are_sent_without_waiting_for_acks():
+    """Connections of the listening socket get TCP_NODELAY from asyncio (which sets it only
+    when the protocol is named); with Nagle's algorithm on, every answer waited 40 ms."""
+    import asyncio
+    import socket
+
+    from pipelines.serve import listen
+
+    sock = listen("127.0.0.1", 0)
+    flags = []
+
+    async def main():
+        async def accepted(reader, writer):
+            option = writer.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            flags.append(option)
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        while not flags:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+    assert flags == [1]
