@@ -53,9 +53,36 @@ def fail(message: str, code: int = 2, where: str = ""):
     sys.exit(code)
 
 
+def _repeated(command, args: list[str]) -> str | None:
+    """The first option (or dotted override) in `args` that is given twice, though
+    `command` takes one value for it: click would silently keep the last."""
+    single = {}
+    for param in command.params:
+        if param.param_type_name == "option" and not param.multiple:
+            single.update({name: param.name for name in param.opts + param.secondary_opts})
+    seen = set()
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        dotted = name.startswith("--") and "." in name and "=" in arg
+        key = name if dotted else single.get(name)
+        if key is not None and key in seen:
+            return name
+        seen.add(key)
+    return None
+
+
 class OneLineErrors(TyperGroup):
     """Turn user errors, usage errors and file-system failures into one line on stderr and
-    exit code 2."""
+    exit code 2, and refuse an option given twice."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        repeated = _repeated(command, rest) if command is not None else None
+        if repeated:
+            raise UsageError(f"option '{repeated}' is given twice; it takes one value", ctx)
+        return name, command, rest
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
@@ -102,6 +129,10 @@ def _config(path: Path, ctx: typer.Context, extra: list[str] = ()) -> Config:
             raise UsageError(
                 f"unexpected argument '{arg}'; config overrides look like --section.key=value", ctx
             )
+    given = {arg.split("=", 1)[0] for arg in ctx.args}
+    for arg in extra:
+        if arg.split("=", 1)[0] in given:
+            raise UsageError(f"{arg.split('=', 1)[0]} is set twice, by it and by its alias", ctx)
     return load_config(path, list(ctx.args) + list(extra))
 
 
@@ -122,6 +153,11 @@ def _log_to_stderr(message: str) -> None:
 
 
 RUN_DIR = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>).")
+MODELS = typer.Option(
+    ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
+)
+DEVICE = typer.Option(None, help="translate.device: auto, cpu, cuda or cuda:N.")
+PRECISION = typer.Option(None, help="translate.precision: auto, fp32, bf16 or fp16.")
 
 
 @app.command(context_settings=OVERRIDES)
@@ -171,12 +207,7 @@ def train(
 @app.command(context_settings=OVERRIDES)
 def translate(
     ctx: typer.Context,
-    model: list[Path] = typer.Option(
-        ...,
-        "-m",
-        "--model",
-        help="Run folder, model folder or checkpoint; repeat it to decode with an ensemble.",
-    ),
+    model: list[Path] = MODELS,
     input: list[str] = typer.Option(
         ...,
         "-i",
@@ -196,35 +227,39 @@ def translate(
     max_tokens: int | None = typer.Option(
         None, help="search.max_tokens: source tokens a batch (instead of --batch-size)."
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto", help="auto (bf16 where it is faster here, else fp32), fp32, bf16 or fp16."
+    device: str | None = DEVICE,  # aliases of --translate.<key>=VALUE
+    precision: str | None = PRECISION,
+    errors: str | None = typer.Option(
+        None, help="translate.errors: invalid UTF-8 input is strict (an error) or replace."
     ),
-    errors: str = typer.Option("strict", help="Invalid UTF-8 input: strict (an error) or replace."),
+    chunk_lines: int | None = typer.Option(
+        None, help="translate.chunk_lines: lines read, sorted and translated together."
+    ),
     alignments: str | None = typer.Option(
         None, help="Also write each line's attention weights here (JSON lines)."
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted translation after its last chunk."
     ),
-    chunk_lines: int = typer.Option(4000, help="Lines read, sorted and translated together."),
 ):
-    """Translate text files line by line, in input order. Any search setting can be changed
-    with --search.KEY=VALUE (see README, search); the checkpoint's are the defaults."""
-    from pipelines.translate import TranslateOptions, translate_files
+    """Translate text files line by line, in input order. --search.KEY=VALUE changes a search
+    setting (the checkpoint's are the defaults), --translate.KEY=VALUE the others (nmt keys
+    search, nmt keys translate)."""
+    from pipelines.translate import translate_files
+    from seq2seq.config import TranslateConfig, from_dict
 
-    aliases = {
-        "beam_size": beam_size,
-        "n_best": n_best,
-        "length_penalty": length_penalty,
-        "batch_size": batch_size,
-        "max_tokens": max_tokens,
-    }
-    search = {key: value for key, value in aliases.items() if value is not None}
-    search.update(_search_overrides(ctx))
-    options = TranslateOptions(search, device, precision, errors, chunk_lines)
+    changes = _sections(
+        ctx,
+        search={"beam_size": beam_size, "n_best": n_best, "length_penalty": length_penalty,
+                "batch_size": batch_size, "max_tokens": max_tokens},
+        translate={"device": device, "precision": precision, "errors": errors,
+                   "chunk_lines": chunk_lines},
+    )  # fmt: skip
+    config = from_dict(TranslateConfig, changes["translate"], "translate")
     log = _log_to_stderr if output == "-" else _log
-    result = translate_files(model, input, output, options, log, alignments, resume)
+    result = translate_files(
+        model, input, output, config, changes["search"], log, alignments, resume
+    )
     log(
         f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
         f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
@@ -235,60 +270,88 @@ def translate(
 @app.command(context_settings=OVERRIDES)
 def serve(
     ctx: typer.Context,
-    model: list[Path] = typer.Option(
-        ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
-    ),
+    model: list[Path] = MODELS,
     host: str | None = typer.Option(
         None, help="serve.host: default 127.0.0.1 (this machine only)."
     ),
     port: int | None = typer.Option(None, help="serve.port: default 5000; 0 picks a free one."),
     beam_size: int | None = typer.Option(None, help="search.beam_size: requests may change it."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
 ):
     """Translate over HTTP: a JSON API (POST /v1/translate) and LibreTranslate's (POST
     /translate, GET /languages), batching concurrent requests. --serve.KEY=VALUE and
     --search.KEY=VALUE change any setting (see README, serve)."""
     from pipelines.serve import serve as run_serve
     from pipelines.translator import Translator
-    from seq2seq.config import ServeConfig, from_dict
+    from seq2seq.config import ServeConfig, TranslateConfig, from_dict
 
-    changes = {"host": host, "port": port}
-    settings = {key: value for key, value in changes.items() if value is not None}
-    search = {} if beam_size is None else {"beam_size": beam_size}
-    for key, value in _overrides(ctx, ("search", "serve")):
-        (search if key[0] == "search" else settings)[key[1]] = value
-    config = from_dict(ServeConfig, settings, "serve")
-    run_serve(config, lambda: Translator(model, device, precision, **search), _log)
+    changes = _sections(
+        ctx,
+        search={"beam_size": beam_size},
+        serve={"host": host, "port": port},
+        translate={"device": device, "precision": precision},
+    )
+    config = from_dict(ServeConfig, changes["serve"], "serve")
+    run = from_dict(TranslateConfig, changes["translate"], "translate")
+    search = changes["search"]
+    run_serve(config, lambda: Translator(model, run.device, run.precision, **search), _log)
 
 
-def _overrides(ctx: typer.Context, sections: tuple[str, ...]) -> list[tuple[list[str], object]]:
-    """`--section.key=value` arguments of the sections a command takes."""
-    changes = []
+def _sections(ctx: typer.Context, **aliases: dict) -> dict[str, dict]:
+    """The changes a command takes, by section: its aliases that were given, then the
+    `--section.key=value` arguments of those sections."""
+    changes = {
+        name: {k: v for k, v in given.items() if v is not None} for name, given in aliases.items()
+    }
     for arg in ctx.args:
         path, value = parse_override(arg)
-        if len(path) != 2 or path[0] not in sections:
-            allowed = " or ".join(f"--{section}.KEY=VALUE" for section in sections)
+        if len(path) != 2 or path[0] not in changes:
+            allowed = " or ".join(f"--{section}.KEY=VALUE" for section in changes)
             raise UsageError(f"unexpected argument '{arg}'; this command takes {allowed}", ctx)
-        changes.append((path, value))
+        if path[1] in changes[path[0]]:
+            raise UsageError(f"--{'.'.join(path)} is set twice, by it and by its alias", ctx)
+        changes[path[0]][path[1]] = value
     return changes
 
 
-def _search_overrides(ctx: typer.Context) -> dict:
-    """`--search.key=value` arguments as {key: value}; translate takes no other section."""
-    return {path[1]: value for path, value in _overrides(ctx, ("search",))}
-
-
-@app.command()
+@app.command(context_settings=OVERRIDES)
 def score(
-    hyps: Path = typer.Option(..., "-H", "--hyps", help="Hypotheses, one a line ('-': stdin)."),
-    refs: Path = typer.Option(..., "-r", "--refs", help="References, one a line ('-': stdin)."),
+    ctx: typer.Context,
+    hyps: list[Path] = typer.Option(
+        ...,
+        "-H",
+        "--hyps",
+        help="Hypotheses, one a line ('-': stdin); twice or more with --paired-*.",
+    ),
+    refs: list[Path] = typer.Option(
+        ..., "-r", "--refs", help="References, one a line; repeat it for several references."
+    ),
+    tokenize: str | None = typer.Option(None, help="score.tokenize: 13a, intl, zh, char, ..."),
+    lowercase: bool | None = typer.Option(None, "--lowercase", help="score.lowercase."),
+    metrics: str | None = typer.Option(None, help="score.metrics: bleu,chrf,ter or a part."),
+    paired_bs: bool = typer.Option(False, "--paired-bs", help="Paired bootstrap resampling."),
+    paired_ar: bool = typer.Option(False, "--paired-ar", help="Paired approximate randomization."),
+    paired_n: int = typer.Option(0, help="Resamples (bs: 1000) or trials (ar: 10000)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
-    """BLEU and chrF (sacreBLEU, cased, detokenized) with their signatures."""
-    from pipelines.score import describe, score_files
+    """BLEU, chrF and TER (sacreBLEU) with their signatures; with --paired-bs or --paired-ar,
+    each -H system after the first compared with the first (the baseline)."""
+    from pipelines.score import describe, paired_test, score_files
+    from seq2seq.config import ScoreConfig, from_dict
 
-    result = score_files(hyps, refs)
+    listed = metrics.split(",") if metrics is not None else None
+    aliases = {"tokenize": tokenize, "lowercase": lowercase, "metrics": listed}
+    config = from_dict(ScoreConfig, _sections(ctx, score=aliases)["score"], "score")
+    if paired_bs and paired_ar:
+        raise UsageError("--paired-bs and --paired-ar: choose one", ctx)
+    if paired_bs or paired_ar:
+        test = "bs" if paired_bs else "ar"
+        typer.echo(paired_test(hyps, refs, config, test, paired_n, as_json))
+        return
+    if len(hyps) > 1:
+        raise UsageError("several -H need --paired-bs or --paired-ar (or one -H at a time)", ctx)
+    result = score_files(hyps[0], refs, config)
     typer.echo(json.dumps(result, indent=2) if as_json else describe(result))
 
 
@@ -311,6 +374,20 @@ def average(
     from pipelines.average import average as run_average
 
     run_average(list(checkpoints), output, best, last, _log, choose_by_dev=choose)
+
+
+@app.command()
+def keys(
+    prefix: str = typer.Argument("", help="Only the keys that start with this (e.g. train)."),
+    markdown: bool = typer.Option(False, "--markdown", help="As docs/config.md's tables."),
+):
+    """Every config key with its default, type and meaning: what --section.key=value sets."""
+    from seq2seq.config import config_keys
+
+    text = config_keys(prefix, markdown)
+    if not text.strip():
+        raise UsageError(f"no config key starts with '{prefix}'; try `nmt keys` for all")
+    typer.echo(text.rstrip("\n"))
 
 
 @app.command("plot-attention")

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.layout import RunFolder  # noqa: E402
 from pipelines.train import Trainer, train  # noqa: E402
-from pipelines.translate import TranslateOptions, translate_file  # noqa: E402
-from seq2seq.config import load_config  # noqa: E402
+from pipelines.translate import translate_file  # noqa: E402
+from seq2seq.config import TranslateConfig, load_config  # noqa: E402
 
 MODELS = {
     "quality": ROOT / "configs" / "multi30k_de_en.yaml",
@@ -158,7 +158,7 @@ def decode_options(args, beam: int, precision: str, graphs: bool, batch: int | N
         search["batch_size"] = batch
     elif args.device == "cpu":
         search["max_tokens"] = 2048  # on a GPU: sized to the card
-    return TranslateOptions(search, args.device, precision, "strict", 4000)
+    return TranslateConfig(device=args.device, precision=precision), search
 
 
 def decoding(args, run: RunFolder, source: Path) -> list[dict]:
@@ -174,7 +174,7 @@ def decoding(args, run: RunFolder, source: Path) -> list[dict]:
                 options = decode_options(args, beam, precision, graphs, size)
                 name = f"{precision}{'+graphs' if graphs else ''}"
                 out = args.work / f"decode-b{beam}-{name}-{size or 'tokens'}.txt"
-                result = translate_file(run.root, str(source), str(out), options, graph_notes)
+                result = translate_file(run.root, str(source), str(out), *options, graph_notes)
                 text = out.read_text(encoding="utf-8")
                 reference.setdefault((beam, precision), text)
                 row = {
@@ -206,7 +206,7 @@ def gpu_busy(args, run: RunFolder, source: Path, best: dict) -> float | None:
     out = args.work / "profiled.txt"
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
-        translate_file(run.root, str(source), str(out), options, lambda _: None)
+        translate_file(run.root, str(source), str(out), *options, lambda _: None)
         wall = time.perf_counter() - start
     busy_us = sum(e.self_device_time_total for e in prof.key_averages())
     return busy_us / 1e6 / wall

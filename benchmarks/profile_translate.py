@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -38,6 +39,11 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=5)
     parser.add_argument("--profile", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--in-thread",
+        action="store_true",
+        help="time the batches on a worker thread (as a server's executor would run them)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     search = {"beam_size": args.beam_size, "batch_size": args.batch_size}
@@ -53,13 +59,22 @@ def main() -> None:
     for batch in batches[: args.warmup]:
         translator.translate(batch)
     timed = batches[args.warmup : args.warmup + args.timed]
-    start = time.perf_counter()
-    for batch in timed:
-        translator.translate(batch)
-    seconds = time.perf_counter() - start
+
+    def run() -> float:
+        start = time.perf_counter()
+        for batch in timed:
+            translator.translate(batch)
+        return time.perf_counter() - start
+
+    if args.in_thread:
+        with ThreadPoolExecutor(1) as worker:
+            seconds = worker.submit(run).result()
+    else:
+        seconds = run()
     print(
         f"{args.model}, beam {args.beam_size}, {'sorted' if args.sorted else 'input-order'} "
-        f"batches of {size}, {args.precision}, {args.threads} threads: "
+        f"batches of {size}, {args.precision}, {args.threads} threads"
+        f"{', on a worker thread' if args.in_thread else ''}: "
         f"{sum(map(len, timed)) / seconds:.1f} sentences/s over {len(timed)} batches"
     )
     from torch.profiler import profile

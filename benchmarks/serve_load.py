@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,66 +71,71 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+@dataclass
+class Load:
+    """What one load run saw."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds, of the 200 answers
+    rss: list[float] = field(default_factory=list)  # the server's resident MiB, sampled
+    health: list[tuple[int, float]] = field(default_factory=list)  # /health status, seconds
+
+
+async def one_client(port: int, lines: list[str], todo, load: Load) -> None:
+    """Sends the next line of `todo` until none is left; after a 503, again 0.1 s later."""
+    connection = Client(port)
+    try:
+        for i in todo:
+            while True:
+                start = time.perf_counter()
+                try:
+                    body = {"texts": [lines[i % len(lines)]]}
+                    status, _ = await connection.call("POST", "/v1/translate", body)
+                except (ConnectionError, OSError):
+                    status = -1
+                    connection.close()
+                load.statuses[status] = load.statuses.get(status, 0) + 1
+                if status == 200:
+                    load.latencies.append(time.perf_counter() - start)
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        connection.close()
+
+
+async def watch(port: int, pid: int, load: Load, done: asyncio.Event) -> None:
+    """Every 0.1 s: the server's RSS, and how long /health takes to answer."""
+    checker = Client(port)
+    while not done.is_set():
+        load.rss.append(resident_mib(pid))
+        start = time.perf_counter()
+        status, _ = await checker.call("GET", "/health")
+        load.health.append((status, time.perf_counter() - start))
+        await asyncio.sleep(0.1)
+    checker.close()
+
+
 async def drive(port: int, clients: int, lines: list[str], requests: int, pid: int) -> dict:
     """`clients` clients sending one line each per request until `requests` are answered
     with 200; statuses, latencies, sentences/s, peak RSS and /health delays."""
-    todo = iter(range(requests))
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-    rss, health = [], []
-    done = asyncio.Event()
-
-    async def client() -> None:
-        connection = Client(port)
-        try:
-            for i in todo:
-                while True:
-                    start = time.perf_counter()
-                    try:
-                        status, _ = await connection.call(
-                            "POST", "/v1/translate", {"texts": [lines[i % len(lines)]]}
-                        )
-                    except (ConnectionError, OSError):
-                        status = -1
-                        connection.close()
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if status == 200:
-                        latencies.append(time.perf_counter() - start)
-                        break
-                    await asyncio.sleep(0.1)
-        finally:
-            connection.close()
-
-    async def watch() -> None:
-        checker = Client(port)
-        while not done.is_set():
-            rss.append(resident_mib(pid))
-            start = time.perf_counter()
-            status, _ = await checker.call("GET", "/health")
-            health.append((status, time.perf_counter() - start))
-            await asyncio.sleep(0.1)
-        checker.close()
-
-    probe = Client(port)
-    before = json.loads((await probe.call("GET", "/health"))[1])
-    watcher = asyncio.create_task(watch())
+    todo, load, done = iter(range(requests)), Load(), asyncio.Event()
+    before = json.loads((await Client(port).call("GET", "/health"))[1])
+    watcher = asyncio.create_task(watch(port, pid, load, done))
     start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(port, lines, todo, load) for _ in range(clients)))
     seconds = time.perf_counter() - start
     done.set()
     await watcher
-    probe.close()  # idle longer than the keep-alive: a new connection
-    after = json.loads((await probe.call("GET", "/health"))[1])
-    probe.close()
+    after = json.loads((await Client(port).call("GET", "/health"))[1])
+    texts, batches = (after[k] - before[k] for k in ("translated", "batches"))
     return {
-        "batch": (after["translated"] - before["translated"])
-        / max(1, after["batches"] - before["batches"]),
+        "batch": texts / max(1, batches),
         "sent_per_s": requests / seconds,
-        "p50_ms": 1000 * percentile(latencies, 0.5),
-        "p99_ms": 1000 * percentile(latencies, 0.99),
-        "statuses": statuses,
-        "peak_rss_mib": max(rss),
-        "health": health,
+        "p50_ms": 1000 * percentile(load.latencies, 0.5),
+        "p99_ms": 1000 * percentile(load.latencies, 0.99),
+        "statuses": load.statuses,
+        "peak_rss_mib": max(load.rss),
+        "health": load.health,
     }
 
 
@@ -167,7 +173,7 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="run folder or checkpoint")
     parser.add_argument("--lang", default="de", help="source language of the model")
@@ -179,12 +185,57 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--overload-queue", type=int, default=32)
     parser.add_argument("--work", type=Path, default=Path("runs") / "serve_load")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def one_round(args, translator, lines: list[str], port: int, pid: int, seen: dict) -> None:
+    """Each way of translating the lines once, into `seen` (name: list of figures)."""
+    lines_file = args.work / "lines.txt"
+    seen.setdefault("file", []).append(file_rate(args, lines_file, args.work / "out"))
+    start = time.perf_counter()
+    api_out = translator.translate(lines)
+    seen.setdefault("api", []).append(len(lines) / (time.perf_counter() - start))
+    written = (args.work / "out").read_text(encoding="utf-8").splitlines()
+    seen.setdefault("identical", []).append(api_out == written)
+    for line in lines[:50]:
+        start = time.perf_counter()
+        translator.translate([line])
+        seen.setdefault("single", []).append(1000 * (time.perf_counter() - start))
+    for n in args.clients:
+        requests = args.requests // 5 if n == 1 else args.requests
+        result = asyncio.run(drive(port, n, lines, requests, pid))
+        assert set(result["statuses"]) == {200}, result["statuses"]
+        for key in ("sent_per_s", "p50_ms", "p99_ms", "batch"):
+            seen.setdefault((n, key), []).append(result[key])
+
+
+def report(args, seen: dict) -> None:
+    print(f"API output identical to nmt translate's: {all(seen['identical'])}")
+    print(f"\n{'':28} {'sentences/s':>22} {'p50 ms':>22} {'p99 ms':>22}")
+    print(f"{'nmt translate (file)':28} {summary(seen['file']):>22}")
+    print(f"{'Python API (list)':28} {summary(seen['api']):>22}")
+    print(f"{'Python API (one sentence)':28} {'':>22} {summary(seen['single']):>22}")
+    for n in args.clients:
+        row = [summary(seen[n, key]) for key in ("sent_per_s", "p50_ms", "p99_ms")]
+        print(f"{f'serve, {n} clients':28} " + " ".join(f"{cell:>22}" for cell in row))
+    sizes = (f"{n} clients {statistics.median(seen[n, 'batch']):.1f}" for n in args.clients)
+    print(f"mean texts per batch: {', '.join(sizes)}")
+    file_median = statistics.median(seen["file"])
+    for n in args.clients:
+        ratio = statistics.median(seen[n, "sent_per_s"]) / file_median
+        print(f"serve {n} clients / file: {ratio:.2f}")
+    if 1 in args.clients:
+        ratio = statistics.median(seen[1, "p50_ms"]) / statistics.median(seen["single"])
+        print(f"1-client p50 / one sentence through the API: {ratio:.2f}")
+    print(f"API / file: {statistics.median(seen['api']) / file_median:.2f}")
+
+
+def main() -> None:
+    args = arguments()
     args.work.mkdir(parents=True, exist_ok=True)
     with gzip.open(str(SOURCE).format(lang=args.lang), "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()[: args.lines]
-    lines_file = args.work / "lines.txt"
-    lines_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (args.work / "lines.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     import torch
 
@@ -194,52 +245,15 @@ def main() -> None:
     print(f"model {args.model}: {translator.precision_note}; beam {args.beam}; {len(lines)} lines")
     print(f"torch threads {torch.get_num_threads()}")
     server, port = start_server(args)
-    rates: dict[str, list[float]] = {}
-    latency: dict[int, dict[str, list[float]]] = {n: {"p50": [], "p99": []} for n in args.clients}
-    single: list[float] = []
-    batch: dict[int, list[float]] = {n: [] for n in args.clients}
+    seen: dict = {}
     try:
         for repeat in range(args.repeats):
-            rates.setdefault("file", []).append(file_rate(args, lines_file, args.work / "out"))
-            start = time.perf_counter()
-            api_out = translator.translate(lines)
-            rates.setdefault("api", []).append(len(lines) / (time.perf_counter() - start))
-            if repeat == 0:
-                written = (args.work / "out").read_text(encoding="utf-8").splitlines()
-                print(f"API output identical to nmt translate's: {api_out == written}")
-            for line in lines[:50]:
-                start = time.perf_counter()
-                translator.translate([line])
-                single.append(1000 * (time.perf_counter() - start))
-            for n in args.clients:
-                requests = args.requests // 5 if n == 1 else args.requests
-                result = asyncio.run(drive(port, n, lines, requests, server.pid))
-                assert set(result["statuses"]) == {200}, result["statuses"]
-                rates.setdefault(n, []).append(result["sent_per_s"])
-                latency[n]["p50"].append(result["p50_ms"])
-                latency[n]["p99"].append(result["p99_ms"])
-                batch[n].append(result["batch"])
+            one_round(args, translator, lines, port, server.pid, seen)
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     finally:
         server.terminate()
         server.wait()
-
-    print(f"\n{'':28} {'sentences/s':>22} {'p50 ms':>22} {'p99 ms':>22}")
-    print(f"{'nmt translate (file)':28} {summary(rates['file']):>22}")
-    print(f"{'Python API (list)':28} {summary(rates['api']):>22}")
-    print(f"{'Python API (one sentence)':28} {'':>22} {summary(single):>22}")
-    for n in args.clients:
-        row = f"{f'serve, {n} clients':28} {summary(rates[n]):>22}"
-        print(row + f" {summary(latency[n]['p50']):>22} {summary(latency[n]['p99']):>22}")
-    sizes = ", ".join(f"{n} clients {statistics.median(batch[n]):.1f}" for n in args.clients)
-    print(f"mean texts per batch: {sizes}")
-    file_median = statistics.median(rates["file"])
-    for n in args.clients:
-        print(f"serve {n} clients / file: {statistics.median(rates[n]) / file_median:.2f}")
-    if 1 in args.clients:
-        ratio = statistics.median(latency[1]["p50"]) / statistics.median(single)
-        print(f"1-client p50 / one sentence through the API: {ratio:.2f}")
-    print(f"API / file: {statistics.median(rates['api']) / file_median:.2f}")
+    report(args, seen)
     overload(args, lines)
 
 

@@ -26,7 +26,8 @@ def _figure(value) -> str:
     return str(value)
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (False for a closed or replaced stream)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -69,7 +70,7 @@ class Progress:
                 *columns,
                 console=Console(file=self.stream),
                 refresh_per_second=4,
-                redirect_stdout=_is_terminal(sys.stdout),
+                redirect_stdout=is_terminal(sys.stdout),
             )
             self.task = self.bar.add_task(label, total=total, completed=done, status="")
             self.bar.start()

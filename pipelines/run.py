@@ -18,7 +18,7 @@ from .layout import RunFolder
 from .preprocess import preprocess
 from .score import describe, score_files
 from .train import train
-from .translate import TranslateOptions, translate_file
+from .translate import translate_file
 
 
 def _preprocessed(config: Config, run: RunFolder) -> bool:
@@ -60,8 +60,8 @@ def pipeline(
     test = manifest["splits"]["test"]
     hypotheses = run.translation("test", manifest["languages"]["tgt"])
     hypotheses.parent.mkdir(parents=True, exist_ok=True)
-    options = TranslateOptions(device=config.train.device, precision=config.train.precision)
-    speed = translate_file(run.root, str(run.root / test["src"]), str(hypotheses), options, log)
+    source = str(run.root / test["src"])
+    speed = translate_file(run.root, source, str(hypotheses), config.translate, None, log)
     log(
         f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
         f"sentences/s (beam {config.search.beam_size})"

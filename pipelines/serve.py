@@ -2,31 +2,23 @@
 
 Endpoints (README, serve): POST /v1/translate (our JSON), POST /translate and GET /languages
 (LibreTranslate's), GET /health. Every answer is JSON; a refusal is {"error": "<one line>"}
-with a 4xx status (413 for too much, 503 with Retry-After when the queue is full).
-
-Texts of requests that arrive together are translated together: while the model works on
-one batch the next gathers, and when the last batch held several requests, a new batch
-waits up to `serve.max_wait_ms` for as many, up to `serve.batch_tokens` source tokens (one
-client alone never waits). At most `serve.max_queue` texts wait, so memory stays flat under
-overload. SIGTERM or Ctrl-C stops listening, answers the requests in flight, then exits.
+with a 4xx status (413 for too much, 503 with Retry-After when the queue is full). Texts of
+requests that arrive together are translated together (batcher.py). SIGTERM or Ctrl-C stops
+listening, answers the requests in flight, then exits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import itertools
 import json
-import queue
+import logging
+import re
 import signal
 import socket
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,10 +28,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from seq2seq.config import SearchConfig, ServeConfig
+from seq2seq.config import SearchConfig, ServeConfig, short
 from seq2seq.errors import UserError, out_of_memory
 
-from .translator import Encoded, Translation, Translator
+from .batcher import Batcher, ModelThread, QueueFull, split_by
+from .translator import Translation, Translator, best
 
 NAMES = dict(cs="Czech", de="German", en="English", es="Spanish", fr="French", it="Italian")
 
@@ -50,152 +43,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers
-
-
-# --- batching -------------------------------------------------------------------------------
-
-
-@dataclass
-class Waiting:
-    """One request's texts, waiting for their batch."""
-
-    chunk: Encoded
-    settings: SearchConfig
-    future: asyncio.Future
-    tokens: int = field(init=False)
-
-    def __post_init__(self):
-        self.tokens = sum(len(self.chunk.ids[i]) + 1 for i in self.chunk.todo)
-
-
-class ModelThread:
-    """Runs the model's work on the thread that calls `work_until` (the main thread), for
-    the event loop on another. torch's OpenMP threads spin between the many small parallel
-    regions of a search, but libgomp throttles that spinning once a second thread has used
-    them, and searching from a worker thread was measured 1.7-2.5x slower per sentence."""
-
-    def __init__(self):
-        self.jobs: queue.Queue = queue.Queue()
-
-    async def run(self, work: Callable, *args: Any) -> Any:
-        """`work(*args)` on the model's thread; awaits its result (from the event loop)."""
-        future = concurrent.futures.Future()
-        self.jobs.put((work, args, future))
-        return await asyncio.wrap_future(future)
-
-    def work_until(self, done: Callable[[], bool]) -> None:
-        while not done():
-            try:
-                work, args, future = self.jobs.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if future.set_running_or_notify_cancel():  # not cancelled meanwhile
-                try:
-                    future.set_result(work(*args))
-                except Exception as error:  # noqa: BLE001 - the request that waits hears of it
-                    future.set_exception(error)
-
-
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None = None) -> None:
-    if not future.done():  # done: cancelled, as its client went or the server stops
-        future.set_result(result) if error is None else future.set_exception(error)
-
-
-class Batcher:
-    """Gathers the texts of concurrent requests into batches for one translator, which works
-    on the model's thread so that the server keeps answering meanwhile."""
-
-    def __init__(self, translator: Translator, config: ServeConfig, model: ModelThread):
-        self.translator, self.config, self.model = translator, config, model
-        self.queue: deque[Waiting] = deque()
-        self.queued = 0  # texts waiting
-        self.arrived = asyncio.Event()
-        self.last_batch = 1  # requests in the last batch: how many the next one waits for
-        self.working = 0  # texts in the batch being translated
-        self.served = self.batches = 0  # texts translated, batches they took
-
-    def submit(self, texts: list[str], settings: SearchConfig) -> asyncio.Future:
-        """Queue texts for translation; refused with 503 when the queue is full."""
-        if self.queued + len(texts) > self.config.max_queue:
-            raise Refused(
-                503,
-                f"busy: {self.queued} texts are waiting (serve.max_queue "
-                f"{self.config.max_queue}); retry later",
-                {"Retry-After": "1"},
-            )
-        waiting = Waiting(self.translator.encode(texts), settings, asyncio.Future())
-        self.queue.append(waiting)
-        self.queued += len(texts)
-        self.arrived.set()
-        return waiting.future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self.arrived.wait()
-            self.arrived.clear()
-            if not self.queue:
-                continue
-            await self._gather(loop)
-            batch = self._take()
-            self.last_batch = len(batch)
-            self.working = sum(len(waiting.chunk.lines) for waiting in batch)
-            try:
-                results = await self.model.run(self._translate, batch)
-            except Exception as error:  # noqa: BLE001 - every waiting request hears of it
-                for waiting in batch:
-                    _settle(waiting.future, None, error)
-            else:
-                for waiting, result in zip(batch, results):
-                    _settle(waiting.future, result)
-            self.served, self.batches = self.served + self.working, self.batches + 1
-            self.working = 0
-            if self.queue:
-                self.arrived.set()
-
-    async def _gather(self, loop) -> None:
-        """Wait briefly for as many requests as the last batch had, if it had several."""
-        deadline = loop.time() + self.config.max_wait_ms / 1000
-        while len(self.queue) < self.last_batch and self._tokens() < self.config.batch_tokens:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), left)
-
-    def _tokens(self) -> int:
-        return sum(waiting.tokens for waiting in self.queue)
-
-    def _take(self) -> list[Waiting]:
-        """The first waiting request and those after it with the same search settings, up
-        to the token budget; the others keep their places."""
-        first = self.queue.popleft()
-        batch, kept, tokens = [first], deque(), first.tokens
-        while self.queue:
-            waiting = self.queue.popleft()
-            fits = tokens + waiting.tokens <= self.config.batch_tokens
-            if waiting.settings == first.settings and fits:
-                batch.append(waiting)
-                tokens += waiting.tokens
-            else:
-                kept.append(waiting)
-        self.queue = kept
-        self.queued -= sum(len(waiting.chunk.lines) for waiting in batch)
-        return batch
-
-    def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:
-        """One search over the texts of every request in the batch (on the model's thread)."""
-        lines, ids, todo = [], [], []
-        for waiting in batch:
-            todo += [len(lines) + i for i in waiting.chunk.todo]
-            lines += waiting.chunk.lines
-            ids += waiting.chunk.ids
-        chunk = Encoded(lines, ids, todo)
-        hypotheses = self.translator.search_chunk(chunk, False, batch[0].settings)
-        translations = self.translator.decode(chunk, hypotheses)
-        starts = list(itertools.accumulate((len(w.chunk.lines) for w in batch), initial=0))
-        return [translations[a:b] for a, b in zip(starts, starts[1:])]
 
 
 # --- reading requests -----------------------------------------------------------------------
@@ -230,7 +77,8 @@ async def read_fields(request: Request, limit: int, forms: bool = False) -> dict
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         raise Refused(415, "multipart forms are not read; send JSON or a URL-encoded form")
-    if forms and (kind == "application/x-www-form-urlencoded" or not text.lstrip()[:1] == "{"):
+    guess = kind not in ("application/json", "application/x-www-form-urlencoded")
+    if forms and (kind == "application/x-www-form-urlencoded" or guess and text[:1] != "{"):
         try:
             form = parse_qs(text, keep_blank_values=True, errors="strict")
         except UnicodeDecodeError as e:
@@ -246,16 +94,10 @@ async def read_fields(request: Request, limit: int, forms: bool = False) -> dict
     return fields
 
 
-def short(value: Any) -> str:
-    """A value as errors quote it: at most about 40 characters of it."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def integer(fields: dict, key: str, low: int, high: int, default: int | None) -> int | None:
     """An optional integer field within [low, high]; form fields arrive as strings."""
     value = fields.get(key, default)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
         value = int(value)
     if value is None:
         return None
@@ -287,7 +129,7 @@ def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
 
 def joined(lines: list[list[Translation]], k: int) -> str:
     """The k-th best translation of each line (the best where there are fewer), as one text."""
-    return "\n".join(hyps[min(k, len(hyps) - 1)].text if hyps else "" for hyps in lines)
+    return "\n".join(hyps[k].text if k < len(hyps) else best(hyps) for hyps in lines)
 
 
 # --- the application ------------------------------------------------------------------------
@@ -316,14 +158,26 @@ class Service:
         """The model's search settings with a request's beam size and n-best."""
         changes = {}
         if n_best is not None:
-            changes["n_best"] = n_best
             beam_size = beam_size or max(n_best, self.translator.search.beam_size)
+            if n_best > beam_size:
+                raise Refused(400, f"field 'n_best': expected at most beam_size ({beam_size})")
+            changes["n_best"] = n_best
         if beam_size is not None:
             changes["beam_size"] = beam_size
         try:
             return self.translator.settings(changes)
-        except UserError as e:
-            raise Refused(400, str(e).replace("config key 'search.", "field '")) from None
+        except UserError as e:  # a beam wider than the vocabulary
+            raise Refused(400, f"field 'beam_size': {str(e).split(': ', 1)[-1]}") from None
+
+    async def translate(self, texts: list[str], settings: SearchConfig) -> list:
+        """The n best of each text, or 413 or 503 when the queue cannot take them."""
+        if len(texts) > self.config.max_queue:  # could never be taken: not worth a retry
+            raise Refused(413, f"{len(texts)} texts; at most {self.config.max_queue} can wait")
+        try:
+            return await self.batcher.submit(texts, settings)
+        except QueueFull as full:
+            message = f"busy: {full.args[0]} texts are waiting (serve.max_queue); retry later"
+            raise Refused(503, message, {"Retry-After": "1"}) from None
 
     async def translate_lines(self, texts: list[str], settings: SearchConfig) -> list:
         """Translations of texts that may hold several lines, each line translated alone."""
@@ -333,9 +187,7 @@ class Service:
             raise Refused(
                 413, f"{len(lines)} lines; at most {self.config.max_texts} (serve.max_texts)"
             )
-        results = await self.batcher.submit(lines, settings)
-        starts = list(itertools.accumulate((len(parts) for parts in split), initial=0))
-        return [results[a:b] for a, b in zip(starts, starts[1:])]
+        return split_by(await self.translate(lines, settings), [len(parts) for parts in split])
 
     async def v1_translate(self, request: Request) -> JSONResponse:
         fields = await read_fields(request, self.config.max_body_bytes)
@@ -352,9 +204,9 @@ class Service:
         settings = self.settings(
             integer(fields, "beam_size", 1, high, None), integer(fields, "n_best", 1, high, None)
         )
-        results = await self.batcher.submit(texts, settings)
+        results = await self.translate(texts, settings)
         answer = {
-            "translations": [hyps[0].text if hyps else "" for hyps in results],
+            "translations": [best(hyps) for hyps in results],
             "scores": [hyps[0].score if hyps else None for hyps in results],
         }
         if settings.n_best > 1:
@@ -430,7 +282,7 @@ def application(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher = Batcher(service.translator, service.config, service.model)
-        task = asyncio.create_task(service.batcher.run())
+        task = service.batcher.start()
         yield
         task.cancel()
 
@@ -478,6 +330,7 @@ def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = p
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=config.shutdown_seconds,
+            limit_concurrency=config.max_connections,
         )
     )
     src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
@@ -486,7 +339,9 @@ def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = p
     http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http")
 
     def stop(signum, frame) -> None:  # uvicorn stops listening, then answers what it holds
-        server.force_exit = server.should_exit  # a second signal: at once
+        if server.should_exit:  # a second signal: no more waiting for them, and no traceback
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # of the lifespan
+            server.force_exit = True
         server.should_exit = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -7,7 +7,8 @@ Writes: for each input, its translation, line i for input line i ("-" for stdout
 inputs go to an output folder, one file each under the input's name). Finished chunks go to
 `<output>.partial` (with `<output>.partial.progress`) and the file takes its final name only
 when all is done; `--resume` continues an interrupted run after its last finished chunk.
-With n-best > 1 a line holds each hypothesis and its score, tab-separated.
+With n-best > 1 a line holds each hypothesis and its score, tab-separated, or with
+`translate.n_best_format: moses` each hypothesis is a line `i ||| hypothesis ||| score`.
 
 What to search for is the checkpoint's `search` section with the changes asked for
 (`--search.beam_size=8`, or its alias `--beam-size 8`).
@@ -39,47 +40,31 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seq2seq.config import TranslateConfig, to_dict
 from seq2seq.errors import UserError, out_of_memory
 from seq2seq.io import StreamLines, count_lines, read_lines
 
 from .background import Behind, ahead, worth_it
 from .distributed import Ranks
 from .outputs import FileSink, Job, Plan, StdoutSink, commit, plan_jobs
-from .progress import Progress
-from .translator import CHUNK_LINES, Encoded, Translation, Translator, model_paths
-
-
-@dataclass(frozen=True)
-class TranslateOptions:
-    search: dict[str, Any] = field(default_factory=dict)  # changes to the checkpoint's search
-    device: str = "auto"
-    precision: str = "auto"  # see seq2seq.device.resolve_precision
-    errors: str = "strict"  # invalid UTF-8 in the input: "strict" or "replace"
-    chunk_lines: int = CHUNK_LINES  # lines read, sorted by length and translated together
-
-    def __post_init__(self):
-        if self.errors not in ("strict", "replace"):
-            raise UserError(f"option '--errors': expected strict or replace, got {self.errors!r}")
-        if self.chunk_lines < 1:
-            raise UserError(
-                f"option '--chunk-lines': expected an integer >= 1, got {self.chunk_lines}"
-            )
-
+from .progress import Progress, is_terminal
+from .translator import Encoded, Translation, Translator, model_paths
 
 # --- writing --------------------------------------------------------------------------------
 
 
-def output_line(translations: list[Translation], n_best: int) -> str:
+def output_lines(translations: list[Translation], n_best: int, form: str, number: int) -> str:
     """A line's output: the best translation, or with n-best, each hypothesis and its score,
-    tab-separated. An empty input line gives an empty line."""
-    if not translations:
-        return "\n"
-    if n_best == 1:
-        return translations[0].text + "\n"
+    tab-separated on one line, or as Moses n-best lines (`number ||| hypothesis ||| score`,
+    numbered from 0, none for an empty input line). An empty input line gives an empty line."""
+    if n_best == 1 or (form == "tab" and not translations):
+        return (translations[0].text if translations else "") + "\n"
+    if form == "moses":
+        return "".join(f"{number} ||| {t.text} ||| {t.score:.4f}\n" for t in translations)
     return "\t".join(f"{t.text}\t{t.score:.4f}" for t in translations) + "\n"
 
 
@@ -122,18 +107,12 @@ def _prompted(lines: Iterable[str]) -> Iterator[list[str]]:
         yield [line]
 
 
-def typing() -> bool:
-    """Whether standard input is a terminal (someone types the lines)."""
-    try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def input_chunks(path: str, size: int, errors: str) -> Iterator[list[str]]:
     if path == "-":
         stream = StreamLines(sys.stdin.buffer, "stdin", errors)
-        return _prompted(stream) if typing() else _chunks(stream, size, stream.waiting)
+        return (
+            _prompted(stream) if is_terminal(sys.stdin) else _chunks(stream, size, stream.waiting)
+        )
     return _chunks(read_lines(path, errors=errors), size, lambda: False)
 
 
@@ -157,60 +136,66 @@ class Shard(Ranks):
         return chunk % self.world == self.rank
 
 
-def _fingerprint(job: Job, translator: Translator, options: TranslateOptions, world: int) -> dict:
-    """What must not change for `--resume` to continue a job."""
-    source = Path(job.input).stat()
-    models = [(path.resolve(), path.stat()) for path in translator.checkpoint_paths]
-    return {
-        "input": [str(Path(job.input).resolve()), source.st_size, source.st_mtime_ns],
-        "model": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in models],
-        "search": options.search,
-        "precision": translator.precision,
-        "errors": options.errors,
-        "chunk_lines": options.chunk_lines,
-        "alignments": job.alignments is not None,
-        "world": world,
-    }
+@dataclass
+class Session:
+    """What every job of one `nmt translate` shares."""
+
+    translator: Translator
+    config: TranslateConfig
+    search: dict[str, Any]  # the changes asked for to the checkpoint's search
+    shard: Shard
+    plan: Plan
+    resume: bool
+    log: Callable[[str], None]
+
+    def fingerprint(self, job: Job) -> dict:
+        """What must not change for `--resume` to continue a job."""
+        source = Path(job.input).stat()
+        models = [(path.resolve(), path.stat()) for path in self.translator.checkpoint_paths]
+        return {
+            "input": [str(Path(job.input).resolve()), source.st_size, source.st_mtime_ns],
+            "model": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in models],
+            "search": self.search,
+            "precision": self.translator.precision,
+            "translate": to_dict(self.config),
+            "alignments": job.alignments is not None,
+            "world": self.shard.world,
+        }
+
+    def sink(self, job: Job):
+        if job.output == "-":
+            return StdoutSink(job.alignments, self.plan.created)
+        fingerprint = None if job.input == "-" else self.fingerprint(job)
+        total = None if job.input == "-" else count_lines(job.input)
+        return FileSink(
+            job, self.shard, self.config.chunk_lines, total, fingerprint, self.resume,
+            self.plan.created, self.log,
+        )  # fmt: skip
 
 
-def _open_sink(job, translator, options, shard, resume, plan, log):
-    if job.output == "-":
-        return StdoutSink(job.alignments, plan.created)
-    if job.input == "-":
-        fingerprint, total = None, None
-    else:
-        fingerprint = _fingerprint(job, translator, options, shard.world)
-        total = count_lines(job.input)
-    return FileSink(job, shard, options.chunk_lines, total, fingerprint, resume, plan.created, log)
-
-
-def _run_job(
-    translator: Translator,
-    job: Job,
-    options: TranslateOptions,
-    shard: Shard,
-    resume: bool,
-    plan: Plan,
-    log: Callable[[str], None],
-) -> tuple[int, int]:
+def _run_job(session: Session, job: Job) -> tuple[int, int]:
     """Translate one input (this rank's share of it) into its sink; returns sentences and
     target tokens. On a GPU the chunk ahead is read and tokenized, and the chunk behind
     detokenized and written, on background threads."""
-    sink = _open_sink(job, translator, options, shard, resume, plan, log)
+    translator, config = session.translator, session.config
+    sink = session.sink(job)
     with_alignments = job.alignments is not None
-    size = options.chunk_lines
+    size = config.chunk_lines
     n_best = translator.search.n_best
     # No progress redrawn over what a person types.
-    quiet = job.input == "-" and typing()
+    quiet = job.input == "-" and is_terminal(sys.stdin)
     progress = Progress("translate", sink.total, "sent", done=sink.done_lines, enabled=not quiet)
     counts = [0, 0]  # sentences, target tokens
 
     def finish(k: int, chunk: Encoded, hypotheses: list) -> None:
         results = translator.decode(chunk, hypotheses, with_alignments)
-        texts = ["".join(output_line(t, n_best) for t in results)]
+        first = k * size if job.input != "-" else counts[0]  # stdin's chunks vary in size
+        lines = (
+            output_lines(t, n_best, config.n_best_format, first + i) for i, t in enumerate(results)
+        )
+        texts = ["".join(lines)]
         if with_alignments:
-            first = k * size + 1
-            texts.append("".join(alignment_line(first + i, t) for i, t in enumerate(results)))
+            texts.append("".join(alignment_line(first + i + 1, t) for i, t in enumerate(results)))
         sink.append(k, texts)
         counts[0] += len(chunk.lines)
         counts[1] += sum(len(t[0].tokens) + 1 for t in results if t)
@@ -218,7 +203,7 @@ def _run_job(
 
     chunks = (
         (k, lines)
-        for k, lines in enumerate(input_chunks(job.input, size, options.errors))
+        for k, lines in enumerate(input_chunks(job.input, size, config.errors))
         if sink.wants(k)
     )
     # Not for stdin: a thread waiting there for a line could not be stopped.
@@ -242,19 +227,22 @@ def translate_files(
     model: str | Path | list,
     inputs: list[str],
     output: str,
-    options: TranslateOptions,
+    config: TranslateConfig = TranslateConfig(),
+    search: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     alignments: str | None = None,
     resume: bool = False,
 ) -> dict:
     """Translate one file, several, or a folder with one model or an ensemble (a list of
-    models); returns counts and speed (this rank's)."""
-    shard = Shard()
+    models), with `search` changing the checkpoint's search settings; returns counts and
+    speed (this rank's)."""
+    shard, search = Shard(), search or {}
     start = time.monotonic()
     plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), shard.world)
-    check_inputs(plan.jobs, options.errors)
-    device = shard.device(options.device)
-    translator = Translator(model, device, options.precision, **options.search)
+    check_inputs(plan.jobs, config.errors)
+    device = shard.device(config.device)
+    translator = Translator(model, device, config.precision, **search)
+    session = Session(translator, config, search, shard, plan, resume, log)
     if shard.main:
         log(f"translate: {translator.precision_note}")
     shard.start(translator.device)
@@ -263,7 +251,7 @@ def translate_files(
     try:
         plan.create_folder()
         for job in plan.jobs:
-            done, produced = _run_job(translator, job, options, shard, resume, plan, log)
+            done, produced = _run_job(session, job)
             sentences, tokens = sentences + done, tokens + produced
         commit(plan, shard.main)
     except (UserError, MemoryError, RuntimeError) as e:
@@ -295,10 +283,13 @@ def translate_file(
     model: str | Path | list,
     input_path: str,
     output_path: str,
-    options: TranslateOptions,
+    config: TranslateConfig = TranslateConfig(),
+    search: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     alignments: str | None = None,
     resume: bool = False,
 ) -> dict:
     """Translate one file (or "-"), line by line; returns counts and speed."""
-    return translate_files(model, [input_path], output_path, options, log, alignments, resume)
+    return translate_files(
+        model, [input_path], output_path, config, search, log, alignments, resume
+    )

@@ -64,6 +64,11 @@ class Translation:
     alignment: Alignment | None = None  # when asked for
 
 
+def best(translations: list[Translation]) -> str:
+    """The best text of a text's translations ("" for an empty text, which has none)."""
+    return translations[0].text if translations else ""
+
+
 @dataclass
 class Encoded:
     """Texts normalized and tokenized."""
@@ -128,6 +133,8 @@ class Translator:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)
@@ -139,15 +146,14 @@ class Translator:
         )
         self.search = override_search(self.checkpoint.search, search)
         asked = {"batch_size", "max_tokens"} & set(search) or self.search.max_tokens
-        if self.device.type == "cuda" and not asked:
+        self.card_sized = self.device.type == "cuda" and not asked  # batches sized to the GPU
+        if self.card_sized:
             tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
             self.search = override_search(self.search, {"max_tokens": tokens})
         check_beam_size(self.search.beam_size, self.model.vocab)
         self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
         if self.search.cuda_graphs and self.device.type == "cuda":
             self.graphs = self.model = GraphedModel(self.model)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
         parameters = sum(p.numel() for p in checkpoints[0].model.parameters())
         self.precision, self.precision_note = resolve_precision(precision, self.device, parameters)
         info = self.checkpoint.info
@@ -165,7 +171,7 @@ class Translator:
         """The best translation of each text (of a single text, given a string)."""
         if isinstance(texts, str):
             return self.translate([texts], **search)[0]
-        return [hyps[0].text if hyps else "" for hyps in self.generate(texts, **search)]
+        return [best(hyps) for hyps in self.generate(texts, **search)]
 
     def generate(
         self, texts: list[str], alignments: bool = False, **search: Any
@@ -193,6 +199,12 @@ class Translator:
         """This translator's search settings with `changes` (checked like the config file)."""
         if not changes:
             return self.search
+        changes = dict(changes)
+        beam = changes.get("beam_size", self.search.beam_size)
+        if self.card_sized and not {"batch_size", "max_tokens"} & set(changes):
+            # the GPU budget was sized for the default beam: a wider one takes fewer tokens
+            scaled = self.search.max_tokens * self.search.beam_size // max(1, int(beam))
+            changes["max_tokens"] = min(131_072, max(1, scaled))
         settings = override_search(self.search, changes)
         check_beam_size(settings.beam_size, self.model.vocab)
         return settings

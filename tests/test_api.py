@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from pipelines.translate import TranslateOptions, translate_file
+from pipelines.translate import translate_file
 from pipelines.translator import Translator
+from seq2seq.config import TranslateConfig
 from seq2seq.errors import UserError
 
 from .conftest import ROOT
@@ -35,8 +36,8 @@ def test_the_api_gives_what_the_translate_stage_writes(tmp_path, trained_run, li
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out, aligned = tmp_path / "out.de", tmp_path / "out.align"
-    options = TranslateOptions(search=search, device="cpu", chunk_lines=4)
-    translate_file(trained_run, str(source), str(out), options, lambda _: None, str(aligned))
+    config = TranslateConfig(device="cpu", chunk_lines=4)
+    translate_file(trained_run, str(source), str(out), config, search, lambda _: None, str(aligned))
     results = Translator(trained_run, "cpu").generate(lines, alignments=True, **search)
     written = out.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in aligned.read_text(encoding="utf-8").splitlines()]
@@ -44,7 +45,7 @@ def test_the_api_gives_what_the_translate_stage_writes(tmp_path, trained_run, li
     for hyps, line, record in zip(results, written, records):
         fields = line.split("\t") if line else []
         if search.get("n_best", 1) == 1:
-            assert [t.text for t in hyps[:1]] == ([line] if hyps else [])
+            assert line == (hyps[0].text if hyps else "")
         else:
             assert fields == [x for t in hyps for x in (t.text, f"{t.score:.4f}")]
         if hyps:

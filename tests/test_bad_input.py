@@ -170,7 +170,7 @@ CASES = [
     (
         "bad precision",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --precision fp64",
-        r"precision: expected auto, fp32, bf16 or fp16, got 'fp64'",
+        r"translate.precision': 'fp64' is not allowed; expected one of auto, fp32, bf16, fp16",
     ),
     (
         "fp16 on cpu",
@@ -180,7 +180,7 @@ CASES = [
     (
         "chunk of zero lines",
         "translate -m {run} -i {root}/in.en -o {root}/o.txt --chunk-lines 0",
-        r"'--chunk-lines': expected an integer >= 1",
+        r"'translate.chunk_lines': expected an integer >= 1",
     ),
     (
         "not a number",

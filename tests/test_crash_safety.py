@@ -74,9 +74,10 @@ def progress_write(path, text):
     say("APPEND", 0.1)  # the chunk is on disk, its progress record not yet
     real_write(path, text)
 out.atomic_write_text = progress_write
-options = tl.TranslateOptions(search={{"beam_size": 2}}, device="cpu", chunk_lines=3)
-tl.translate_file(sys.argv[1], sys.argv[2], sys.argv[3], options, log=lambda _: None,
-                  resume=True)
+from seq2seq.config import TranslateConfig
+config = TranslateConfig(device="cpu", chunk_lines=3)
+tl.translate_file(sys.argv[1], sys.argv[2], sys.argv[3], config, {{"beam_size": 2}},
+                  log=lambda _: None, resume=True)
 say("DONE")
 """
 

@@ -18,10 +18,10 @@ from benchmarks.host_overhead import count_ops, tiny_model
 from pipelines.background import Behind, ahead
 from pipelines.layout import RunFolder
 from pipelines.train import train
-from pipelines.translate import TranslateOptions, translate_file
+from pipelines.translate import translate_file
 from seq2seq.batching import pad
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import SearchConfig, load_config
+from seq2seq.config import SearchConfig, TranslateConfig, load_config
 
 from .conftest import ROOT, copy_run, write_config
 from .test_model import random_sentences
@@ -88,11 +88,11 @@ def test_translation_with_background_threads_is_identical(tmp_path, trained_run,
     source = tmp_path / "in.en"
     lines = (trained_run / "data" / "test.en").read_text(encoding="utf-8").splitlines()
     source.write_text("\n".join(lines[:5] + [""] + lines[5:]) + "\n", encoding="utf-8")
-    options = TranslateOptions({"beam_size": 3}, device="cpu", chunk_lines=4)
+    options = (TranslateConfig(device="cpu", chunk_lines=4), {"beam_size": 3})
     plain, threaded = tmp_path / "plain.txt", tmp_path / "threaded.txt"
-    translate_file(trained_run, str(source), str(plain), options, log=lambda _: None)
+    translate_file(trained_run, str(source), str(plain), *options, log=lambda _: None)
     monkeypatch.setattr(background, "BACKGROUND_DEVICES", {"cpu", "cuda"})
-    translate_file(trained_run, str(source), str(threaded), options, log=lambda _: None)
+    translate_file(trained_run, str(source), str(threaded), *options, log=lambda _: None)
     assert threaded.read_bytes() == plain.read_bytes()
 
 

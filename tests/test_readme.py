@@ -1,43 +1,18 @@
-"""README.md holds the truth: its config reference names every key, with its default."""
+"""README.md and docs/ hold the truth: the config reference, the commands, the examples."""
 
 from __future__ import annotations
 
-import dataclasses
-import re
-
-from seq2seq.config import Config, to_dict
+from seq2seq.config import Config, config_keys, keys
 
 from .conftest import ROOT
 
 
-def flatten(prefix: str, value) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(flatten(f"{prefix}.{k}" if prefix else k, v))
-        return out
-    return {prefix: value}
-
-
-def test_config_reference_lists_every_key_and_its_default():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    reference = readme.split("## Config reference")[1].split("\n## ")[0]
-    defaults = to_dict(Config())
-    for section in ("data", "model", "train", "search"):
-        table = reference.split(f"### {section}\n")[1].split("###")[0]
-        rows = dict(re.findall(r"^\| `([a-z_.]+)` \|\s*([^|]*?)\s*\|", table, flags=re.M))
-        for key, default in flatten("", defaults[section]).items():
-            assert key in rows, f"README config reference lacks {section}.{key}"
-            shown = rows[key].strip().strip("`")
-            if default in (None, "") or key == "path":
-                continue
-            expected = default
-            if isinstance(default, bool):
-                expected = "true" if default else "false"
-            elif isinstance(default, list):
-                expected = "[" + ", ".join(str(d) for d in default) + "]"
-            assert shown == str(expected), f"{section}.{key}: README says {shown}, code {expected}"
-    assert dataclasses.fields(Config)[0].name == "name"
+def test_the_config_reference_is_generated_from_the_config_classes():
+    page = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    tables = page.split("checks them. -->\n\n", 1)[1]
+    assert tables == config_keys(markdown=True), "regenerate: nmt keys --markdown"
+    for key, _, _, meaning in keys(Config):
+        assert f"| `{key}` |" in tables and meaning
 
 
 def test_readme_commands_name_the_real_cli():
@@ -55,12 +30,3 @@ def test_the_python_example_runs(trained_run, capsys):
     assert '"runs/demo"' in example
     exec(example.replace('"runs/demo"', repr(str(trained_run))), {})
     assert capsys.readouterr().out.count("\n") == 4  # the list, then three hypotheses
-
-
-def test_serve_settings_are_all_in_the_readme():
-    from seq2seq.config import ServeConfig
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme.split("Any `--serve.KEY=VALUE`")[1].split("\n\n")[1]
-    rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \|", table, flags=re.M))
-    assert rows == {k: str(v) for k, v in dataclasses.asdict(ServeConfig()).items()}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -57,8 +58,9 @@ class Server:
         status, answer, _ = self.request(path, json.dumps(fields).encode())
         return status, answer
 
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
-        if self.process.poll() is None:
+    def stop(self, sig: int | None = signal.SIGTERM) -> tuple[int, str, str]:
+        """Send `sig` (None: none, it was sent) and wait: exit code, stdout, stderr."""
+        if sig is not None and self.process.poll() is None:
             self.process.send_signal(sig)
         out, err = self.process.communicate(timeout=60)
         return self.process.returncode, "".join(self.lines) + out, err
@@ -148,7 +150,7 @@ BAD_REQUESTS = [
     ("/v1/translate", b'{"texts": ["a"], "target": "fr"}', "application/json", 400, "en to de"),
     ("/v1/translate", json.dumps({"texts": ["a"] * 65}).encode(), "application/json", 413,
      "serve.max_texts"),
-    ("/v1/translate", b'{"texts": ["' + b"a" * 1_100_000 + b'"]}', "application/json", 413,
+    ("/v1/translate", b'{"texts": ["' + b"a" * 300_000 + b'"]}', "application/json", 413,
      "serve.max_body_bytes"),
     ("/translate", b"q=a&source=en&target=fr", "application/x-www-form-urlencoded", 400,
      "en to de"),
@@ -160,6 +162,11 @@ BAD_REQUESTS = [
     ("/translate", b'{"q": "a", "source": "en", "target": "de", "alternatives": -1}',
      "application/json", 400, "alternatives"),
     ("/translate", b"--x\r\n", "multipart/form-data; boundary=x", 415, "multipart"),
+    ("/translate", b'["x"]', "application/json", 400, "expected a JSON object"),
+    ("/translate", b"q=a&source=en&target=de&alternatives=%2B-5",
+     "application/x-www-form-urlencoded", 400, "alternatives"),
+    ("/v1/translate", '{"texts": ["a"], "beam_size": "²"}'.encode(), "application/json", 400,
+     "beam_size"),
     ("/translate", b"q=%FF&source=en&target=de", "application/x-www-form-urlencoded", 400,
      "UTF-8"),
     ("/v1/translate", b'{"' + b"k" * 5000 + b'": 1, "texts": ["a"]}', "application/json", 400,
@@ -181,6 +188,22 @@ def test_a_bad_request_gets_a_one_line_error_and_the_server_serves_on(
     assert server.request("/health")[0] == 200
 
 
+def test_requests_of_several_texts_and_settings_get_their_own_answers(server, translator, lines):
+    """Requests of 1 to 4 texts (some empty), with two beam sizes, sent together: each
+    answer holds its own texts' translations, in order, as the Python API gives them."""
+    requests = [
+        {"texts": [lines[(i + j) % len(lines)] if (i + j) % 5 else "" for j in range(i % 4 + 1)],
+         **({"beam_size": 2} if i % 3 == 0 else {})}
+        for i in range(40)
+    ]  # fmt: skip
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda r: server.post("/v1/translate", r), requests))
+    for request, (status, answer) in zip(requests, answers):
+        assert status == 200
+        search = {k: v for k, v in request.items() if k != "texts"}
+        assert answer["translations"] == translator.translate(request["texts"], **search)
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, translator, lines):
     before = server.request("/health")[1]
     expected = dict(zip(lines, translator.translate(lines)))
@@ -195,42 +218,65 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, tr
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(trained_run, lines):
-    server = Server(trained_run, "--serve.max_queue=4", "--serve.max_texts=8")
+    server = Server(trained_run, "--serve.max_queue=4", "--serve.max_texts=4")
     try:
-        status, answer, headers = server.request(
-            "/v1/translate", json.dumps({"texts": lines[:5]}).encode()
-        )
-        assert status == 503 and "serve.max_queue" in answer["error"]
-        assert headers["Retry-After"] == "1"
+        results, headers = [], []
         with ThreadPoolExecutor(16) as pool:
-            results = list(
-                pool.map(lambda t: server.post("/v1/translate", {"texts": lines[:3]}), range(32))
-            )
-        assert {status for status, _ in results} <= {200, 503}
+            for _ in range(10):  # rounds of 32 requests of 3 texts, until some found it full
+                body = json.dumps({"texts": lines[:3]}).encode()
+                sent = pool.map(server.request, ["/v1/translate"] * 32, [body] * 32)
+                for status, answer, header in sent:
+                    results.append((status, answer))
+                    headers += [header["Retry-After"]] if status == 503 else []
+                if headers:
+                    break
+        assert {status for status, _ in results} == {200, 503}
+        assert set(headers) == {"1"}
+        assert all("serve.max_queue" in a["error"] for status, a in results if status == 503)
         assert all(len(a["translations"]) == 3 for status, a in results if status == 200)
         assert server.post("/v1/translate", {"texts": lines[:4]})[0] == 200
     finally:
         server.stop()
 
 
+def test_max_texts_cannot_exceed_what_the_queue_holds(trained_run):
+    command = [sys.executable, "cli.py", "serve", "-m", str(trained_run), "--port", "0"]
+    command += ["--serve.max_queue=4", "--serve.max_texts=8"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "serve.max_texts" in result.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(trained_run, lines, sig):
-    server = Server(trained_run, "--serve.max_texts=64")
-    slow = {"texts": (lines * 6)[:64], "beam_size": 16}
+    """A request that takes seconds (outputs forced long) is in flight when the signal
+    comes: new connections are refused at once, and it still gets its whole answer."""
+    import socket
+    import time
+
+    slow = ["--search.min_len=60", "--search.max_len_b=80", "--serve.max_texts=64"]
+    server = Server(trained_run, *slow)
     answers = []
-    sending = threading.Thread(target=lambda: answers.append(server.post("/v1/translate", slow)))
+    body = {"texts": (lines * 6)[:64], "beam_size": 8}
+    sending = threading.Thread(target=lambda: answers.append(server.post("/v1/translate", body)))
     sending.start()
-    while not answers:  # until the request is in
-        health = server.request("/health")[1]
-        if health["queued"] + health["translating"]:
+    while not server.request("/health")[1]["translating"]:  # until it is being translated
+        time.sleep(0.01)
+    server.process.send_signal(sig)
+    address = server.url.removeprefix("http://").split(":")
+    refused_in_flight = None
+    for _ in range(500):
+        try:
+            socket.create_connection((address[0], int(address[1])), timeout=1).close()
+        except ConnectionRefusedError:
+            refused_in_flight = not answers
             break
-    code, out, err = server.stop(sig)
+        time.sleep(0.01)
     sending.join()
-    assert answers and answers[0][0] == 200 and len(answers[0][1]["translations"]) == 64
+    code, out, err = server.stop(None)
+    assert refused_in_flight is True  # refused while the answer was still being made
+    assert answers[0][0] == 200 and len(answers[0][1]["translations"]) == 64
     assert code == 0, err
     assert "serve: stopped" in out and "Traceback" not in err
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(server.url + "/health", timeout=5)
 
 
 def test_a_port_in_use_is_one_line(server, trained_run):
@@ -269,3 +315,56 @@ def test_answers_are_sent_without_waiting_for_acks():
 
     asyncio.run(main())
     assert flags == [1]
+
+
+def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_works(translator, lines):
+    """A fault injected into the search: every request of that batch hears of it; the
+    batcher goes on. The event loop runs on a thread, the model on this one, as in serve."""
+    import asyncio
+
+    from pipelines.batcher import Batcher, ModelThread
+    from seq2seq.config import ServeConfig
+
+    model, outcomes, done = ModelThread(), [], threading.Event()
+    real = translator.search_chunk
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    async def main():
+        batcher = Batcher(translator, ServeConfig(), model)
+        task = batcher.start()
+        translator.search_chunk = failing
+        first = [batcher.submit([line], translator.search) for line in lines[:3]]
+        outcomes.append(await asyncio.gather(*first, return_exceptions=True))
+        translator.search_chunk = real
+        outcomes.append(await batcher.submit(lines[:2], translator.search))
+        task.cancel()
+
+    loop = threading.Thread(target=lambda: (asyncio.run(main()), done.set()))
+    loop.start()
+    model.work_until(done.is_set)
+    loop.join()
+    assert [str(e) for e in outcomes[0]] == ["injected"] * 3
+    assert [hyps[0].text for hyps in outcomes[1]] == translator.translate(lines[:2])
+
+
+def test_a_second_signal_stops_at_once_without_a_traceback(trained_run, lines):
+    import time
+
+    server = Server(trained_run, "--search.min_len=60", "--search.max_len_b=80")
+    body = {"texts": (lines * 6)[:64], "beam_size": 8}
+
+    def send():
+        with contextlib.suppress(OSError, ValueError):  # cut off by the second signal
+            server.post("/v1/translate", body)
+
+    sending = threading.Thread(target=send, daemon=True)
+    sending.start()
+    while not server.request("/health")[1]["translating"]:
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    code, out, err = server.stop(signal.SIGINT)
+    assert code == 0 and "serve: stopped" in out
+    assert "Traceback" not in err, err

@@ -13,10 +13,10 @@ from pipelines.layout import RunFolder
 from pipelines.preprocess import preprocess
 from pipelines.score import score_files
 from pipelines.train import train
-from pipelines.translate import TranslateOptions, translate_file
+from pipelines.translate import translate_file
 from seq2seq.batching import TokenSequences
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import load_config
+from seq2seq.config import TranslateConfig, load_config
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import Tokenizer
 
@@ -110,11 +110,11 @@ def test_translate_keeps_lines_in_order_and_repeats_exactly(tmp_path, trained_ru
     source = tmp_path / "in.txt"
     lines = ["The dog sleeps.", "", "A woman reads the book in the garden.", "Heute.", "", "x"]
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    options = TranslateOptions(search={"beam_size": 2, "batch_size": 2}, device="cpu")
+    options = (TranslateConfig(device="cpu"), {"beam_size": 2, "batch_size": 2})
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
-    translate_file(trained_run, str(source), str(first), options, **QUIET)
+    translate_file(trained_run, str(source), str(first), *options, **QUIET)
     translate_file(
-        trained_run / "model" / "best.safetensors", str(source), str(second), options, **QUIET
+        trained_run / "model" / "best.safetensors", str(source), str(second), *options, **QUIET
     )
     out = first.read_text(encoding="utf-8").split("\n")
     assert len(out) == len(lines) + 1 and out[-1] == ""
@@ -126,9 +126,9 @@ def test_a_copied_model_folder_still_translates(tmp_path, trained_run):
     copied = shutil.copytree(trained_run / "model", tmp_path / "elsewhere" / "model")
     source = tmp_path / "in.txt"
     source.write_text("The dog sleeps.\n", encoding="utf-8")
-    options = TranslateOptions(device="cpu")
-    translate_file(copied, str(source), str(tmp_path / "a.txt"), options, **QUIET)
-    translate_file(trained_run, str(source), str(tmp_path / "b.txt"), options, **QUIET)
+    options = (TranslateConfig(device="cpu"), {})
+    translate_file(copied, str(source), str(tmp_path / "a.txt"), *options, **QUIET)
+    translate_file(trained_run, str(source), str(tmp_path / "b.txt"), *options, **QUIET)
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
 
 
@@ -166,12 +166,12 @@ def test_alignments_hold_one_attention_matrix_per_line(tmp_path, trained_run):
     source = tmp_path / "in.txt"
     source.write_text("The dog sleeps.\n\nA woman reads the old book.\n", encoding="utf-8")
     aligned = tmp_path / "align.jsonl"
-    options = TranslateOptions(search={"beam_size": 3}, device="cpu")
+    options = (TranslateConfig(device="cpu"), {"beam_size": 3})
     translate_file(
         trained_run,
         str(source),
         str(tmp_path / "out.txt"),
-        options,
+        *options,
         **QUIET,
         alignments=str(aligned),
     )
@@ -215,7 +215,7 @@ def test_kept_checkpoints_average_into_one(tmp_path, tiny_corpus, trained_run):
     source = tmp_path / "in.txt"
     source.write_text("The dog sleeps.\n", encoding="utf-8")
     translate_file(
-        out, str(source), str(tmp_path / "o.txt"), TranslateOptions(device="cpu"), **QUIET
+        out, str(source), str(tmp_path / "o.txt"), TranslateConfig(device="cpu"), **QUIET
     )
     bad = CliRunner().invoke(app, ["average", str(run.root), "--best", "5", "-o", str(out)])
     assert bad.exit_code == 2 and "2 kept 'best' checkpoints, asked for 5" in bad.stderr

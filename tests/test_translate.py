@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
 from pipelines import outputs as outputs_module
-from pipelines.translate import TranslateOptions, translate_file, translate_files
+from pipelines.translate import translate_file, translate_files
+from seq2seq.config import TranslateConfig
 from seq2seq.errors import UserError
 
 from .conftest import ROOT
@@ -32,7 +35,7 @@ def source(tmp_path, tiny_corpus):
 RUN_OPTIONS = {"device", "precision", "errors", "chunk_lines"}
 
 
-def options(**changes) -> TranslateOptions:
+def options(**changes) -> tuple[TranslateConfig, dict]:
     """Beam 2 on the CPU, chunks of 4 lines; other keywords change search keys."""
     run = {
         "device": "cpu",
@@ -40,12 +43,12 @@ def options(**changes) -> TranslateOptions:
         **{k: v for k, v in changes.items() if k in RUN_OPTIONS},
     }
     search = {"beam_size": 2, **{k: v for k, v in changes.items() if k not in RUN_OPTIONS}}
-    return TranslateOptions(search=search, **run)
+    return TranslateConfig(**run), search
 
 
 def reference(trained_run, source, tmp_path, **changes) -> str:
     out = tmp_path / "reference.txt"
-    translate_file(trained_run, str(source), str(out), options(**changes), **QUIET)
+    translate_file(trained_run, str(source), str(out), *options(**changes), **QUIET)
     return out.read_text(encoding="utf-8")
 
 
@@ -55,7 +58,7 @@ def test_several_files_and_a_folder_go_to_an_output_folder(tmp_path, trained_run
     inputs.mkdir()
     (inputs / "a.en").write_bytes(source.read_bytes())
     (inputs / "b.en").write_text("The dog sleeps.\n", encoding="utf-8")
-    result = translate_files(trained_run, [str(inputs)], str(tmp_path / "out"), options(), **QUIET)
+    result = translate_files(trained_run, [str(inputs)], str(tmp_path / "out"), *options(), **QUIET)
     assert result["files"] == 2
     assert (tmp_path / "out" / "a.en").read_text(encoding="utf-8") == expected
     assert len((tmp_path / "out" / "b.en").read_text().splitlines()) == 1
@@ -63,7 +66,7 @@ def test_several_files_and_a_folder_go_to_an_output_folder(tmp_path, trained_run
         trained_run,
         [str(inputs / "a.en"), str(inputs / "b.en")],
         str(tmp_path / "out2"),
-        options(),
+        *options(),
         **QUIET,
     )
     assert (tmp_path / "out2" / "a.en").read_text(encoding="utf-8") == expected
@@ -72,7 +75,7 @@ def test_several_files_and_a_folder_go_to_an_output_folder(tmp_path, trained_run
             trained_run,
             [str(inputs / "a.en"), str(inputs / "a.en")],
             str(tmp_path / "out3"),
-            options(),
+            *options(),
             **QUIET,
         )
 
@@ -80,7 +83,7 @@ def test_several_files_and_a_folder_go_to_an_output_folder(tmp_path, trained_run
 def test_n_best_lines_hold_hypotheses_and_scores(tmp_path, trained_run, source):
     best = reference(trained_run, source, tmp_path, beam_size=4).splitlines()
     out = tmp_path / "nbest.txt"
-    translate_file(trained_run, str(source), str(out), options(beam_size=4, n_best=3), **QUIET)
+    translate_file(trained_run, str(source), str(out), *options(beam_size=4, n_best=3), **QUIET)
     lines = out.read_text(encoding="utf-8").split("\n")[:-1]
     sources = source.read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(best) == len(sources)
@@ -112,15 +115,15 @@ def test_an_interrupted_translation_resumes_after_its_last_chunk(
 
     monkeypatch.setattr(outputs_module.FileSink, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
-        translate_file(trained_run, str(source), str(out), options(), **QUIET)
+        translate_file(trained_run, str(source), str(out), *options(), **QUIET)
     assert not out.exists()
     assert (tmp_path / "out.txt.partial").is_file()
     monkeypatch.setattr(outputs_module.FileSink, "append", original)
     with pytest.raises(UserError, match="cannot resume, search changed"):
         translate_file(
-            trained_run, str(source), str(out), options(beam_size=3), **QUIET, resume=True
+            trained_run, str(source), str(out), *options(beam_size=3), **QUIET, resume=True
         )
-    result = translate_file(trained_run, str(source), str(out), options(), **QUIET, resume=True)
+    result = translate_file(trained_run, str(source), str(out), *options(), **QUIET, resume=True)
     assert out.read_text(encoding="utf-8") == expected
     assert result["sentences"] == len(sentences_in(source)) - 8  # two chunks were done
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.txt"]
@@ -146,7 +149,7 @@ def test_out_of_memory_splits_the_batch(tmp_path, trained_run, source, monkeypat
     monkeypatch.setattr(search_module, "search", small_device)
     out = tmp_path / "out.txt"
     translate_file(
-        trained_run, str(source), str(out), options(batch_size=16, chunk_lines=100), **QUIET
+        trained_run, str(source), str(out), *options(batch_size=16, chunk_lines=100), **QUIET
     )
     assert out.read_text(encoding="utf-8") == expected
     assert max(sizes) > 3 and sizes[-1] <= 3
@@ -157,7 +160,7 @@ def test_long_lines_are_cut_and_counted(tmp_path, trained_run):
     source.write_text("The dog sleeps. " * 200 + "\nThe cat reads.\n", encoding="utf-8")
     messages = []
     translate_file(
-        trained_run, str(source), str(tmp_path / "o.txt"), options(), log=messages.append
+        trained_run, str(source), str(tmp_path / "o.txt"), *options(), log=messages.append
     )
     assert any("1 line(s) longer than 250 pieces were cut" in m for m in messages)
 
@@ -166,10 +169,10 @@ def test_invalid_utf8_names_the_line_unless_replaced(tmp_path, trained_run):
     source = tmp_path / "bad.en"
     source.write_bytes(b"The dog sleeps.\nThe \xff cat.\n")
     with pytest.raises(UserError, match=r"bad\.en:2: invalid UTF-8"):
-        translate_file(trained_run, str(source), str(tmp_path / "o.txt"), options(), **QUIET)
+        translate_file(trained_run, str(source), str(tmp_path / "o.txt"), *options(), **QUIET)
     assert not (tmp_path / "o.txt").exists()
     translate_file(
-        trained_run, str(source), str(tmp_path / "o.txt"), options(errors="replace"), **QUIET
+        trained_run, str(source), str(tmp_path / "o.txt"), *options(errors="replace"), **QUIET
     )
     assert len((tmp_path / "o.txt").read_text().splitlines()) == 2
 
@@ -283,6 +286,15 @@ def test_output_piped_away_stays_out_of_the_terminal(trained_run, tiny_corpus):
         stderr=terminal, cwd=ROOT,
     )  # fmt: skip
     os.close(terminal)
+    shown = bytearray()  # what the terminal shows, read as it comes so that it never fills
+
+    def drain():
+        with contextlib.suppress(OSError):
+            while chunk := os.read(main, 4096):
+                shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
         out, _ = process.communicate(lines, timeout=300)
     finally:

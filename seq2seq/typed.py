@@ -1,0 +1,345 @@
+"""Typed config sections: keys declared with their default, meaning and range, checked on
+construction, read from plain data (YAML) with messages that name the dotted key.
+
+A section is a frozen dataclass deriving from `Section`, each key declared with `setting`;
+`from_dict` builds one from a mapping, converting and checking every value, and `keys` and
+`reference` list every key for `nmt keys` and docs/config.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from .errors import UserError
+
+
+def setting(default: Any, meaning: str, low=None, high=None, above=None, below=None) -> Any:
+    """A config key: its default, one line of meaning, and its range, if any: from `low`
+    and up to `high` (inclusive), or `above` and `below` (exclusive)."""
+    bounds = {"low": low, "high": high, "above": above, "below": below}
+    return field(default=default, metadata={"meaning": meaning, **bounds})
+
+
+def section(cls: type, meaning: str) -> Any:
+    return field(default_factory=cls, metadata={"meaning": meaning})
+
+
+def _range_text(meta: dict, integer: bool) -> str:
+    kind = "an integer" if integer else "a number"
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    if low is not None and high is not None:
+        return f"{kind} from {low} to {high}"
+    if low is not None and below is not None:
+        return f"{kind} in [{low}, {below})"
+    if above is not None and below is not None:
+        return f"{kind} in ({above}, {below})"
+    if low is not None:
+        return f"{kind} >= {low}"
+    return f"{kind} > {above}" if above is not None else f"{kind} <= {high}"
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    if value is None or isinstance(value, (str, bool)):
+        return True
+    values = value if isinstance(value, tuple) else (value,)
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    return all(
+        (low is None or v >= low)
+        and (high is None or v <= high)
+        and (above is None or v > above)
+        and (below is None or v < below)
+        for v in values
+    )
+
+
+class Section:
+    """A config section: checks each key's range, then `check()` what ties keys together."""
+
+    KEY: ClassVar[str] = ""  # the section's dotted name, for messages
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _in_range(value, f.metadata):
+                integer = int in (hints[f.name], *typing.get_args(hints[f.name]))
+                expected = _range_text(f.metadata, integer and not isinstance(value, float))
+                if isinstance(value, tuple):  # "a number in ..." -> "a list of numbers in ..."
+                    kind, rest = expected.split(" ", 2)[1:]
+                    expected = f"a list of {kind}s {rest}"
+                raise UserError(
+                    f"config key '{self.key(f.name)}': expected {expected}, got {short(value)}"
+                )
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+    def key(self, name: str) -> str:
+        return f"{self.KEY}.{name}" if self.KEY else name
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A value as messages quote it: its repr, cut to about `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _check(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise UserError(f"config key '{key}': expected {expected}, got {short(value)}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(
+            "null" if a is type(None) else _type_name(a) for a in typing.get_args(tp)
+        )
+    if origin is tuple:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, {} if value is None else value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(
+                f"config key '{key}': {short(value)} is not allowed; expected {_type_name(tp)}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return _convert(option, value, key)
+                except UserError:
+                    pass
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}': expected a list, got {short(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise UserError(
+                f"config key '{key}': expected a list of {len(args)} items, got {short(value)}"
+            )
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp in (int, float):
+        return _number(tp, value, key)
+    ok = {bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
+    if ok is None:
+        raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+    if not ok:
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
+    return value
+
+
+# How people write numbers: 0.001, 1e-3, 1E-3, +2, 1_000. PyYAML reads an exponent without a
+# dot ("1e-3") as a string, so strings are parsed here; nan and infinity never make sense.
+NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
+NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
+
+
+LARGEST_INT = 2**62
+
+
+def _number(tp: type, value: Any, key: str) -> int | float:
+    """An int or float field's value, from a number or a string spelling one; finite only.
+    An int field takes a float spelling of a whole number (1e4)."""
+    given = value
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        text = value.strip().replace("_", "")
+        value = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    non_finite = isinstance(value, float) and not math.isfinite(value)
+    if non_finite or (isinstance(value, str) and NON_FINITE.fullmatch(value.strip())):
+        raise UserError(f"config key '{key}': expected a finite number, got {short(value)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
+    if tp is float:
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise UserError(f"config key '{key}': expected an integer, got {short(given)}")
+        value = int(value)
+    if abs(value) >= LARGEST_INT:  # beyond any sensible size; past 2**63 torch overflows
+        raise UserError(f"config key '{key}': expected an integer below 2**62, got {short(given)}")
+    return value
+
+
+def from_dict(cls: type, raw: Any, prefix: str = ""):
+    """Build the dataclass `cls` from a plain mapping, naming any bad key by its dotted path."""
+    where = prefix or "the config file"
+    if not isinstance(raw, dict):
+        raise UserError(f"config key '{where}': expected a mapping of keys, got {short(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise UserError(f"unknown config key '{dotted}'; allowed here: {', '.join(names)}")
+        kwargs[key] = _convert(hints[key], value, dotted)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a section inside a list: name it by its place
+        own = getattr(cls, "KEY", "")
+        if own and prefix and prefix != own:
+            raise UserError(str(e).replace(f"'{own}.", f"'{prefix}.")) from None
+        raise
+
+
+def to_dict_value(value: Any) -> Any:
+    """A config value as plain JSON/YAML-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: to_dict_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_dict_value(v) for v in value]
+    return value
+
+
+def to_dict(config) -> dict:
+    """The config as plain JSON/YAML-ready data (tuples become lists)."""
+    return to_dict_value(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`--model.encoder.hidden_size=512` -> (["model", "encoder", "hidden_size"], 512)."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise UserError(f"override '{text}': expected --section.key=value")
+    key, value = body.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise UserError(f"override '{text}': expected --section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML would
+    keep the last one without a word, and the user would not know which value counts."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or a mapping as a key
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {kind} cannot be a key", key_node.start_mark
+                ) from None
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a YAML config file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; expected a YAML config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise UserError(f"{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, train, search)")
+    return raw
+
+
+def keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every key under `cls`: (dotted key, type, default, meaning), sections unfolded."""
+    rows, hints = [], typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += keys(hints[f.name], key + ".")
+        else:
+            kind = _type_name(hints[f.name])
+            if any(f.metadata.get(k) is not None for k in ("low", "high", "above", "below")):
+                ranged = _range_text(f.metadata, "integer" in kind)
+                kind = kind.replace("an integer", ranged).replace("a number", ranged)
+            rows.append((key, kind, f.default, f.metadata["meaning"]))
+    return rows
+
+
+def reference(cls: type, prefix: str = "", markdown: bool = False) -> str:
+    """The keys under `prefix` as aligned text, or as one markdown table per section."""
+    rows = [row for row in keys(cls) if row[0].startswith(prefix)]
+
+    def shown(value: Any) -> str:
+        if isinstance(value, (tuple, list)):
+            return "[" + ", ".join(shown(v) for v in value) + "]"
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return '""' if value == "" else str(value)
+
+    if not markdown:
+        return "\n".join(
+            f"{key} = {shown(default)}\n    {meaning} ({kind})"
+            for key, kind, default, meaning in rows
+        )
+    out, section = [], None
+    for key, kind, default, meaning in rows:
+        top = key.split(".")[0] if "." in key else ""
+        if top != section:
+            section = top
+            out += ["", f"## {top or 'top level'}", "", "| key | default | type | meaning |"]
+            out.append("| --- | --- | --- | --- |")
+        meaning = meaning.replace("|", "\\|")  # not a column
+        out.append(f"| `{key}` | `{shown(default)}` | {kind} | {meaning} |")
+    return "\n".join(out[1:]) + "\n"
