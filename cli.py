@@ -119,8 +119,28 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="Recurrent neural machine translation with attention.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Recurrent neural machine translation with attention. Every setting is a config key "
+    "(nmt keys lists them with their defaults), set in the YAML config or as "
+    "--section.key=value on any command that uses it.",
 )
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from seq2seq import __version__
+
+        typer.echo(f"seq2seq-nmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    pass
 
 
 def _config(path: Path, ctx: typer.Context, extra: list[str] = ()) -> Config:
@@ -187,7 +207,7 @@ def train(
         False, "--fresh", help="Start over instead of resuming (overwrites checkpoints)."
     ),
 ):
-    """Train (or resume) on the preprocessed run folder; keep the best checkpoint by dev BLEU."""
+    """Train (or resume) on the preprocessed run folder; keep the best checkpoints on dev."""
     from pipelines.train import train as run_train
 
     extra = [
@@ -242,9 +262,10 @@ def translate(
         False, "--resume", help="Continue an interrupted translation after its last chunk."
     ),
 ):
-    """Translate text files line by line, in input order. --search.KEY=VALUE changes a search
-    setting (the checkpoint's are the defaults), --translate.KEY=VALUE the others (nmt keys
-    search, nmt keys translate)."""
+    """Translate text files line by line, in input order.
+
+    --search.KEY=VALUE changes a search setting (the checkpoint's are the defaults),
+    --translate.KEY=VALUE the others (nmt keys search, nmt keys translate)."""
     from pipelines.translate import translate_files
     from seq2seq.config import TranslateConfig, from_dict
 
@@ -279,9 +300,10 @@ def serve(
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
 ):
-    """Translate over HTTP: a JSON API (POST /v1/translate) and LibreTranslate's (POST
-    /translate, GET /languages), batching concurrent requests. --serve.KEY=VALUE and
-    --search.KEY=VALUE change any setting (see README, serve)."""
+    """Translate over HTTP, batching concurrent requests (our JSON API and LibreTranslate's).
+
+    POST /v1/translate, POST /translate and GET /languages (LibreTranslate's), GET /health.
+    --serve.KEY=VALUE and --search.KEY=VALUE change any setting (nmt keys serve)."""
     from pipelines.serve import serve as run_serve
     from pipelines.translator import Translator
     from seq2seq.config import ServeConfig, TranslateConfig, from_dict
@@ -335,8 +357,10 @@ def score(
     paired_n: int = typer.Option(0, help="Resamples (bs: 1000) or trials (ar: 10000)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
-    """BLEU, chrF and TER (sacreBLEU) with their signatures; with --paired-bs or --paired-ar,
-    each -H system after the first compared with the first (the baseline)."""
+    """BLEU, chrF and TER (sacreBLEU) with signatures, and paired significance tests.
+
+    With --paired-bs or --paired-ar, each -H system after the first is compared with the
+    first (the baseline)."""
     from pipelines.score import describe, paired_test, score_files
     from seq2seq.config import ScoreConfig, from_dict
 

@@ -94,7 +94,7 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.last_batch = 1  # requests in the last batch: how many the next one waits for
         self.working = 0  # texts in the batch being translated
-        self.served = self.batches = 0  # texts translated, batches they took
+        self.served = self.batches = self.failed = 0  # texts translated, batches, texts failed
 
     def submit(self, texts: list[str], settings: SearchConfig) -> asyncio.Future:
         """Queue texts for translation (their future gets, for each text, its n best)."""
@@ -129,6 +129,8 @@ class Batcher:
                 continue
             await self._gather()
             batch = self._take()
+            if not batch:  # their clients all went away
+                continue
             self.last_batch = len(batch)
             self.working = sum(len(waiting.texts) for waiting in batch)
             try:
@@ -136,10 +138,11 @@ class Batcher:
             except Exception as error:  # noqa: BLE001 - every request of the batch hears of it
                 for waiting in batch:
                     settle(waiting.future, error=error)
+                self.failed += self.working
             else:
                 for waiting, result in zip(batch, results):
                     settle(waiting.future, result)
-            self.served, self.batches = self.served + self.working, self.batches + 1
+                self.served, self.batches = self.served + self.working, self.batches + 1
             self.working = 0
             if self.queue:
                 self.arrived.set()
@@ -161,7 +164,13 @@ class Batcher:
 
     def _take(self) -> list[Waiting]:
         """The first waiting request and those after it with the same search settings, up
-        to the token budget; the others keep their places."""
+        to the token budget; the others keep their places. Requests whose clients went away
+        (their futures cancelled) are dropped."""
+        gone = [w for w in self.queue if w.future.done()]
+        self.queue = deque(w for w in self.queue if not w.future.done())
+        self.queued -= sum(len(waiting.texts) for waiting in gone)
+        if not self.queue:
+            return []
         first = self.queue.popleft()
         batch, kept, tokens = [first], deque(), first.tokens
         while self.queue:

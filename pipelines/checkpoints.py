@@ -2,9 +2,12 @@
 training state that makes resuming exact.
 
     model/last.safetensors          the latest checkpoint
-    model/best.safetensors          the best by dev BLEU
+    model/best.safetensors          the best by the dev metric (train.metric)
     model/best-<N>.safetensors      the best `train.keep_best` (when more than 1)
     model/last-<N>.safetensors      the latest `train.keep_last` validated (when more than 1)
+
+The kept copies (best-<N>, last-<N>) take at most `train.keep_mib` of disk: fewer are kept
+when they would take more, half of the room for each kind.
     model/train_state.safetensors   weights, optimizer, scaler, schedule, data position, RNG
 
 Checkpoints are written first and the training state last, so a kill in between only
@@ -37,9 +40,9 @@ class TrainState:
     epoch: int = 0
     batch: int = 0  # batches of the current epoch already used
     elapsed: float = 0.0  # seconds of training, across resumes
-    best: list = field(default_factory=list)  # [dev BLEU, step] of the best, best first
+    best: list = field(default_factory=list)  # [dev score, step] of the best, best first
     last: list = field(default_factory=list)  # steps of the latest validated checkpoints
-    stale: int = 0  # validations since dev BLEU last improved
+    stale: int = 0  # validations since the dev metric last improved
     skipped: int = 0  # steps skipped for a non-finite loss
     validated_step: int = -1  # step of the last validation
 
@@ -51,6 +54,14 @@ class Optimization:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lr: LearningRate
+
+
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "loss": "loss"}
+
+
+def dev_score(validation: dict, metric: str) -> float:
+    """The dev metric as a score that is higher when better (the loss negated)."""
+    return -validation["dev_loss"] if metric == "loss" else validation[f"dev_{metric}"]
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -87,8 +98,9 @@ class Checkpoints:
         """Where a good checkpoint is, for messages about a run that diverged: the best by
         dev BLEU that this run (or the run it resumed) wrote."""
         if self.ours and state.best and self.run.best.is_file():
-            bleu, step = state.best[0]
-            return f"the best checkpoint is {self.run.best} (dev BLEU {bleu:.2f}, step {step})"
+            score, step = state.best[0]
+            dev = f"dev {METRIC_NAMES[self.config.train.metric]} {abs(score):.2f}"
+            return f"the best checkpoint is {self.run.best} ({dev}, step {step})"
         return "this run wrote no checkpoint before"
 
     def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):
@@ -104,24 +116,31 @@ class Checkpoints:
         save(run.last)
         self.ours = True
         if validation is not None:
-            best = sorted(
-                state.best + [[validation["dev_bleu"], state.step]],
-                key=lambda item: (-item[0], item[1]),
-            )
+            keep_best, keep_last = self.kept_counts()
+            score = dev_score(validation, tc.metric)
+            best = sorted(state.best + [[score, state.step]], key=lambda item: (-item[0], item[1]))
             if best[0][1] == state.step:
                 save(run.best)
-            if tc.keep_best > 1 and state.step in [step for _, step in best[: tc.keep_best]]:
+            if keep_best > 1 and state.step in [step for _, step in best[:keep_best]]:
                 save(run.kept("best", state.step))
-            for _, step in best[tc.keep_best :]:
+            for _, step in best[keep_best:]:
                 run.kept("best", step).unlink(missing_ok=True)
-            state.best = best[: tc.keep_best]
+            state.best = best[: max(1, keep_best)]
             last = state.last + [state.step]
-            if tc.keep_last > 1:
+            if keep_last > 1:
                 save(run.kept("last", state.step))
-            for step in last[: -tc.keep_last]:
+            drop = max(0, len(last) - keep_last)
+            for step in last[:drop]:
                 run.kept("last", step).unlink(missing_ok=True)
-            state.last = last[-tc.keep_last :]
+            state.last = last[drop:]
         self.save_state(model, parts, state)
+
+    def kept_counts(self) -> tuple[int, int]:
+        """How many best and last copies to keep: as configured, within train.keep_mib."""
+        tc = self.config.train
+        slots = tc.keep_mib * 2**20 // max(1, self.run.last.stat().st_size)
+        best = min(tc.keep_best, (slots + 1) // 2)
+        return best, min(tc.keep_last, slots - best)
 
     def save_state(self, model, parts: Optimization, state: TrainState) -> None:
         tensors: dict[str, torch.Tensor] = {}

@@ -9,7 +9,9 @@ runs/<name>/
     model/last.safetensors            train: the latest checkpoint
     model/train_state.safetensors     train: optimizer, schedule, data order, random state
     train_log.jsonl                   train: one JSON object per log line / validation
-    learning_curve.png                train: train loss, dev loss, dev BLEU by step
+    learning_curve.png                train: losses, dev scores and learning rate by step
+    config.yaml, train_runs.jsonl     train: the config used, and a record of every run
+    train.log                         train: what the terminal showed, with times
     translations/test.<lang>          pipeline: translation of the test split
     score.json                        pipeline: BLEU and chrF of that translation
 """
@@ -82,6 +84,18 @@ class RunFolder:
     def learning_curve(self) -> Path:
         return self.root / "learning_curve.png"
 
+    @property
+    def used_config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def train_runs(self) -> Path:
+        return self.root / "train_runs.jsonl"
+
+    @property
+    def train_text_log(self) -> Path:
+        return self.root / "train.log"
+
     def translation(self, split: str, lang: str) -> Path:
         return self.root / "translations" / f"{split}.{lang}"
 
@@ -96,7 +110,8 @@ class RunFolder:
         for sub in (self.data, self.model_dir, self.translation("test", "x").parent):
             if sub.exists() and not sub.is_dir():
                 raise UserError(f"{sub}: exists and is not a folder; the run folder needs it")
-        for file in (self.manifest, self.train_log, self.learning_curve, self.score):
+        files = (self.manifest, self.train_log, self.learning_curve, self.score)
+        for file in (*files, self.used_config, self.train_runs, self.train_text_log):
             if file.exists() and not file.is_file():
                 raise UserError(f"{file}: exists and is not a file; the run folder needs it")
 
@@ -117,10 +132,8 @@ class RunFolder:
         path, root = Path(path).resolve(), self.root.resolve()
         if path.parent == (root / "model").resolve():
             return re.fullmatch(r"(best|last)(-\d+)?|train_state", path.stem) is not None
-        return path in (
-            (root / "train_log.jsonl").resolve(),
-            (root / "learning_curve.png").resolve(),
-        )
+        names = ("train_log.jsonl", "learning_curve.png", "config.yaml", "train_runs.jsonl")
+        return path in [(root / name).resolve() for name in (*names, "train.log")]
 
     def read_manifest(self) -> dict:
         if not self.manifest.is_file():

@@ -27,41 +27,32 @@ def _save(fig, path: Path) -> None:
 
 
 def draw_learning_curve(log_path: Path, png_path: Path) -> None:
-    """Train loss, dev loss and dev BLEU by step, from the JSON-lines training log."""
+    """Four panels by step, from the JSON-lines training log: the label-smoothed training
+    loss and the plain dev loss each on its own axis (they are not comparable), dev BLEU and
+    chrF, and the learning rate."""
     plt = _pyplot()
     lines = log_path.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     train = [r for r in records if "train_loss" in r]
     dev = [r for r in records if "dev_loss" in r]
-    fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    loss_axis.plot(
-        [r["step"] for r in train],
-        [r["train_loss"] for r in train],
-        label="train loss (label-smoothed)",
-        color="tab:blue",
-    )
-    loss_axis.plot(
-        [r["step"] for r in dev],
-        [r["dev_loss"] for r in dev],
-        "o-",
-        label="dev loss",
-        color="tab:orange",
-    )
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("loss (nats per token)")
-    bleu_axis = loss_axis.twinx()
-    bleu_axis.plot(
-        [r["step"] for r in dev],
-        [r["dev_bleu"] for r in dev],
-        "s-",
-        label="dev BLEU",
-        color="tab:green",
-    )
-    bleu_axis.set_ylabel("dev BLEU")
-    handles, labels = loss_axis.get_legend_handles_labels()
-    more_handles, more_labels = bleu_axis.get_legend_handles_labels()
-    loss_axis.legend(handles + more_handles, labels + more_labels, loc="center right")
-    loss_axis.set_title("learning curve")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
+    panels = [
+        (axes[0][0], train, [("train_loss", "-", "tab:blue")], "train loss (label-smoothed)"),
+        (axes[0][1], dev, [("dev_loss", "o-", "tab:orange")], "dev loss (nats per token)"),
+        (axes[1][0], dev, [("dev_bleu", "s-", "tab:green"), ("dev_chrf", "^-", "tab:red")],
+         "dev BLEU and chrF"),
+        (axes[1][1], train, [("lr", "-", "tab:purple")], "learning rate"),
+    ]  # fmt: skip
+    for axis, rows, series, title in panels:
+        for key, style, color in series:
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color,
+                      label=key.replace("_", " "), markersize=4)  # fmt: skip
+        axis.set_title(title, fontsize=10)
+        if len(series) > 1:
+            axis.legend(loc="lower right", fontsize=8)
+    for axis in axes[1]:
+        axis.set_xlabel("step")
     fig.tight_layout()
     _save(fig, png_path)
 

@@ -19,6 +19,7 @@ the run folder as it was.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from seq2seq.batching import TokenSequenceWriter
+from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import Config, DataConfig, to_dict
 from seq2seq.errors import UserError
 from seq2seq.io import (
@@ -46,7 +48,7 @@ from seq2seq.io import (
 )
 from seq2seq.tokenizer import Tokenizer, normalize
 
-from .layout import SPLITS, RunFolder
+from .layout import SPLITS, RunFolder, resolve_checkpoint
 
 CHUNK = 10_000  # pairs handled at a time: memory stays flat in the corpus size
 
@@ -176,6 +178,10 @@ def _load_table(data: DataConfig, name: str, cache_dir: Path):
         raise UserError(f"{path}: no such file")
     builder = {"tsv": "csv", "csv": "csv", "json": "json", "parquet": "parquet"}[data.format]
     options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if data.format == "tsv" else {}
+    if data.columns is not None:  # no header row: the columns are named in order
+        if builder != "csv":
+            raise UserError(f"config key 'data.columns': only for tsv and csv, not {data.format}")
+        options["column_names"] = list(data.columns)
     if data.format != "parquet":  # a byte-order mark is dropped, as every reader does
         options["encoding"] = "utf-8-sig"
     try:
@@ -223,8 +229,24 @@ def _load_disk(data: DataConfig, name: str):
     return _select_columns(saved, data, f"{path} split '{name}'"), origin
 
 
+def extra_corpora(data: DataConfig, cache_dir: Path) -> tuple[list, list[dict]]:
+    """The training splits of data.corpora, read as the data section reads its own."""
+    datasets, origins = [], []
+    for i, corpus in enumerate(data.corpora):
+        own = {k: v for k, v in dataclasses.asdict(corpus).items() if v is not None}
+        del own["weight"]
+        where = dataclasses.replace(data, **own, corpora=())
+        dataset, origin = load_split(where, corpus.train, cache_dir / f"corpus{i}")
+        if len(dataset) == 0:
+            raise UserError(f"{_describe(origin)}: data.corpora[{i}] has no sentence pairs")
+        datasets.append(dataset)
+        origins.append(origin)
+    return datasets, origins
+
+
 def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
-    """The train, dev and test datasets, carving dev/test out of train where not given."""
+    """The train, dev and test datasets, carving dev/test out of train where not given;
+    the training pairs of data.corpora follow train's own, in their order."""
     train, train_origin = load_split(data, data.train, cache_dir)
     splits, origins = {}, {"train": train_origin}
     for split, name, size in (
@@ -245,6 +267,11 @@ def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
     if data.max_pairs is not None and len(train) > data.max_pairs:
         keep = sorted(random.Random(data.seed).sample(range(len(train)), data.max_pairs))
         train = train.select(keep)
+    extra, extra_origins = extra_corpora(data, cache_dir)
+    if extra:
+        origins["corpora"] = extra_origins
+        origins["corpus_sizes"] = [len(train)] + [len(dataset) for dataset in extra]
+        train = _datasets().concatenate_datasets([train, *extra])
     splits["train"] = train
     for split, dataset in splits.items():
         if len(dataset) == 0:
@@ -270,18 +297,21 @@ def _batches(dataset) -> Iterator[tuple[list[str], list[str]]]:
         yield batch["src"], batch["tgt"]
 
 
-def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out):
+def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out, sizes=None):
     """Normalize every pair; when `filtered`, drop empty and over-long pairs. Writes the pairs
     as lines and returns counts for each step, and (when de-duplicating) a mask of the lines
-    to keep: the first of each set of identical pairs.
+    to keep: the first of each set of identical pairs. With `sizes` (of the corpora that
+    follow each other in `dataset`), counts["origin"] holds each written line's corpus.
 
     Duplicates are found from one 64-bit hash per pair, 8 bytes a pair instead of a set of
     strings, so memory stays small however large the corpus."""
     cleaning = data.cleaning
     counts = {"input": 0, "empty": 0, "too_many_chars": 0, "duplicate": 0}
     hashes = array("Q") if filtered and cleaning.dedupe else None
+    ends, origin = np.cumsum(sizes or [0]), array("H")
     for src_batch, tgt_batch in _batches(dataset):
         for src, tgt in zip(src_batch, tgt_batch):
+            corpus = int(np.searchsorted(ends, counts["input"], side="right"))
             counts["input"] += 1
             src, tgt = normalize(src, cleaning.normalize), normalize(tgt, cleaning.normalize)
             if filtered:
@@ -296,6 +326,9 @@ def clean_text(dataset, data: DataConfig, filtered: bool, src_out, tgt_out):
                 hashes.append(int.from_bytes(digest, "little"))
             src_out.write(src + "\n")
             tgt_out.write(tgt + "\n")
+            origin.append(corpus)
+    if sizes:
+        counts["origin"] = origin
     if not hashes:
         return counts, None
     values = np.frombuffer(hashes, dtype=np.uint64)
@@ -347,6 +380,24 @@ def train_tokenizers(text: dict[str, Path], keep, data: DataConfig) -> tuple[Tok
     )
 
 
+def reused_tokenizers(name: str) -> tuple[Tokenizer, Tokenizer]:
+    """The SentencePiece model(s) to reuse: a .model file (for both sides), or those of a
+    checkpoint, model folder or run folder."""
+    path = Path(name)
+    if path.is_file() and path.suffix != ".safetensors":
+        tokenizers = (Tokenizer.load(path),) * 2
+    else:
+        checkpoint = load_checkpoint(resolve_checkpoint(path))
+        tokenizers = (checkpoint.src_tokenizer, checkpoint.tgt_tokenizer)
+    for tokenizer in tokenizers:
+        if min(tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) < 0:
+            raise UserError(
+                f"config key 'data.subwords.model': {name} lacks <pad>, <unk>, <s> or </s>; "
+                "reuse a model this toolkit trained"
+            )
+    return tokenizers
+
+
 def encode_split(
     text: dict[str, Path],
     keep,
@@ -355,11 +406,17 @@ def encode_split(
     tokenizers: tuple[Tokenizer, Tokenizer],
     data: DataConfig,
     filtered: bool,
+    counts_in: dict | None = None,
 ) -> dict:
     """Encode a cleaned split into ids; when `filtered`, drop pairs too long in pieces or with
-    a length ratio beyond the limit. Writes final text and ids; returns counts."""
+    a length ratio beyond the limit. Writes final text and ids; returns counts (and how many
+    pairs of each corpus are kept, given the cleaning's record of where lines came from)."""
     cleaning = data.cleaning
     counts = {"too_many_pieces": 0, "length_ratio": 0, "kept": 0, "src_tokens": 0, "tgt_tokens": 0}
+    origin = counts_in.pop("origin", None) if counts_in is not None else None
+    if origin is not None:  # the corpus of each line that reaches this step, in order
+        origin = iter(o for i, o in enumerate(origin) if keep is None or keep[i])
+        counts["corpora"] = [0] * (len(data.corpora) + 1)
     with (
         atomic_open(out["src"]) as src_out,
         atomic_open(out["tgt"]) as tgt_out,
@@ -378,6 +435,10 @@ def encode_split(
                         counts["length_ratio"] += 1
                         continue
                 kept.append(i)
+            if origin is not None:
+                corpora = [next(origin) for _ in src_chunk]
+                for i in kept:
+                    counts["corpora"][corpora[i]] += 1
             src_out.writelines(src_chunk[i] + "\n" for i in kept)
             tgt_out.writelines(tgt_chunk[i] + "\n" for i in kept)
             src_ids.write([src_enc[i] for i in kept])
@@ -450,14 +511,19 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
     stage.data.mkdir(parents=True)
     log(f"preprocess: reading {data.source} corpus {data.path}")
     datasets, origins = load_corpus(data, stage.root / "cache")
-    cleaned, keep, stats = _clean_splits(datasets, data, stage)
+    cleaned, keep, stats = _clean_splits(datasets, data, stage, origins.get("corpus_sizes"))
     del datasets
-    log(
-        f"preprocess: training SentencePiece ({data.subwords.model_type}, "
-        f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})"
-    )
-    tokenizers = train_tokenizers(cleaned["train"], keep["train"], data)
-    if data.subwords.joint:
+    if data.subwords.model is not None:
+        log(f"preprocess: reusing the SentencePiece model(s) of {data.subwords.model}")
+        tokenizers = reused_tokenizers(data.subwords.model)
+    else:
+        log(
+            f"preprocess: training SentencePiece ({data.subwords.model_type}, "
+            f"{data.subwords.vocab_size} pieces, {'joint' if data.subwords.joint else 'separate'})"
+        )
+        tokenizers = train_tokenizers(cleaned["train"], keep["train"], data)
+    joint = tokenizers[0].proto == tokenizers[1].proto
+    if joint:
         tokenizer_files = {"src": "spm.model", "tgt": "spm.model"}
     else:
         tokenizer_files = {side: f"spm.{lang}.model" for side, lang in langs.items()}
@@ -476,7 +542,7 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "languages": langs,
         "tokenizer": {
-            "joint": data.subwords.joint,
+            "joint": joint,
             **tokenizer_files,
             "src_vocab_size": tokenizers[0].vocab_size,
             "tgt_vocab_size": tokenizers[1].vocab_size,
@@ -484,11 +550,11 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         "splits": splits,
         "inputs": origins,
         "cleaning": stats,
-        "config": to_dict(config),
+        "data": to_dict(config.data),  # what made these files (train's config: config.yaml)
     }
 
 
-def _clean_splits(datasets: dict, data: DataConfig, stage: RunFolder):
+def _clean_splits(datasets: dict, data: DataConfig, stage: RunFolder, sizes_of_corpora=None):
     """Normalize (and for train, filter) every split into staged text files: their paths,
     the masks of lines to keep (de-duplication), and the counts of each split."""
     cleaned, keep, stats = {}, {}, {}
@@ -499,8 +565,9 @@ def _clean_splits(datasets: dict, data: DataConfig, stage: RunFolder):
             atomic_open(cleaned[split]["src"]) as src_out,
             atomic_open(cleaned[split]["tgt"]) as tgt_out,
         ):
+            sizes = sizes_of_corpora if split == "train" else None
             stats[split], keep[split] = clean_text(
-                datasets[split], data, filtered, src_out, tgt_out
+                datasets[split], data, filtered, src_out, tgt_out, sizes
             )
     if count_lines(cleaned["train"]["src"]) == 0:
         raise UserError(
@@ -516,7 +583,7 @@ def _encode(split, cleaned, keep, stats, tokenizers, data: DataConfig, stage: Ru
     filtered = split == "train" or data.cleaning.filter_dev_test
     out = {side: stage.text(split, lang) for side, lang in langs.items()}
     ids = {side: stage.ids(split, lang) for side, lang in langs.items()}
-    stats.update(encode_split(cleaned, keep, out, ids, tokenizers, data, filtered))
+    stats.update(encode_split(cleaned, keep, out, ids, tokenizers, data, filtered, stats))
     for side in langs:
         os.remove(cleaned[side])
     if stats["kept"] == 0:
@@ -531,6 +598,7 @@ def _encode(split, cleaned, keep, stats, tokenizers, data: DataConfig, stage: Ru
         "tgt_tokens": stats["tgt_tokens"],
         "src_bytes": out["src"].stat().st_size,
         "tgt_bytes": out["tgt"].stat().st_size,
+        **({"corpora": stats["corpora"]} if "corpora" in stats else {}),  # pairs of each
     }
 
 

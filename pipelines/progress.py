@@ -49,8 +49,10 @@ class Progress:
         enabled: bool = True,
         done: float = 0.0,
         deadline: float | None = None,
+        mirror=None,
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+        self.mirror = mirror  # also gets the plain line every `every` seconds (a log file)
         self.stream = stream or sys.stderr
         self.interactive = enabled and self.stream.isatty()
         self.every = every
@@ -80,7 +82,6 @@ class Progress:
         self.figures.update({k: _figure(v) for k, v in figures.items()})
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, status=self.status())
-            return
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
@@ -113,7 +114,9 @@ class Progress:
         return f"{self.label} | {self.status()}"
 
     def _write(self) -> None:
-        if self.enabled:
+        if self.enabled and self.mirror is not None:
+            self.mirror(self.line())
+        if self.enabled and self.bar is None:
             self.stream.write(self.line() + "\n")
             self.stream.flush()
 
@@ -121,5 +124,4 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, status=self.status())
             self.bar.stop()
-        else:
-            self._write()
+        self._write()

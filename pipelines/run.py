@@ -29,9 +29,7 @@ def _preprocessed(config: Config, run: RunFolder) -> bool:
         manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return _made_by(manifest.get("config", {}).get("data") or {}) == _made_by(
-        to_dict(config.data)
-    ) and all(
+    return _made_by(manifest.get("data") or {}) == _made_by(to_dict(config.data)) and all(
         (run.root / manifest["splits"][s][side]).is_file()
         for s in manifest["splits"]
         for side in ("src", "tgt")
@@ -43,9 +41,12 @@ TRAINING_ONLY = ("sampling_alpha", "nbest_size")
 
 
 def _made_by(data: dict) -> dict:
-    """The part of a data config that decides what preprocess writes."""
+    """The part of a data config that decides what preprocess writes (weights only decide
+    how training samples the corpora)."""
     subwords = {k: v for k, v in data.get("subwords", {}).items() if k not in TRAINING_ONLY}
-    return {**data, "subwords": subwords}
+    corpora = [{k: v for k, v in c.items() if k != "weight"} for c in data.get("corpora", [])]
+    made = {k: v for k, v in data.items() if k != "weight"}
+    return {**made, "subwords": subwords, "corpora": corpora}
 
 
 def pipeline(
@@ -66,7 +67,7 @@ def pipeline(
         f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
         f"sentences/s (beam {config.search.beam_size})"
     )
-    result = score_files(hypotheses, run.root / test["tgt"])
+    result = score_files(hypotheses, run.root / test["tgt"], config.score)
     atomic_write_text(run.score, json.dumps(result, indent=2) + "\n")
     log("score: " + describe(result))
     log(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -118,8 +119,20 @@ def paired_test(
     with contextlib.redirect_stderr(io.StringIO()):  # its progress log
         tested = PairedTest(named, chosen, texts[len(systems) :], test_type=test, n_samples=n)
         signatures, scores = tested()
+    if as_json:  # sacreBLEU's own JSON of these results fails on numpy numbers
+        rows = []
+        for i, name in enumerate(scores["System"]):
+            results = {
+                metric: scores[metric][i].__dict__ for metric in scores if metric != "System"
+            }
+            plain = {
+                m: {k: None if v is None else float(v) for k, v in r.items()}
+                for m, r in results.items()
+            }
+            rows.append({"system": name, **plain})
+        return json.dumps(rows, indent=2)
     options = {"paired_bs": test == "bs", "paired_ar": test == "ar"}
-    args = Namespace(format="json" if as_json else "text", width=2, **options)
+    args = Namespace(format="text", width=2, **options)
     args.paired_bs_n = args.paired_ar_n = tested.n_samples
     Color.ENABLE_COLORS = sys.stdout.isatty()
     out = io.StringIO()

@@ -9,9 +9,11 @@ listening, answers the requests in flight, then exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import signal
 import socket
@@ -24,15 +26,15 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from seq2seq.config import SearchConfig, ServeConfig, short
 from seq2seq.errors import UserError, out_of_memory
 
 from .batcher import Batcher, ModelThread, QueueFull, split_by
-from .translator import Translation, Translator, best
+from .translator import Translation, Translator, best, checked_texts
 
 NAMES = dict(cs="Czech", de="German", en="English", es="Spanish", fr="French", it="Italian")
 
@@ -70,15 +72,24 @@ async def read_body(request: Request, limit: int) -> str:
         raise Refused(400, f"request body is not valid UTF-8 (byte {e.start})") from None
 
 
-async def read_fields(request: Request, limit: int, forms: bool = False) -> dict:
+async def read_fields(request: Request, config: ServeConfig, forms: bool = False) -> dict:
     """The request's fields: a JSON object, or with `forms`, also a URL-encoded form
-    (LibreTranslate's clients send either, not always with the right content type)."""
-    text = await read_body(request, limit)
+    (LibreTranslate's clients send either, and curl sends JSON as a form: a body that
+    starts like JSON is JSON whatever its content type says). A client that takes longer than
+    serve.body_seconds to send its body gets 408."""
+    try:
+        text = await asyncio.wait_for(
+            read_body(request, config.max_body_bytes), config.body_seconds
+        )
+    except (TimeoutError, asyncio.TimeoutError):
+        raise Refused(
+            408, f"the body took over {config.body_seconds} s (serve.body_seconds)"
+        ) from None
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         raise Refused(415, "multipart forms are not read; send JSON or a URL-encoded form")
-    guess = kind not in ("application/json", "application/x-www-form-urlencoded")
-    if forms and (kind == "application/x-www-form-urlencoded" or guess and text[:1] != "{"):
+    looks_json = text.lstrip().startswith(("{", "["))
+    if forms and kind != "application/json" and not looks_json:
         try:
             form = parse_qs(text, keep_blank_values=True, errors="strict")
         except UnicodeDecodeError as e:
@@ -89,6 +100,9 @@ async def read_fields(request: Request, limit: int, forms: bool = False) -> dict
     except json.JSONDecodeError as e:
         where = f"{e.msg} at character {e.pos}"
         raise Refused(400, f"request body is not valid JSON ({where})") from None
+    except (ValueError, RecursionError) as e:  # a number of 4,300 digits; nesting too deep
+        what = "nested too deeply" if isinstance(e, RecursionError) else short(str(e))
+        raise Refused(400, f"request body is not JSON this server reads ({what})") from None
     if not isinstance(fields, dict):
         raise Refused(400, f"request body: expected a JSON object, got {type(fields).__name__}")
     return fields
@@ -114,17 +128,23 @@ def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
         raise Refused(400, f"field '{key}' is missing")
     value = fields[key]
     if isinstance(value, str):
-        return [value], True
+        return texts_field({key: [value]}, key, limit)[0], True
     if not isinstance(value, list):
         raise Refused(400, f"field '{key}': expected a list of strings, got {type(value).__name__}")
     if not value:
         raise Refused(400, f"field '{key}': expected at least one text, got an empty list")
     if len(value) > limit:
         raise Refused(413, f"field '{key}': {len(value)} texts; at most {limit} (serve.max_texts)")
-    for i, text in enumerate(value):
-        if not isinstance(text, str):
-            raise Refused(400, f"field '{key}[{i}]': expected a string, got {type(text).__name__}")
-    return value, False
+    try:
+        return checked_texts(value), False
+    except UserError as e:  # "texts[3]: ..." -> "field 'q[3]': ..."
+        index, message = str(e).split(": ", 1)
+        raise Refused(400, f"field '{key}{index.removeprefix('texts')}': {message}") from None
+
+
+def finite(score: float) -> float | None:
+    """A score for JSON, which has no -inf (the score of a text no setting let end)."""
+    return score if math.isfinite(score) else None
 
 
 def joined(lines: list[list[Translation]], k: int) -> str:
@@ -154,8 +174,9 @@ class Service:
                     400, f"field '{key}': this model translates {src} to {tgt}, got {short(value)}"
                 )
 
-    def settings(self, beam_size: int | None, n_best: int | None) -> SearchConfig:
-        """The model's search settings with a request's beam size and n-best."""
+    def settings(self, beam_size: int | None, n_best: int | None, asked: str) -> SearchConfig:
+        """The model's search settings with a request's beam size and n-best (`asked`: the
+        field that asked for the n best, for messages)."""
         changes = {}
         if n_best is not None:
             beam_size = beam_size or max(n_best, self.translator.search.beam_size)
@@ -163,23 +184,40 @@ class Service:
                 raise Refused(400, f"field 'n_best': expected at most beam_size ({beam_size})")
             changes["n_best"] = n_best
         if beam_size is not None:
+            vocabulary = self.translator.model.vocab.tgt_size
+            if beam_size > vocabulary:
+                field = asked if n_best == beam_size else "beam_size"
+                raise Refused(400, f"field '{field}': asks for more than the {vocabulary} pieces "
+                                   "of the model's vocabulary")  # fmt: skip
             changes["beam_size"] = beam_size
-        try:
-            return self.translator.settings(changes)
-        except UserError as e:  # a beam wider than the vocabulary
-            raise Refused(400, f"field 'beam_size': {str(e).split(': ', 1)[-1]}") from None
+        return self.translator.settings(changes)
 
-    async def translate(self, texts: list[str], settings: SearchConfig) -> list:
-        """The n best of each text, or 413 or 503 when the queue cannot take them."""
+    async def translate(self, request: Request, texts: list[str], settings: SearchConfig) -> list:
+        """The n best of each text, or 413 or 503 when the queue cannot take them. A client
+        that goes away meanwhile takes its texts out of the queue."""
         if len(texts) > self.config.max_queue:  # could never be taken: not worth a retry
             raise Refused(413, f"{len(texts)} texts; at most {self.config.max_queue} can wait")
         try:
-            return await self.batcher.submit(texts, settings)
+            future = self.batcher.submit(texts, settings)
         except QueueFull as full:
             message = f"busy: {full.args[0]} texts are waiting (serve.max_queue); retry later"
             raise Refused(503, message, {"Retry-After": "1"}) from None
 
-    async def translate_lines(self, texts: list[str], settings: SearchConfig) -> list:
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watch = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({future, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not future.done():
+            future.cancel()
+            raise ClientDisconnect()
+        return future.result()
+
+    async def translate_lines(self, request, texts: list[str], settings: SearchConfig) -> list:
         """Translations of texts that may hold several lines, each line translated alone."""
         split = [text.split("\n") for text in texts]
         lines = [line for parts in split for line in parts]
@@ -187,10 +225,11 @@ class Service:
             raise Refused(
                 413, f"{len(lines)} lines; at most {self.config.max_texts} (serve.max_texts)"
             )
-        return split_by(await self.translate(lines, settings), [len(parts) for parts in split])
+        results = await self.translate(request, lines, settings)
+        return split_by(results, [len(parts) for parts in split])
 
     async def v1_translate(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.config.max_body_bytes)
+        fields = await read_fields(request, self.config)
         unknown = set(fields) - {"texts", "beam_size", "n_best", "source", "target"}
         if unknown:
             raise Refused(
@@ -201,22 +240,21 @@ class Service:
         texts, _ = texts_field(fields, "texts", self.config.max_texts)
         self.check_pair(fields.get("source"), fields.get("target"))
         high = self.config.max_beam_size
-        settings = self.settings(
-            integer(fields, "beam_size", 1, high, None), integer(fields, "n_best", 1, high, None)
-        )
-        results = await self.translate(texts, settings)
+        beam, n_best = (integer(fields, key, 1, high, None) for key in ("beam_size", "n_best"))
+        settings = self.settings(beam, n_best, "n_best")
+        results = await self.translate(request, texts, settings)
         answer = {
             "translations": [best(hyps) for hyps in results],
-            "scores": [hyps[0].score if hyps else None for hyps in results],
+            "scores": [finite(hyps[0].score) if hyps else None for hyps in results],
         }
         if settings.n_best > 1:
             answer["n_best"] = [
-                [{"text": t.text, "score": t.score} for t in hyps] for hyps in results
+                [{"text": t.text, "score": finite(t.score)} for t in hyps] for hyps in results
             ]
         return JSONResponse(answer)
 
     async def libretranslate(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.config.max_body_bytes, forms=True)
+        fields = await read_fields(request, self.config, forms=True)
         texts, single = texts_field(fields, "q", self.config.max_texts)
         for key in ("source", "target"):
             if not isinstance(fields.get(key), str):
@@ -227,8 +265,8 @@ class Service:
                 400, f"field 'format': only 'text' is translated, got {short(fields['format'])}"
             )
         alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)
-        settings = self.settings(None, alternatives + 1 if alternatives else None)
-        results = await self.translate_lines(texts, settings)
+        settings = self.settings(None, alternatives + 1 if alternatives else None, "alternatives")
+        results = await self.translate_lines(request, texts, settings)
         texts = [[joined(lines, k) for k in range(alternatives + 1)] for lines in results]
         answer: dict[str, Any] = {"translatedText": [t[0] for t in texts]}
         if alternatives:
@@ -252,6 +290,7 @@ class Service:
     async def health(self, request: Request) -> JSONResponse:
         b, uptime = self.batcher, round(time.monotonic() - self.started, 1)
         counts = {"queued": b.queued, "translating": b.working, "translated": b.served}
+        counts["failed"] = b.failed
         return JSONResponse({"status": "ok", **counts, "batches": b.batches, "uptime_s": uptime})
 
 
@@ -263,6 +302,8 @@ def answering(handler: Callable) -> Callable:
             return await handler(request)
         except Refused as e:
             return JSONResponse({"error": str(e)}, e.status, headers=e.headers)
+        except ClientDisconnect:  # it went away: no one to answer
+            return Response(status_code=499)
         except Exception as e:  # a bug, or the device out of memory: said, and logged
             traceback.print_exc()
             message = out_of_memory(e) or f"internal error: {type(e).__name__}"
@@ -273,8 +314,9 @@ def answering(handler: Callable) -> Callable:
 
 async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     """Starlette's own refusals (no such path, wrong method) as one-line JSON too."""
-    path, code = request.url.path, error.status_code
-    messages = {404: f"no endpoint {path}", 405: f"method {request.method} not allowed on {path}"}
+    path, code = short(request.url.path), error.status_code
+    method = short(request.method)
+    messages = {404: f"no endpoint {path}", 405: f"method {method} not allowed on {path}"}
     return JSONResponse({"error": messages.get(code, error.detail)}, code, error.headers)
 
 
@@ -292,9 +334,11 @@ def application(service: Service) -> Starlette:
         Route("/languages", answering(service.list_languages), methods=["GET"]),
         Route("/health", answering(service.health), methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.router.redirect_slashes = False  # a redirect would name the Host the client sent
+    return app
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -317,35 +361,44 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = print) -> None:
     """Listen (first, so that a taken port fails before the model loads), load the model,
-    and answer requests until SIGTERM or Ctrl-C, then finish the ones in flight."""
+    and answer requests until SIGTERM or Ctrl-C, then finish the ones in flight. A signal
+    while the model loads stops the server once it is loaded; a second one at once."""
     import uvicorn
 
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    translator = load()
-    model = ModelThread()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            application(Service(translator, config, model)),
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=config.shutdown_seconds,
-            limit_concurrency=config.max_connections,
-        )
-    )
-    src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
-    log(f"serve: {src} -> {tgt}, beam {beam}, {translator.precision_note}")
-    log(f"serve: listening on http://{host}:{port} (Ctrl-C or SIGTERM stops)")
-    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http")
+    signals: list[int] = []
+    server = None
 
     def stop(signum, frame) -> None:  # uvicorn stops listening, then answers what it holds
-        if server.should_exit:  # a second signal: no more waiting for them, and no traceback
-            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # of the lifespan
+        signals.append(signum)
+        if server is None and len(signals) > 1:
+            raise KeyboardInterrupt
+        if server is not None and server.should_exit:  # a second signal: no more waiting
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # (its traceback)
             server.force_exit = True
-        server.should_exit = True
+        if server is not None:
+            server.should_exit = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        translator, model = load(), ModelThread()
+        app = application(Service(translator, config, model))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=config.shutdown_seconds,
+                limit_concurrency=config.max_connections,
+            )
+        )
+        server.should_exit = bool(signals)
+        src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
+        log(f"serve: {src} -> {tgt}, beam {beam}, {translator.precision_note}")
+        shown = f"[{host}]" if ":" in host else host
+        log(f"serve: listening on http://{shown}:{port} (Ctrl-C or SIGTERM stops)")
+        http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http")
         http.start()
         model.work_until(lambda: not http.is_alive())
     finally:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from seq2seq.batching import Batch, make_batch, training_batches
+from seq2seq.batching import Batch, make_batch, training_batches, weighted_pairs
 from seq2seq.config import Config
 from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
@@ -48,11 +48,13 @@ from seq2seq.training import (
 from seq2seq.vocab import Vocab
 
 from .background import ahead, worth_it
-from .checkpoints import Checkpoints, Optimization, TrainState, all_finite
+from .checkpoints import METRIC_NAMES, Checkpoints, Optimization, TrainState, all_finite, dev_score
 from .distributed import Ranks
+from .finetune import fine_tune
 from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
+from .records import Record, now
 from .sampling import TrainingPairs, sampling_workers
 from .validation import DevSet
 
@@ -179,12 +181,12 @@ class Trainer:
         log: Callable[[str], None] = print,
         fresh: bool = False,
     ):
-        self.config, self.folder = config, run
-        self.tc = config.train
+        self.config, self.folder, self.tc = config, run, config.train
         self.ranks = Ranks()
-        self.log = log if self.ranks.main else (lambda _: None)
         if self.ranks.main:
             run.check_writable()
+        self.record = Record(run, config, log, self.ranks.main)
+        self.log = self.record.log if self.ranks.main else (lambda _: None)
         self.manifest = run.read_manifest()
         self.device = self.ranks.device(self.tc.device)
         if self.tc.threads:
@@ -196,7 +198,20 @@ class Trainer:
         if config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
             raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
         self._load_data()
-        self.model = Seq2Seq(config.model, self.vocab).to(self.device)
+        self._build_model()
+        self.checkpoints = Checkpoints(
+            config, run, (self.src_tokenizer, self.tgt_tokenizer), self.manifest
+        )
+        self.state = self._resume_or_start(fresh)
+        self.record.begin(self.device, self.precision, self.state.step)
+        if self.ranks.rank > 0:  # each rank its own dropout and word dropout
+            torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + self.state.step)
+        self.figures = StepFigures(self.device)
+        self.ranks.barrier()
+
+    def _build_model(self) -> None:
+        """The model, its precision, its DDP wrapper under torchrun, and its optimizer."""
+        self.model = Seq2Seq(self.config.model, self.vocab).to(self.device)
         parameters = sum(p.numel() for p in self.model.parameters())
         self.precision, note = resolve_precision(self.tc.precision, self.device, parameters)
         self.log(f"train: {note}")
@@ -210,27 +225,28 @@ class Trainer:
             torch.amp.GradScaler("cuda", enabled=self.precision == "fp16"),
             LearningRate(self.tc),
         )
-        self.checkpoints = Checkpoints(
-            config, run, (self.src_tokenizer, self.tgt_tokenizer), self.manifest
-        )
-        self.state = TrainState()
+
+    def _resume_or_start(self, fresh: bool) -> TrainState:
+        """Where training stands: the saved state of this run, or a start (from a
+        checkpoint's weights when fine-tuning)."""
+        run, state = self.folder, TrainState()
         if run.train_state.is_file() and not fresh:
-            self.state = self.checkpoints.restore(self.model, self.optimization)
+            state = self.checkpoints.restore(self.model, self.optimization)
             self.checkpoints.ours = True  # last.safetensors belongs to the run we resume
             if self.ranks.main:
-                self.checkpoints.truncate_log(self.state.step)
-            self.log(f"train: resuming from {run.train_state} at step {self.state.step}")
-        elif self.ranks.main:
-            run.model_dir.mkdir(parents=True, exist_ok=True)
-            for kept in [*run.kept_checkpoints("best"), *run.kept_checkpoints("last")]:
-                kept.unlink()  # an earlier run's: averaging must not mix them with ours
-            atomic_write_text(run.train_log, "")
+                self.checkpoints.truncate_log(state.step)
+            self.log(f"train: resuming from {run.train_state} at step {state.step}")
+        else:
+            if self.ranks.main:
+                run.model_dir.mkdir(parents=True, exist_ok=True)
+                for kept in [*run.kept_checkpoints("best"), *run.kept_checkpoints("last")]:
+                    kept.unlink()  # an earlier run's: averaging must not mix them with ours
+                atomic_write_text(run.train_log, "")
+            if self.tc.init_from is not None:
+                state = fine_tune(self, self.tc.init_from)
         if self.ranks.main:
             self.checkpoints.remove_stale_temporaries()
-        if self.ranks.rank > 0:  # each rank its own dropout and word dropout
-            torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + self.state.step)
-        self.figures = StepFigures(self.device)
-        self.ranks.barrier()
+        return state
 
     def _load_data(self) -> None:
         self.pairs = TrainingPairs(
@@ -243,18 +259,34 @@ class Trainer:
             log=self.log,
         )
         self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
-        self.dev_set = DevSet(self.folder, self.manifest, self.vocab, self.tgt_tokenizer)
+        data, train = self.config.data, self.manifest["splits"]["train"]
+        sizes = train.get("corpora", [train["pairs"]])
+        weights = [data.weight] + [corpus.weight for corpus in data.corpora]
+        if len(sizes) != len(weights):
+            raise UserError(
+                f"data.corpora names {len(weights) - 1} more corpora, but {self.folder.manifest} "
+                f"was made with {len(sizes) - 1}; run nmt preprocess again"
+            )
+        self.corpora = (sizes, weights)  # the pairs of each training corpus, and its weight
+        self.dev_set = DevSet(
+            self.folder, self.manifest, self.vocab, self.tgt_tokenizer, self.config.score
+        )
 
     # --- the loop ---------------------------------------------------------------------------
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        seed = self.tc.seed * 1_000_003 + epoch
+        pairs = weighted_pairs(*self.corpora, seed)
+        if pairs is not None and not len(pairs):
+            raise UserError("data.weight and data.corpora's weights draw no pair an epoch")
         return training_batches(
             self.train_src.lengths,
             self.train_tgt.lengths,
             self.tc.batch_type,
             self.tc.batch_size,
-            seed=self.tc.seed * 1_000_003 + epoch,
+            seed=seed,
             bucket=self.tc.bucket,
+            pairs=pairs,
         )
 
     def run(self) -> dict:
@@ -271,6 +303,7 @@ class Trainer:
             enabled=self.ranks.main,
             done=state.step,
             deadline=(tc.max_time - state.elapsed) if tc.max_time else None,
+            mirror=lambda line: self.record.keep(f"{now()} {line}"),
         )
         self.started = time.monotonic() - state.elapsed
         stop = self._budget_reached()
@@ -294,10 +327,10 @@ class Trainer:
             raise Stopped(signum)
         if state.validated_step != state.step:
             self.validate_and_save()
-        best = state.best[0][0] if state.best else float("nan")
+        best = abs(state.best[0][0]) if state.best else float("nan")
         self.log(
             f"train: stopped ({stop}) at step {state.step}, epoch {state.epoch}, after "
-            f"{state.elapsed:.0f}s; best dev BLEU {best:.2f}"
+            f"{state.elapsed:.0f}s; best dev {METRIC_NAMES[self.tc.metric]} {best:.2f}"
         )
         return {
             "stop": stop,
@@ -470,6 +503,7 @@ class Trainer:
     def _append_log(self, record: dict) -> None:
         if not self.ranks.main:
             return
+        self.record.figures(record)
         with open(self.folder.train_log, "a", encoding="utf-8") as f:
             f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
 
@@ -478,7 +512,9 @@ class Trainer:
     def validate(self) -> dict:
         """Dev loss, perplexity, BLEU and chrF of the model as it is now."""
         search = dataclasses.replace(self.config.search, beam_size=self.tc.dev_beam_size, n_best=1)
-        return self.dev_set.evaluate(self.model, search, self.device, self.precision)
+        return self.dev_set.evaluate(
+            self.model, search, self.device, self.precision, self.tc.dev_examples
+        )
 
     def _check_weights(self) -> None:
         """Stop a run whose weights are no longer finite, before anything saves them."""
@@ -504,14 +540,20 @@ class Trainer:
                     f"training diverged: the dev loss is {result['dev_loss']} at step "
                     f"{state.step}; {self.checkpoints.last_good(state)}; try a lower train.lr"
                 )
-            bleu = result["dev_bleu"]
-            improved = not state.best or bleu > state.best[0][0]
+            examples = result.pop("examples")
+            score = dev_score(result, self.tc.metric)
+            improved = not state.best or score > state.best[0][0]
             self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})
+            best = f" (best {METRIC_NAMES[self.tc.metric]})" if improved else ""
             self.log(
                 f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
-                f"{result['dev_ppl']:.2f}, BLEU {bleu:.2f}, chrF {result['dev_chrf']:.2f}"
-                + (" (best)" if improved else "")
+                f"{result['dev_ppl']:.2f}, BLEU {result['dev_bleu']:.2f}, chrF "
+                f"{result['dev_chrf']:.2f}{best}"
             )
+            for number, source, reference, hypothesis in examples:
+                self.log(f"  dev {number} source     {source}")
+                self.log(f"  dev {number} reference  {reference}")
+                self.log(f"  dev {number} hypothesis {hypothesis}")
         improved = bool(self.ranks.agree_max(int(improved), self.device))
         state.stale = 0 if improved else state.stale + 1
         self.lr.validated(improved)
@@ -529,6 +571,9 @@ def train(
     """Run the stage: train (or resume) until a budget or early stopping ends it. Under
     torchrun, every rank runs this; rank 0 alone writes."""
     trainer = Trainer(config, run, log, fresh)
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    finally:
+        trainer.record.close()
     trainer.ranks.stop()
     return result

@@ -93,16 +93,22 @@ def _chunks(lines: Iterable[str], size: int, waiting: Callable[[], bool]) -> Ite
         yield chunk
 
 
-def _prompted(lines: Iterable[str]) -> Iterator[list[str]]:
+def _prompted(lines: StreamLines) -> Iterator[list[str]]:
     """A person typing at a terminal: a prompt on stderr before each line, and each line
-    answered on its own."""
-    lines = iter(lines)
+    answered on its own. A line ended by Ctrl-D rather than Enter, and Ctrl-C, first move
+    the cursor to a new line, so that nothing is written after what was typed."""
+    lines_read = iter(lines)
     while True:
         sys.stderr.write("> ")
         sys.stderr.flush()
-        line = next(lines, None)
-        if line is None:
+        try:
+            line = next(lines_read, None)
+        except KeyboardInterrupt:
             sys.stderr.write("\n")
+            raise
+        if line is None or lines.ended:
+            sys.stderr.write("\n")
+        if line is None:
             return
         yield [line]
 

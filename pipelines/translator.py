@@ -22,7 +22,9 @@ them). Nothing is printed unless `progress=True`. One call at a time per Transla
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,10 @@ from typing import Any
 import torch
 
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import SearchConfig, override_search
+from seq2seq.config import SearchConfig, override_search, short
 from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, out_of_memory
 from seq2seq.graphs import GraphedModel
 from seq2seq.search import Hypothesis, check_beam_size, translate_ids
 from seq2seq.tokenizer import normalize
@@ -80,10 +82,30 @@ class Encoded:
 
 def model_paths(model: str | Path | list) -> list[Path]:
     """The checkpoint file of each model named (one, or several for an ensemble)."""
-    names = [model] if isinstance(model, (str, Path)) else list(model)
+    names = [model] if isinstance(model, (str, Path)) else model
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, Path)) for n in names):
+        raise UserError(f"model: expected a path or a list of paths, got {short(model)}")
     if not names:
         raise UserError("no model given: name a run folder, a model folder or a checkpoint")
     return [resolve_checkpoint(name) for name in names]
+
+
+def checked_texts(texts: Any) -> list[str]:
+    """`texts` as a list of strings that SentencePiece can take, or a UserError naming the
+    first one that is not."""
+    if isinstance(texts, (str, bytes, dict)) or not isinstance(texts, Iterable):
+        raise UserError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(
+                f"texts[{i}]: not valid Unicode (a lone surrogate at {e.start})"
+            ) from None
+    return texts
 
 
 def check_ensemble(checkpoints: list, paths: list[Path]) -> None:
@@ -178,18 +200,19 @@ class Translator:
     ) -> list[list[Translation]]:
         """The n best translations of each text, best first, with their scores (and their
         attention, with alignments=True); an empty list for an empty text."""
-        if isinstance(texts, str):
-            raise UserError("texts: expected a list of strings, got one string")
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise UserError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        texts = checked_texts(texts)
         settings = self.settings(search)
         progress = Progress("translate", len(texts), "sent", enabled=self.progress)
         results: list[list[Translation]] = []
         for start in range(0, len(texts), CHUNK_LINES):
             chunk = self.encode(texts[start : start + CHUNK_LINES])
-            hypotheses = self.search_chunk(chunk, alignments, settings)
+            try:
+                hypotheses = self.search_chunk(chunk, alignments, settings)
+            except (MemoryError, RuntimeError) as e:  # sizes asked for that do not fit
+                message = out_of_memory(e)
+                if message is None:
+                    raise
+                raise UserError(message) from None
             results += self.decode(chunk, hypotheses, alignments)
             progress.update(len(chunk.lines))
         progress.close()
@@ -239,7 +262,9 @@ class Translator:
                 return_attention=with_attention,
             )
         for i, hyps in zip(chunk.todo, hypotheses):
-            results[i] = hyps
+            # settings that forbid every ending (min_len beyond the length limit, say) leave
+            # no hypothesis: the text still gets one, empty and scored -inf
+            results[i] = hyps or [Hypothesis([], -math.inf, -math.inf)]
         self.seconds["search"] += time.perf_counter() - start
         return results
 
@@ -270,5 +295,7 @@ class Translator:
 
     def _alignment(self, source: list[str], hypothesis: Hypothesis) -> Alignment:
         target = self.checkpoint.tgt_tokenizer.pieces(hypothesis.tokens) + ["</s>"]
+        if hypothesis.attention is None:  # the empty stand-in for no hypothesis at all
+            return Alignment(source, target, [[0.0] * len(source) for _ in target])
         weights = hypothesis.attention[:, : len(source)]  # (target, source)
         return Alignment(source, target, weights.tolist())

@@ -6,12 +6,13 @@ Reads (from the run folder): data/dev.<lang>.bin/.idx and data/dev.<tgt_lang> (r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from seq2seq.batching import TokenSequences, make_batch
-from seq2seq.config import SearchConfig
+from seq2seq.config import ScoreConfig, SearchConfig
 from seq2seq.device import autocast
 from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
@@ -27,12 +28,22 @@ BATCH = 64  # dev sentences a teacher-forced batch
 class DevSet:
     """The dev split of a run folder, and how a model scores on it."""
 
-    def __init__(self, run: RunFolder, manifest: dict, vocab: Vocab, tgt_tokenizer: Tokenizer):
+    def __init__(
+        self,
+        run: RunFolder,
+        manifest: dict,
+        vocab: Vocab,
+        tgt_tokenizer: Tokenizer,
+        score: ScoreConfig = ScoreConfig(),
+    ):
         split = manifest["splits"]["dev"]
         self.src = TokenSequences.load(run.root / split["src_ids"])
         self.tgt = TokenSequences.load(run.root / split["tgt_ids"])
+        self.sources = (run.root / split["src"]).read_text(encoding="utf-8").splitlines()
         self.references = (run.root / split["tgt"]).read_text(encoding="utf-8").splitlines()
         self.vocab, self.tgt_tokenizer = vocab, tgt_tokenizer
+        # BLEU tokenized and cased as the test split will be scored
+        self.score = dataclasses.replace(score, metrics=("bleu", "chrf"))
 
     @torch.no_grad()
     def loss(self, model, device: torch.device, precision: str) -> float:
@@ -48,18 +59,23 @@ class DevSet:
         return float(nll_sum) / tokens
 
     @torch.no_grad()
-    def evaluate(self, model, search: SearchConfig, device: torch.device, precision: str) -> dict:
-        """dev_loss, dev_ppl, dev_bleu and dev_chrf of `model` (put in eval mode)."""
+    def evaluate(
+        self, model, search: SearchConfig, device: torch.device, precision: str, examples: int = 0
+    ) -> dict:
+        """dev_loss, dev_ppl, dev_bleu and dev_chrf of `model` (put in eval mode), and the
+        first `examples` dev sentences as (number, source, reference, hypothesis)."""
         model.eval()
         dev_loss = self.loss(model, device, precision)
         sources = [self.src[i].tolist() for i in range(len(self.src))]
         with autocast(device, precision):
             hypotheses = translate_ids(model, sources, search, device)
         texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
-        scores = corpus_scores(texts, self.references)
+        scores = corpus_scores(texts, [self.references], self.score)
+        shown = zip(self.sources, self.references, texts)
         return {
             "dev_loss": dev_loss,
             "dev_ppl": math.exp(min(50.0, dev_loss)) if math.isfinite(dev_loss) else dev_loss,
             "dev_bleu": scores["bleu"],
             "dev_chrf": scores["chrf"],
+            "examples": [(i + 1, *example) for i, example in zip(range(examples), shown)],
         }

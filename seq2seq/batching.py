@@ -200,6 +200,23 @@ def group_batches(
     return batches
 
 
+def weighted_pairs(sizes: list[int], weights: list[float], seed: int) -> Tensor | None:
+    """The pairs one epoch draws when corpora of `sizes` pairs, one after the other, have
+    `weights`: each pair of a corpus as many times as its weight's whole part, and a seeded
+    sample for the fraction left (a weight of 0.5: half its pairs, others each epoch).
+    None when every weight is 1: each pair once."""
+    if all(weight == 1 for weight in weights):
+        return None
+    generator, parts, start = torch.Generator().manual_seed(seed), [], 0
+    for size, weight in zip(sizes, weights):
+        pairs = torch.arange(start, start + size)
+        parts += [pairs] * int(weight)
+        extra = round((weight - int(weight)) * size)
+        parts.append(pairs[torch.randperm(size, generator=generator)[:extra]])
+        start += size
+    return torch.cat(parts)
+
+
 def training_batches(
     src_lengths: Tensor,
     tgt_lengths: Tensor,
@@ -207,14 +224,18 @@ def training_batches(
     batch_size: int,
     seed: int,
     bucket: bool = True,
+    pairs: Tensor | None = None,
 ) -> list[list[int]]:
-    """One epoch of batches in a seeded random order. With `bucket`, pairs of similar length
-    go together (ties in length broken by a seeded shuffle, so batches differ from epoch to
-    epoch), which saves padding; without, batches are runs of randomly shuffled pairs, as
-    JoeyNMT and most PyTorch loaders make them."""
+    """One epoch of batches in a seeded random order, of every pair once or of `pairs`
+    (indices, repeats allowed). With `bucket`, pairs of similar length go together (ties in
+    length broken by a seeded shuffle, so batches differ from epoch to epoch), which saves
+    padding; without, batches are runs of randomly shuffled pairs, as JoeyNMT and most
+    PyTorch loaders make them."""
     generator = torch.Generator().manual_seed(seed)
     n = len(src_lengths)
     shuffled = torch.randperm(n, generator=generator)
+    if pairs is not None:
+        shuffled = pairs[torch.randperm(len(pairs), generator=generator)]
     order = shuffled.tolist()
     if bucket:  # stable sort by (target length, source length) of the shuffled pairs
         key = tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled]

@@ -311,8 +311,8 @@ class SearchConfig(Section):
     KEY = "search"
     beam_size: int = setting(5, "beam width; 1 is greedy search", low=1)
     length_penalty: float = setting(1.0, "GNMT alpha: ((5 + length) / 6) ^ alpha; 0: none", low=0)
-    max_len_a: float = setting(1.5, "output limit: a * source length + b tokens", low=0)
-    max_len_b: int = setting(10, "see max_len_a", low=0)
+    max_len_a: float = setting(1.5, "output limit: a * source length + b tokens", low=0, high=100)
+    max_len_b: int = setting(10, "see max_len_a", low=0, high=10_000)
     min_len: int = setting(1, "tokens before end-of-sentence may be chosen", low=0)
     n_best: int = setting(1, "hypotheses kept per sentence", low=1)
     no_repeat_ngram: int = setting(0, "forbid repeating any n-gram of this size (0: off)", low=0)
@@ -372,6 +372,9 @@ class ServeConfig(Section):
     max_body_bytes: int = setting(262_144, "request body size; larger: 413", low=1)
     max_connections: int = setting(1024, "open connections; beyond it uvicorn answers 503", low=1)
     max_beam_size: int = setting(16, "the widest beam (and most n-best) a request may ask", low=1)
+    body_seconds: float = setting(
+        10.0, "time a client has to send its request body; then 408", above=0
+    )
     shutdown_seconds: float = setting(30.0, "after SIGTERM, time left to requests in flight", low=0)
 
     def check(self):

@@ -82,7 +82,8 @@ def copy_run(trained_run: Path, dest: Path, untrained: bool = False) -> Path:
     run = shutil.copytree(trained_run, dest)
     if untrained:
         shutil.rmtree(run / "model")
-        (run / "train_log.jsonl").unlink()
+        for name in ("train_log.jsonl", "train_runs.jsonl", "config.yaml", "train.log"):
+            (run / name).unlink(missing_ok=True)
     return run
 
 

@@ -15,7 +15,7 @@ from pipelines.layout import RunFolder
 from pipelines.preprocess import preprocess
 from seq2seq.config import load_config
 
-from .conftest import write_config
+from .conftest import write_config, write_corpus
 from .test_stages import snapshot
 
 SPLIT_NAMES = {"train": "train", "dev": "validation", "test": "test"}
@@ -287,3 +287,97 @@ def test_sentencepiece_trained_on_a_sample_is_the_same_in_every_process(tmp_path
         for _ in range(2)
     }
     assert len(digests) == 1
+
+
+# --- corpora as people have them --------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [("en", "de"), ("de", "en")])
+def test_tables_without_a_header_row_name_their_columns_in_order(tmp_path, tiny_corpus, order):
+    """Marian's --tsv: no header row; every line is a pair, the first one too."""
+    folder = tmp_path / "tsv"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [dict(zip(("en", "de"), pair)) for pair in pairs(tiny_corpus, split)]
+        text = "".join("\t".join(row[lang] for lang in order) + "\n" for row in rows)
+        (folder / f"{split}.tsv").write_text(text, encoding="utf-8")
+    overrides = ["--data.format=tsv", f"--data.columns=[{order[0]}, {order[1]}]"]
+    overrides += [f"--data.{split}={split}.tsv" for split in ("train", "dev", "test")]
+    manifest = run_preprocess(tmp_path, folder, overrides)
+    assert counts(manifest) == expected_counts(tiny_corpus)
+    run = tmp_path / "run"
+    first = pairs(tiny_corpus, "dev")[0]
+    assert (run / "data" / "dev.en").read_text(encoding="utf-8").splitlines()[0] == first[0]
+    assert (run / "data" / "dev.de").read_text(encoding="utf-8").splitlines()[0] == first[1]
+
+
+def test_columns_are_refused_for_formats_with_named_fields(tmp_path, tiny_corpus):
+    from seq2seq.errors import UserError
+
+    folder = tmp_path / "json"
+    folder.mkdir()
+    (folder / "train.json").write_text('{"en": "a", "de": "b"}\n', encoding="utf-8")
+    overrides = ["--data.format=json", "--data.columns=[en, de]", "--data.train=train.json"]
+    with pytest.raises(UserError, match="data.columns': only for tsv and csv"):
+        run_preprocess(tmp_path, folder, overrides)
+
+
+def test_weighted_corpora_are_seen_as_often_as_their_weights_say(tmp_path, tiny_corpus):
+    from pipelines.train import Trainer
+
+    extra = write_corpus(tmp_path / "in_domain", {"test": 5, "dev": 5, "train": 40}, seed=99)
+    overrides = [f"--data.corpora=[{{path: {extra}, weight: 3}}]", "--data.weight=0.5"]
+    manifest = run_preprocess(tmp_path, tiny_corpus, overrides)
+    general, in_domain = manifest["splits"]["train"]["corpora"]
+    assert general + in_domain == manifest["splits"]["train"]["pairs"] and in_domain == 40
+    config = load_config(tmp_path / "c.yaml", overrides)
+    trainer = Trainer(config, RunFolder(tmp_path / "run"), log=lambda _: None)
+    for epoch in (0, 1):
+        drawn = [i for batch in trainer.epoch_batches(epoch) for i in batch]
+        assert sum(i >= general for i in drawn) == 3 * in_domain  # each in-domain pair 3 times
+        firsts = sorted(i for i in drawn if i < general)
+        assert len(firsts) == round(general / 2) and len(set(firsts)) == len(firsts)
+    halves = [{i for b in trainer.epoch_batches(e) for i in b if i < general} for e in (0, 1)]
+    assert halves[0] != halves[1]  # another half every epoch
+
+
+def test_a_weight_change_needs_no_new_preprocess(tmp_path, tiny_corpus):
+    from pipelines.run import _preprocessed
+
+    extra = write_corpus(tmp_path / "more", {"test": 5, "dev": 5, "train": 30}, seed=5)
+    first = [f"--data.corpora=[{{path: {extra}, weight: 2}}]"]
+    run_preprocess(tmp_path, tiny_corpus, first)
+    run = RunFolder(tmp_path / "run")
+    again = load_config(tmp_path / "c.yaml", [f"--data.corpora=[{{path: {extra}, weight: 5}}]"])
+    assert _preprocessed(again, run)
+    other = load_config(tmp_path / "c.yaml", [f"--data.corpora=[{{path: {extra}, train: dev}}]"])
+    assert not _preprocessed(other, run)
+
+
+def test_a_script_without_spaces_works_end_to_end(tmp_path, tiny_corpus):
+    """English to a made-up language written in CJK characters without spaces: cleaning
+    counts characters, SentencePiece splits the script, and BLEU tokenizes it as zh (13a
+    would see one word a sentence)."""
+    from pipelines.run import pipeline
+
+    folder = tmp_path / "cjk"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        en = (tiny_corpus / f"{split}.en").read_text(encoding="utf-8").splitlines()
+        de = (tiny_corpus / f"{split}.de").read_text(encoding="utf-8").splitlines()
+        cjk = ["".join(chr(0x4E00 + sum(map(ord, w)) % 150) for w in d.split()) + "。" for d in de]
+        (folder / f"{split}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+        (folder / f"{split}.zh").write_text("\n".join(cjk) + "\n", encoding="utf-8")
+    overrides = ["--data.tgt_lang=zh", "--score.tokenize=zh", "--data.cleaning.max_chars=30"]
+    overrides.append("--data.subwords.vocab_size=250")
+    config = load_config(write_config(tmp_path, folder), overrides)
+    run = RunFolder(tmp_path / "run")
+    pipeline(config, run, log=lambda _: None)
+    score = json.loads(run.score.read_text(encoding="utf-8"))
+    assert "tok:zh" in score["signature"]
+    translations = (run.root / "translations" / "test.zh").read_text(encoding="utf-8")
+    assert all(" " not in line for line in translations.splitlines())
+    longest = max(len(line) for line in (run.root / "data" / "train.zh").read_text().splitlines())
+    assert longest <= 30  # max_chars counted characters, not words
+    manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
+    assert manifest["cleaning"]["train"]["too_many_chars"] > 0

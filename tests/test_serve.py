@@ -172,6 +172,15 @@ BAD_REQUESTS = [
     ("/v1/translate", b'{"' + b"k" * 5000 + b'": 1, "texts": ["a"]}', "application/json", 400,
      "unknown field"),
     ("/nowhere", b"{}", "application/json", 404, "no endpoint"),
+    ("/" + "a" * 5000, b"{}", "application/json", 404, "no endpoint"),
+    ("/v1/translate/", b'{"texts": ["a"]}', "application/json", 404, "no endpoint"),
+    ("/v1/translate", b'{"texts": ["\\ud800"]}', "application/json", 400, "texts[0]"),
+    ("/translate", b'{"q": "\\udfff", "source": "en", "target": "de"}', "application/json", 400,
+     "field 'q[0]': not valid Unicode"),
+    ("/v1/translate", b'{"texts": ["a"], "beam_size": ' + b"9" * 5000 + b"}", "application/json",
+     400, "not JSON this server reads"),
+    ("/v1/translate", b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json",
+     400, "nested too deeply"),
     ("/health", b"{}", "application/json", 405, "not allowed"),
 ]  # fmt: skip
 
@@ -368,3 +377,35 @@ def test_a_second_signal_stops_at_once_without_a_traceback(trained_run, lines):
     code, out, err = server.stop(signal.SIGINT)
     assert code == 0 and "serve: stopped" in out
     assert "Traceback" not in err, err
+
+
+def test_a_client_that_hangs_up_costs_no_translation_and_no_traceback(trained_run, lines):
+    """Texts of requests whose clients went away before their batch are not translated;
+    a client that stops in the middle of its body leaves no traceback in the log."""
+    import socket
+    import time
+
+    server = Server(trained_run, "--search.min_len=400", "--search.max_len_b=420")
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"texts": (lines * 6)[:64], "beam_size": 16}).encode()
+    sending = threading.Thread(target=lambda: server.request("/v1/translate", body))
+    sending.start()
+    while not server.request("/health")[1]["translating"]:
+        time.sleep(0.01)
+    for _ in range(3):  # queued behind the busy batch, then gone
+        with socket.create_connection((host, int(port))) as sock:
+            request = json.dumps({"texts": lines[:10]}).encode()
+            head = f"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(request)}\r\n"
+            sock.sendall(head.encode() + b"Content-Type: application/json\r\n\r\n" + request)
+            time.sleep(0.1)
+    with socket.create_connection((host, int(port))) as sock:  # half a body, then gone
+        sock.sendall(b'POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"te')
+    time.sleep(0.2)  # the server notices the hang-ups
+    assert server.request("/health")[1]["translating"], "the busy batch ended too soon to tell"
+    sending.join()
+    while server.request("/health")[1]["queued"]:
+        time.sleep(0.05)
+    health = server.request("/health")[1]
+    code, _, err = server.stop()
+    assert health["translated"] == 64 and health["failed"] == 0
+    assert code == 0 and "Traceback" not in err, err

@@ -44,7 +44,7 @@ def test_preprocess_writes_what_the_manifest_names(trained_run):
         assert int(ids.lengths.sum()) == entry["src_tokens"]
     assert manifest["cleaning"]["train"]["input"] == 300
     assert manifest["inputs"]["train"]["src"]["sha256"]
-    assert manifest["config"]["name"] == "tiny"
+    assert manifest["data"]["src_lang"] == "en" and "train" not in manifest  # data only
 
 
 def test_preprocess_cleans_train_but_keeps_every_dev_and_test_line(tmp_path, tiny_corpus):

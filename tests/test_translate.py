@@ -231,17 +231,23 @@ def test_stdout_cannot_take_the_output_of_several_ranks(tmp_path, trained_run):
         plan_jobs([str(source)], "-", None, False, model, world=2)
 
 
-def _read_until(fd: int, marker: bytes, seen: bytearray, seconds: float = 120) -> None:
-    """Read `fd` into `seen` until `marker` is there (a failure after `seconds`)."""
+def _read_until(fd: int, marker, seen: bytearray, seconds: float = 120) -> None:
+    """Read `fd` into `seen` until `marker` is there, or with an int, until `seen` holds
+    that many lines (a failure after `seconds`)."""
     import os
     import select
     import time
 
     deadline = time.monotonic() + seconds
-    while marker not in seen:
+    while (seen.count(b"\n") < marker) if isinstance(marker, int) else (marker not in seen):
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         assert ready, f"waited for {marker!r}; got {bytes(seen)[-300:]!r}"
-        seen += os.read(fd, 4096)
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # a terminal whose other end closed
+            chunk = b""
+        assert chunk, f"{marker!r} never came; got {bytes(seen)[-300:]!r}"
+        seen += chunk
 
 
 def test_a_person_at_a_terminal_gets_a_prompt_and_no_redrawn_progress(trained_run):
@@ -262,10 +268,13 @@ def test_a_person_at_a_terminal_gets_a_prompt_and_no_redrawn_progress(trained_ru
         _read_until(main, b"> ", shown)
         for n, sentence in enumerate((b"The dog sleeps.", b"The old man sees the dog."), 1):
             os.write(main, sentence + b"\n")
-            _read_until(process.stdout.fileno(), b"\n" * n, answers)  # answered at once
+            _read_until(process.stdout.fileno(), n, answers)  # answered at once
             _read_until(main, sentence + b"\r\n> ", shown)
-        os.write(main, b"\x04")  # Ctrl-D ends the input
+        os.write(main, b"A dog\x04")  # Ctrl-D in the middle of a line, then to end
+        os.write(main, b"\x04")
+        _read_until(process.stdout.fileno(), 3, answers)  # the last line answered
         assert process.wait(timeout=60) == 0
+        _read_until(main, b"A dog\r\n", shown)  # the answer went below, not after the text
     finally:
         process.kill()
         os.close(main)

@@ -1,0 +1,64 @@
+"""Fine-tuning: training that starts from another run's checkpoint (`train.init_from`).
+
+The new run folder is preprocessed with the checkpoint's SentencePiece model(s)
+(`data.subwords.model`), so the vocabularies match; the model config must give the
+checkpoint's shape (dropout may differ). The weights are the checkpoint's; the optimizer,
+learning-rate schedule and data position start afresh, unless `train.init_optimizer` takes
+them (but not the data position) from the run folder named. Once it has a training state of
+its own, the new run resumes like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.config import to_dict
+from seq2seq.errors import UserError
+
+from .checkpoints import Checkpoints, TrainState
+from .layout import RunFolder, resolve_checkpoint
+from .records import flat
+
+
+def check_shape(ours: dict, theirs: dict, path: Path) -> None:
+    """The model config must build the checkpoint's network; dropout rates may differ."""
+    mine, other = flat(ours), flat(theirs)
+    for key in mine:
+        if "dropout" not in key and mine[key] != other.get(key):
+            raise UserError(
+                f"config key 'model.{key}': {mine[key]!r} here but {other.get(key)!r} in "
+                f"{path}; fine-tuning keeps the model's shape"
+            )
+
+
+def fine_tune(trainer, name: str) -> TrainState:
+    """Load `name`'s weights into the trainer's model (and with train.init_optimizer, its
+    run's optimizer and schedule); the state training starts from."""
+    path = resolve_checkpoint(name)
+    source = load_checkpoint(path)
+    check_shape(to_dict(trainer.config.model), to_dict(source.model.config), path)
+    sides = [("source", source.src_tokenizer, trainer.src_tokenizer)]
+    sides.append(("target", source.tgt_tokenizer, trainer.tgt_tokenizer))
+    for side, theirs, ours in sides:
+        if theirs.proto != ours.proto:
+            raise UserError(
+                f"{path}: its {side} SentencePiece model is not the one of {trainer.folder.root}; "
+                f"preprocess with --data.subwords.model={name} so that the vocabularies match"
+            )
+    trainer.model.load_state_dict(source.model.state_dict())
+    trainer.log(f"train: fine-tuning from {path} (its step {source.info.get('step', '?')})")
+    if not trainer.tc.init_optimizer:
+        return TrainState()
+    other = RunFolder(Path(name))
+    if not other.train_state.is_file():
+        raise UserError(
+            f"config key 'train.init_optimizer': {name} is not a run folder with "
+            f"{other.train_state.relative_to(other.root)}; name the run folder in train.init_from"
+        )
+    tokenizers = (trainer.src_tokenizer, trainer.tgt_tokenizer)
+    state = Checkpoints(trainer.config, other, tokenizers, other.read_manifest()).restore(
+        trainer.model, trainer.optimization
+    )
+    trainer.log(f"train: optimizer and schedule taken from {other.train_state} (step {state.step})")
+    return TrainState(step=state.step)
