@@ -2,11 +2,12 @@
 
 Reads: checkpoint files, or a run folder's kept checkpoints (model/best-<N>, model/last-<N>,
 see checkpoints.py). Writes: one checkpoint file (atomically), never over one of its inputs.
-With `best`, the run's K best kept checkpoints by the dev BLEU recorded in each; with `last`,
-its K latest validated ones. With `choose`, the candidates (the best checkpoint alone, the
-averages of the last 2, 3, ... and of the best 2, 3, ... kept checkpoints) are each scored
-on the dev split, and the one with the highest dev BLEU is written: averaging is used only
-where it helps on dev, and the test split is never looked at.
+With `best`, the run's K best kept checkpoints by the dev metric recorded in each (the run's
+train.metric, from its config.yaml); with `last`, its K latest validated ones. With `choose`,
+the candidates (the best checkpoint alone, the averages of the last 2, 3, ... and of the best
+2, 3, ... kept checkpoints) are each scored on the dev split as training validated (metric and
+score settings of the run), and the best is written: averaging is used only where it helps on
+dev, and the test split is never looked at.
 """
 
 from __future__ import annotations
@@ -23,22 +24,34 @@ from seq2seq.checkpoint import (
     read_safetensors,
     save_checkpoint,
 )
+from seq2seq.config import Config, load_config
 from seq2seq.device import resolve_device, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import check_destination, same_file
 
+from .checkpoints import METRIC_NAMES, dev_score
 from .layout import RunFolder, refuse_run_artifact
 from .validation import DevSet
 
 
-def dev_bleu(path: Path) -> float:
-    """The dev BLEU a kept checkpoint was saved with (0 when it has none)."""
+def run_config(folder: RunFolder) -> Config:
+    """The config the run last trained with (its config.yaml; defaults for an older run)."""
+    return load_config(folder.used_config) if folder.used_config.is_file() else Config()
+
+
+def kept_score(path: Path, metric: str) -> float:
+    """The dev score (higher is better) a kept checkpoint was saved with; -inf without one."""
     info = json.loads(read_safetensors(path)[1].get("info", "{}"))
-    return info.get("dev_bleu", 0.0)
+    return dev_score(info, metric) if f"dev_{metric}" in info else float("-inf")
+
+
+def by_score(paths: list[Path], run: RunFolder) -> list[Path]:
+    metric = run_config(run).train.metric
+    return sorted(paths, key=lambda p: -kept_score(p, metric))
 
 
 def choose(run: Path, kind: str, count: int) -> list[Path]:
-    """The `count` best (by dev BLEU) or latest checkpoints a run kept."""
+    """The `count` best (by the run's dev metric) or latest checkpoints a run kept."""
     if not run.is_dir():
         raise UserError(f"{run}: --best K or --last K takes one run folder")
     kept = RunFolder(run).kept_checkpoints(kind)
@@ -49,7 +62,7 @@ def choose(run: Path, kind: str, count: int) -> list[Path]:
         )
     if kind == "last":
         return kept[-count:]
-    return sorted(kept, key=lambda p: -dev_bleu(p))[:count]
+    return by_score(kept, RunFolder(run))[:count]
 
 
 def candidates(run: Path) -> dict[str, list[Path]]:
@@ -60,11 +73,11 @@ def candidates(run: Path) -> dict[str, list[Path]]:
         raise UserError(f"{run}: no model/best.safetensors; train the run first")
     found = {"best checkpoint": [folder.best]}
     latest = folder.kept_checkpoints("last")
-    by_bleu = sorted(folder.kept_checkpoints("best"), key=lambda p: -dev_bleu(p))
+    ranked = by_score(folder.kept_checkpoints("best"), folder)
     for k in range(2, len(latest) + 1):
         found[f"last {k}"] = latest[-k:]
-    for k in range(2, len(by_bleu) + 1):
-        found[f"best {k}"] = by_bleu[:k]
+    for k in range(2, len(ranked) + 1):
+        found[f"best {k}"] = ranked[:k]
     unique, seen = {}, set()
     for name, paths in found.items():
         key = frozenset(p.name for p in paths)
@@ -75,22 +88,24 @@ def candidates(run: Path) -> dict[str, list[Path]]:
 
 
 def choose_on_dev(run: Path, log: Callable[[str], None]) -> tuple[list[Path], Checkpoint]:
-    """The candidate with the best dev BLEU (greedy, like validation), and its checkpoint."""
+    """The candidate with the best dev score (greedy, like validation), and its checkpoint."""
     folder = RunFolder(run)
-    manifest, device = folder.read_manifest(), resolve_device("auto")
+    config = run_config(folder)
+    manifest, device = folder.read_manifest(), resolve_device(config.train.device)
+    metric, name_of = config.train.metric, METRIC_NAMES[config.train.metric]
     best: tuple[float, list[Path], Checkpoint] | None = None
     for name, paths in candidates(run).items():
         checkpoint = average_checkpoints(paths) if len(paths) > 1 else load_checkpoint(paths[0])
         model = checkpoint.model.to(device)
-        dev = DevSet(folder, manifest, model.vocab, checkpoint.tgt_tokenizer)
+        dev = DevSet(folder, manifest, model.vocab, checkpoint.tgt_tokenizer, config.score)
         parameters = sum(p.numel() for p in model.parameters())
-        precision, _ = resolve_precision("auto", device, parameters)
+        precision, _ = resolve_precision(config.train.precision, device, parameters)
         search = dataclasses.replace(checkpoint.search, beam_size=1, n_best=1)
-        bleu = dev.evaluate(model, search, device, precision)["dev_bleu"]
-        log(f"average: {name} ({len(paths)} checkpoints): dev BLEU {bleu:.2f}")
-        if best is None or bleu > best[0]:
-            best = (bleu, paths, checkpoint)
-    log(f"average: chose {len(best[1])} checkpoint(s), dev BLEU {best[0]:.2f}")
+        value = dev_score(dev.evaluate(model, search, device, precision), metric)
+        log(f"average: {name} ({len(paths)} checkpoints): dev {name_of} {abs(value):.2f}")
+        if best is None or value > best[0]:
+            best = (value, paths, checkpoint)
+    log(f"average: chose {len(best[1])} checkpoint(s), dev {name_of} {abs(best[0]):.2f}")
     return best[1], best[2]
 
 

@@ -1,6 +1,6 @@
 """`nmt serve`: a model loaded once behind HTTP (Starlette on uvicorn).
 
-Endpoints (README, serve): POST /v1/translate (our JSON), POST /translate and GET /languages
+Endpoints (docs/usage.md, serve): POST /v1/translate (our JSON), POST /translate and GET /languages
 (LibreTranslate's), GET /health. Every answer is JSON; a refusal is {"error": "<one line>"}
 with a 4xx status (413 for too much, 503 with Retry-After when the queue is full). Texts of
 requests that arrive together are translated together (batcher.py). SIGTERM or Ctrl-C stops

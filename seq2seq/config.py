@@ -415,19 +415,26 @@ def config_keys(prefix: str = "", markdown: bool = False) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths:
-    against the config file's folder when the file sets data.path, against the current
-    folder when the command line does."""
+    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths
+    (data.path, data.corpora's): against the config file's folder when the file sets them,
+    against the current folder when the command line does."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), list(overrides))
     raw.setdefault("name", path.stem)
     config = from_dict(Config, raw)
-    data = config.data
-    typed = any(parse_override(text)[0] == ["data", "path"] for text in overrides)
-    if data.source in ("local", "disk") and data.path and not Path(data.path).is_absolute():
-        resolved = str(((Path.cwd() if typed else path.parent) / data.path).resolve())
-        config = dataclasses.replace(config, data=dataclasses.replace(data, path=resolved))
-    return config
+    data, typed = config.data, {tuple(parse_override(text)[0][:2]) for text in overrides}
+
+    def resolved(source: str | None, where: str, key: str) -> str:
+        if source not in ("local", "disk") or not where or Path(where).is_absolute():
+            return where
+        return str(((Path.cwd() if ("data", key) in typed else path.parent) / where).resolve())
+
+    corpora = tuple(
+        dataclasses.replace(c, path=resolved(c.source or data.source, c.path, "corpora"))
+        for c in data.corpora
+    )
+    data = dataclasses.replace(data, path=resolved(data.source, data.path, "path"), corpora=corpora)
+    return dataclasses.replace(config, data=data)
 
 
 def override_search(base: SearchConfig, changes: dict[str, Any]) -> SearchConfig:

@@ -25,6 +25,22 @@ def test_name_defaults_to_the_file_name_and_paths_resolve_against_it(tmp_path):
     assert config.data.path == str((tmp_path / "corpus").resolve())
 
 
+def test_corpora_paths_resolve_like_the_data_path(tmp_path, monkeypatch):
+    """Written in the file: against its folder; typed on the command line: against the
+    current folder; absolute and hub paths as given."""
+    corpora = "[{path: extra}, {path: /abs/x}, {path: org/name, source: hub}]"
+    text = f"data: {{path: main, corpora: {corpora}}}\n"
+    config_file = write(tmp_path, text)
+    config = load_config(config_file)
+    assert config.data.path == str((tmp_path / "main").resolve())
+    paths = [corpus.path for corpus in config.data.corpora]
+    assert paths == [str((tmp_path / "extra").resolve()), "/abs/x", "org/name"]
+    monkeypatch.chdir(tmp_path.parent)
+    typed = load_config(config_file, ["--data.corpora=[{path: here}]"])
+    assert typed.data.corpora[0].path == str((tmp_path.parent / "here").resolve())
+    assert typed.data.path == str((tmp_path / "main").resolve())
+
+
 @pytest.mark.parametrize(
     "text, names",
     [

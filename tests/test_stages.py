@@ -235,3 +235,11 @@ def test_kept_checkpoints_average_into_one(tmp_path, tiny_corpus, trained_run):
     if int(count) == 1:
         best = load_checkpoint(run.best).model.state_dict()
         assert all(torch.equal(v, best[k]) for k, v in written.model.state_dict().items())
+    # a run that trained with train.metric loss is averaged by dev loss, lowest chosen
+    used = run.used_config.read_text(encoding="utf-8").replace("metric: bleu", "metric: loss")
+    run.used_config.write_text(used, encoding="utf-8")
+    result = CliRunner().invoke(app, ["average", str(run.root), "--choose", "-o", str(chosen)])
+    assert result.exit_code == 0, result.output
+    losses = re.findall(r"\): dev loss ([\d.]+)", result.stdout)
+    picked = re.search(r"chose \d+ checkpoint\(s\), dev loss ([\d.]+)", result.stdout).group(1)
+    assert len(losses) == 4 and float(picked) == min(map(float, losses))
