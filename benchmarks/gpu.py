@@ -73,8 +73,8 @@ def training_speed(args, name: str, precision: str) -> dict:
     config = load_config(MODELS[name], overrides)
     run = fresh_copy(args.run, args.work / f"train-{name}-{precision}")
     trainer = Trainer(config, run, log=lambda _: None, fresh=True)
-    batches = trainer.epoch_batches(0)
-    steps = [trainer._prepare([b], 0, i) for i, b in enumerate(batches[: args.warmup + args.steps])]
+    batches = trainer.data.epoch_batches(0)
+    steps = [trainer.data.step([b]) for b in batches[: args.warmup + args.steps]]
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -9,7 +9,7 @@ and its progress record.
 
     python benchmarks/kill_test.py                     # 30 kills of each, about 10 minutes
     python benchmarks/kill_test.py --kills 5 --seed 3
-    python benchmarks/kill_test.py --only train --sampling-alpha 0.3 --sampling-workers 2
+    python benchmarks/kill_test.py --only train --sampling-alpha 0.3
 
 Prints one line per trial and the tally; exits 1 if any trial differs.
 """
@@ -48,7 +48,6 @@ train:
   validate_every: 6
   log_every: 2
   threads: 1
-  sampling_workers: {workers}
   keep_best: 2
   keep_last: 2
 search:
@@ -218,7 +217,6 @@ def main() -> None:
     parser.add_argument(
         "--sampling-alpha", type=float, default=0.0, help="train with subword sampling"
     )
-    parser.add_argument("--sampling-workers", type=int, default=0, help="... in N processes")
     args = parser.parse_args()
     args.work = args.work.resolve()  # the config names the corpus inside it
     shutil.rmtree(args.work, ignore_errors=True)
@@ -231,7 +229,7 @@ def main() -> None:
 
     corpus = make_corpus(args.work / "corpus", 1500)
     config = args.work / "kill.yaml"
-    text = CONFIG.format(corpus=corpus, alpha=args.sampling_alpha, workers=args.sampling_workers)
+    text = CONFIG.format(corpus=corpus, alpha=args.sampling_alpha)
     config.write_text(text, encoding="utf-8")
     preprocessed = args.work / "preprocessed"
     run_killed([*CLI, "preprocess", str(config), "--run-dir", str(preprocessed)], None)

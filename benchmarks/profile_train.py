@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.layout import RunFolder  # noqa: E402
-from pipelines.train import load_tokenizers, make_vocab  # noqa: E402
+from pipelines.train_data import load_tokenizers, make_vocab  # noqa: E402
 from seq2seq.batching import TokenSequences, make_batch, training_batches  # noqa: E402
 from seq2seq.config import load_config  # noqa: E402
 from seq2seq.model import Seq2Seq  # noqa: E402

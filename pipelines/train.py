@@ -25,19 +25,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from seq2seq.batching import Batch, make_batch, training_batches, weighted_pairs
 from seq2seq.config import Config
 from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
-from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import (
     LearningRate,
     build_optimizer,
@@ -45,7 +42,6 @@ from seq2seq.training import (
     set_learning_rate,
     word_dropout,
 )
-from seq2seq.vocab import Vocab
 
 from .background import ahead, worth_it
 from .checkpoints import METRIC_NAMES, Checkpoints, Optimization, TrainState, all_finite, dev_score
@@ -55,29 +51,11 @@ from .layout import RunFolder
 from .plots import draw_learning_curve
 from .progress import Progress
 from .records import Record, now
-from .sampling import TrainingPairs, sampling_workers
+from .train_data import Step, TrainingData
 from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
 STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"]
-
-
-def load_tokenizers(run: RunFolder, manifest: dict) -> tuple[Tokenizer, Tokenizer]:
-    files = manifest["tokenizer"]
-    src = Tokenizer.load(run.root / files["src"])
-    tgt = src if files["tgt"] == files["src"] else Tokenizer.load(run.root / files["tgt"])
-    return src, tgt
-
-
-def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:
-    if (src.pad_id, src.unk_id, src.bos_id, src.eos_id) != (
-        tgt.pad_id,
-        tgt.unk_id,
-        tgt.bos_id,
-        tgt.eos_id,
-    ):
-        raise UserError("the source and target SentencePiece models use different special ids")
-    return Vocab(src.vocab_size, tgt.vocab_size, tgt.pad_id, tgt.unk_id, tgt.bos_id, tgt.eos_id)
 
 
 class Stopped(KeyboardInterrupt):
@@ -119,16 +97,6 @@ def finite_or_null(record: dict) -> dict:
 
 
 # --- the steps ahead ------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    """The batches of one optimizer step, as this rank sees them."""
-
-    parts: list[tuple[Batch, float]]  # this rank's rows of each batch, and their loss weight
-    batches: int  # batches in the step
-    tgt_tokens: int  # target tokens of the whole step (all ranks), end-of-sentence included
-    src_tokens: int  # likewise for the source
 
 
 class StepFigures:
@@ -192,12 +160,10 @@ class Trainer:
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
-        self.src_tokenizer, self.tgt_tokenizer = load_tokenizers(run, self.manifest)
-        self.vocab = make_vocab(self.src_tokenizer, self.tgt_tokenizer)
+        self._load_data()
         check_beam_size(self.tc.dev_beam_size, self.vocab, "train.dev_beam_size")
         if config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
             raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
-        self._load_data()
         self._build_model()
         self.checkpoints = Checkpoints(
             config, run, (self.src_tokenizer, self.tgt_tokenizer), self.manifest
@@ -249,52 +215,21 @@ class Trainer:
         return state
 
     def _load_data(self) -> None:
-        self.pairs = TrainingPairs(
-            self.folder.root,
-            self.manifest["splits"]["train"],
-            (self.src_tokenizer, self.tgt_tokenizer),
-            self.config.data.subwords,
-            self.config.data.cleaning.max_pieces,
-            workers=sampling_workers(self.tc.sampling_workers, self.device),
-            log=self.log,
-        )
-        self.train_src, self.train_tgt = self.pairs.src, self.pairs.tgt  # best segmentation
-        data, train = self.config.data, self.manifest["splits"]["train"]
-        sizes = train.get("corpora", [train["pairs"]])
-        weights = [data.weight] + [corpus.weight for corpus in data.corpora]
-        if len(sizes) != len(weights):
-            raise UserError(
-                f"data.corpora names {len(weights) - 1} more corpora, but {self.folder.manifest} "
-                f"was made with {len(sizes) - 1}; run nmt preprocess again"
-            )
-        self.corpora = (sizes, weights)  # the pairs of each training corpus, and its weight
+        self.data = TrainingData(self.folder, self.manifest, self.config, self.ranks, self.device)
+        self.src_tokenizer, self.tgt_tokenizer = self.data.tokenizers
+        self.vocab = self.data.vocab
         self.dev_set = DevSet(
             self.folder, self.manifest, self.vocab, self.tgt_tokenizer, self.config.score
         )
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        seed = self.tc.seed * 1_000_003 + epoch
-        pairs = weighted_pairs(*self.corpora, seed)
-        if pairs is not None and not len(pairs):
-            raise UserError("data.weight and data.corpora's weights draw no pair an epoch")
-        return training_batches(
-            self.train_src.lengths,
-            self.train_tgt.lengths,
-            self.tc.batch_type,
-            self.tc.batch_size,
-            seed=seed,
-            bucket=self.tc.bucket,
-            pairs=pairs,
-        )
-
     def run(self) -> dict:
         tc, state = self.tc, self.state
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(
             f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
-            f"{len(self.train_src)} training pairs; from step {state.step}"
+            f"{len(self.data)} training pairs; from step {state.step}"
         )
         self.progress = Progress(
             "train",
@@ -308,11 +243,8 @@ class Trainer:
         self.started = time.monotonic() - state.elapsed
         stop = self._budget_reached()
         with _interrupt_flag() as interrupted:
-            try:
-                while stop is None:
-                    stop = self._epoch(interrupted)
-            finally:
-                self.pairs.close()
+            while stop is None:
+                stop = self._epoch(interrupted)
             signum = interrupted()
         self.progress.close()
         if stop == "interrupted":
@@ -343,18 +275,11 @@ class Trainer:
     def _epoch(self, interrupted: Callable[[], bool]) -> str | None:
         """Train on the rest of the current epoch; a reason to stop, or None at its end."""
         tc, state = self.tc, self.state
-        batches = self.epoch_batches(state.epoch)
+        batches = self.data.epoch_batches(state.epoch)
         groups = [
-            (batches[i : i + tc.accumulate], state.epoch, i)
-            for i in range(state.batch, len(batches), tc.accumulate)
+            batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
         ]
-        self.pairs.plan(
-            [
-                (batches[i], self._batch_seed(state.epoch, i))
-                for i in range(state.batch, len(batches))
-            ]
-        )
-        steps = ahead(lambda g: self._prepare(*g), groups, enabled=worth_it(self.device))
+        steps = ahead(self.data.step, groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)
             state.batch += step.batches
@@ -396,31 +321,6 @@ class Trainer:
         if tc.patience and state.stale >= tc.patience:
             return "patience"
         return None
-
-    def _prepare(self, group: list[list[int]], epoch: int = 0, first: int = 0) -> Step:
-        """This rank's rows of each batch of one step (batches `first`, `first` + 1, ... of
-        `epoch`), padded (pinned for a GPU). Each rank takes rows rank::world of every
-        batch; the loss weight divides by the target tokens of the whole step (all ranks)
-        and multiplies by the number of ranks, so the gradients DDP averages are those of
-        one process training on the whole batch."""
-        ranks, vocab = self.ranks, self.vocab
-        pairs = [
-            self.pairs.batch(idx, self._batch_seed(epoch, first + i)) for i, idx in enumerate(group)
-        ]
-        tgt_tokens = sum(int(tgt.lengths[idx].sum()) + len(idx) for _, tgt, idx in pairs)  # + eos
-        src_tokens = sum(int(src.lengths[idx].sum()) + len(idx) for src, _, idx in pairs)
-        parts = []
-        for src, tgt, idx in pairs:
-            rows, weight = idx[ranks.rank :: ranks.world], ranks.world / tgt_tokens
-            if not rows:  # fewer rows than ranks: a zero-weight row keeps the all-reduce in step
-                rows, weight = idx[:1], 0.0
-            batch = make_batch(src, tgt, rows, vocab)
-            parts.append((batch.pin_memory() if self.device.type == "cuda" else batch, weight))
-        return Step(parts, len(group), tgt_tokens, src_tokens)
-
-    def _batch_seed(self, epoch: int, position: int) -> int:
-        """The seed of the sampled segmentations of batch `position` of `epoch`."""
-        return (self.tc.seed * 1_000_003 + epoch) * 100_003 + position
 
     def train_step(self, step: Step) -> None:
         """One optimizer step over the step's batches; nothing in it waits for the device."""

@@ -264,7 +264,6 @@ class TrainConfig(Section):
     device: str = setting("auto", Device)
     precision: Precision = setting("auto", "auto: bf16 where faster, else fp32; fp16: GPU only")
     threads: int = setting(0, "CPU threads for torch; 0: torch's default", low=0)
-    sampling_workers: int | None = setting(None, "processes sampling segmentations", low=0)
     init_from: str | None = setting(None, "fine-tune: start from this checkpoint's weights")
     init_optimizer: bool = setting(False, "with init_from a run: also its optimizer and step")
     batch_type: Literal["tokens", "sentences"] = setting("tokens", "what batch_size counts")

@@ -16,7 +16,6 @@ import sentencepiece as spm
 
 from .config import SubwordConfig
 from .errors import UserError
-from .segmentation import Segmenter
 
 
 def normalize(text: str, form: str) -> str:
@@ -73,7 +72,6 @@ class Tokenizer:
         self.unk_id = self.sp.unk_id()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
-        self._segmenter: Segmenter | None = None
         self.path: Path | None = None  # the file it was loaded from, if any
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
             raise UserError(
@@ -145,18 +143,6 @@ class Tokenizer:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts, out_type=int)
-
-    def sample(self, texts: list[str], alpha: float, nbest_size: int, seed: int) -> list[list[int]]:
-        """A sampled segmentation of each text (subword regularization, see segmentation.py);
-        the same seed gives the same samples in every process."""
-        return self.segmenter.sample(texts, alpha, nbest_size, seed)
-
-    @property
-    def segmenter(self) -> Segmenter:
-        """The sampler of segmentations, built when first asked for."""
-        if self._segmenter is None:
-            self._segmenter = Segmenter(self.proto, self.sp)
-        return self._segmenter
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)

@@ -53,7 +53,7 @@ def test_corpora_paths_resolve_like_the_data_path(tmp_path, monkeypatch):
         ("data: {subwords: {joint: maybe}}\n", ["data.subwords.joint", "true or false"]),
         ("data: {subwords: {nbest_size: 513}}\n", ["data.subwords.nbest_size", "2 to 512"]),
         ("data: {subwords: {nbest_size: 1}}\n", ["data.subwords.nbest_size", "2 to 512"]),
-        ("train: {sampling_workers: -1}\n", ["train.sampling_workers", ">= 0"]),
+        ("train: {keep_mib: -1}\n", ["train.keep_mib", ">= 0"]),
         ("model: [1, 2]\n", ["model", "mapping"]),
     ],
 )

@@ -333,11 +333,11 @@ def test_weighted_corpora_are_seen_as_often_as_their_weights_say(tmp_path, tiny_
     config = load_config(tmp_path / "c.yaml", overrides)
     trainer = Trainer(config, RunFolder(tmp_path / "run"), log=lambda _: None)
     for epoch in (0, 1):
-        drawn = [i for batch in trainer.epoch_batches(epoch) for i in batch]
+        drawn = [i for batch in trainer.data.epoch_batches(epoch) for i in batch]
         assert sum(i >= general for i in drawn) == 3 * in_domain  # each in-domain pair 3 times
         firsts = sorted(i for i in drawn if i < general)
         assert len(firsts) == round(general / 2) and len(set(firsts)) == len(firsts)
-    halves = [{i for b in trainer.epoch_batches(e) for i in b if i < general} for e in (0, 1)]
+    halves = [{i for b in trainer.data.epoch_batches(e) for i in b if i < general} for e in (0, 1)]
     assert halves[0] != halves[1]  # another half every epoch
 
 
