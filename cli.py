@@ -435,7 +435,7 @@ def pipeline(
     fresh: bool = typer.Option(False, "--fresh", help="Redo every stage from scratch."),
 ):
     """Preprocess, train, translate the test split and score it, from one config."""
-    from pipelines.run import pipeline as run_pipeline
+    from pipelines.pipeline import pipeline as run_pipeline
 
     if str(config).startswith("--"):  # no config given, only overrides: the demo's
         ctx.args.insert(0, str(config))

@@ -1,7 +1,7 @@
 """Average checkpoints: several checkpoints of one model -> one checkpoint of their mean.
 
 Reads: checkpoint files, or a run folder's kept checkpoints (model/best-<N>, model/last-<N>,
-see checkpoints.py). Writes: one checkpoint file (atomically), never over one of its inputs.
+see train_state.py). Writes: one checkpoint file (atomically), never over one of its inputs.
 With `best`, the run's K best kept checkpoints by the dev metric recorded in each (the run's
 train.metric, from its config.yaml); with `last`, its K latest validated ones. With `choose`,
 the candidates (the best checkpoint alone, the averages of the last 2, 3, ... and of the best
@@ -29,8 +29,8 @@ from seq2seq.device import resolve_device, resolve_precision
 from seq2seq.errors import UserError
 from seq2seq.io import check_destination, same_file
 
-from .checkpoints import METRIC_NAMES, dev_score
 from .layout import RunFolder, refuse_run_artifact
+from .train_state import METRIC_NAMES, dev_score
 from .validation import DevSet
 
 

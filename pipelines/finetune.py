@@ -16,9 +16,9 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import to_dict
 from seq2seq.errors import UserError
 
-from .checkpoints import Checkpoints, TrainState
 from .layout import RunFolder, resolve_checkpoint
 from .records import flat
+from .train_state import Checkpoints, TrainState
 
 
 def check_shape(ours: dict, theirs: dict, path: Path) -> None:

@@ -3,7 +3,7 @@
 Reads (from the run folder, see layout.py): manifest.json, the SentencePiece model(s),
 data/train.<lang>.bin/.idx, data/dev.<lang>.bin/.idx and data/dev.<tgt_lang> (references).
 Writes:
-    model/*.safetensors             checkpoints and the training state (see checkpoints.py)
+    model/*.safetensors             checkpoints and the training state (see train_state.py)
     train_log.jsonl                 one JSON object per log line and per validation
     learning_curve.png              train loss, dev loss and dev BLEU by step
 Training resumes from model/train_state.safetensors when it exists: the data order, the
@@ -44,7 +44,6 @@ from seq2seq.training import (
 )
 
 from .background import ahead, worth_it
-from .checkpoints import METRIC_NAMES, Checkpoints, Optimization, TrainState, all_finite, dev_score
 from .distributed import Ranks
 from .finetune import fine_tune
 from .layout import RunFolder
@@ -52,6 +51,7 @@ from .plots import draw_learning_curve
 from .progress import Progress
 from .records import Record, now
 from .train_data import Step, TrainingData
+from .train_state import METRIC_NAMES, Checkpoints, Optimization, TrainState, all_finite, dev_score
 from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped

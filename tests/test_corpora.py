@@ -342,7 +342,7 @@ def test_weighted_corpora_are_seen_as_often_as_their_weights_say(tmp_path, tiny_
 
 
 def test_a_weight_change_needs_no_new_preprocess(tmp_path, tiny_corpus):
-    from pipelines.run import _preprocessed
+    from pipelines.pipeline import _preprocessed
 
     extra = write_corpus(tmp_path / "more", {"test": 5, "dev": 5, "train": 30}, seed=5)
     first = [f"--data.corpora=[{{path: {extra}, weight: 2}}]"]
@@ -358,7 +358,7 @@ def test_a_script_without_spaces_works_end_to_end(tmp_path, tiny_corpus):
     """English to a made-up language written in CJK characters without spaces: cleaning
     counts characters, SentencePiece splits the script, and BLEU tokenizes it as zh (13a
     would see one word a sentence)."""
-    from pipelines.run import pipeline
+    from pipelines.pipeline import pipeline
 
     folder = tmp_path / "cjk"
     folder.mkdir()

@@ -93,7 +93,7 @@ def test_kept_checkpoints_stay_within_the_disk_budget(tmp_path, tiny_corpus, run
 
 
 def test_the_budget_splits_its_room_between_best_and_last(tmp_path, tiny_corpus, run):
-    from pipelines.checkpoints import Checkpoints
+    from pipelines.train_state import Checkpoints
 
     path = write_config(tmp_path, tiny_corpus)
     run.model_dir.mkdir(exist_ok=True)

@@ -5,10 +5,10 @@ training state that makes resuming exact.
     model/best.safetensors          the best by the dev metric (train.metric)
     model/best-<N>.safetensors      the best `train.keep_best` (when more than 1)
     model/last-<N>.safetensors      the latest `train.keep_last` validated (when more than 1)
+    model/train_state.safetensors   weights, optimizer, scaler, schedule, data position, RNG
 
 The kept copies (best-<N>, last-<N>) take at most `train.keep_mib` of disk: fewer are kept
 when they would take more, half of the room for each kind.
-    model/train_state.safetensors   weights, optimizer, scaler, schedule, data position, RNG
 
 Checkpoints are written first and the training state last, so a kill in between only
 repeats work. Weights that are not all finite are never written under any of these names.
