@@ -115,3 +115,41 @@ def trained_run(tmp_path_factory, tiny_corpus) -> Path:
     preprocess(config, run, log=lambda _: None)
     train(config, run, log=lambda _: None)
     return run.root
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, tiny_corpus, trained_run):
+    """A workspace: corpus, config, trained run, an alignments file and some texts.
+
+    Shared by test_reliability, test_destinations, test_numbers and test_streams (its
+    helpers are in workspace.py); built once, as it trains a model for 80 steps."""
+    from pipelines.layout import RunFolder
+    from pipelines.train import train
+    from seq2seq.config import load_config
+
+    from .workspace import SENTENCES, invoke
+
+    root = tmp_path_factory.mktemp("reliability")
+    corpus = shutil.copytree(tiny_corpus, root / "corpus")
+    (root / "tiny.yaml").write_text(TINY_CONFIG.format(corpus=corpus), encoding="utf-8")
+    # Trained a little longer than the shared run, so that its translations are not empty.
+    run = copy_run(trained_run, root / "run", untrained=True)
+    overrides = ["--train.max_steps=80", "--train.validate_every=40", "--train.lr=0.01"]
+    train(load_config(root / "tiny.yaml", overrides), RunFolder(run), log=lambda _: None)
+    (root / "in.en").write_text("".join(s + "\n" for s in SENTENCES), encoding="utf-8")
+    (root / "inbox").mkdir()
+    for name in ("a.en", "b.en"):
+        shutil.copy(root / "in.en", root / "inbox" / name)
+    os.symlink(root / "in.en", root / "link.en")
+    os.link(root / "in.en", root / "hard.en")
+    (root / "a_file").write_text("not a folder\n")
+    checkpoint = run / "model" / "best.safetensors"
+    shutil.copy(checkpoint, root / "one.safetensors")
+    shutil.copy(checkpoint, root / "two.safetensors")
+    result = invoke(
+        ["translate", "-m", run, "-i", root / "in.en", "-o", root / "in.de", "--alignments",
+         root / "in.align", "--device", "cpu"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert all((root / "in.de").read_text().splitlines()[i] for i in (0, 1, 3))
+    return root
