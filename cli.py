@@ -240,21 +240,15 @@ def translate(
     # Aliases of --search.<key>=VALUE, which sets any key of the checkpoint's search section.
     beam_size: int | None = typer.Option(None, help="search.beam_size: 1 is greedy."),
     n_best: int | None = typer.Option(None, help="search.n_best: hypotheses with scores."),
-    length_penalty: float | None = typer.Option(
-        None, help="search.length_penalty: GNMT alpha (0: none)."
-    ),
+    length_penalty: float | None = typer.Option(None, help="search.length_penalty: GNMT alpha."),
     batch_size: int | None = typer.Option(None, help="search.batch_size: sentences a batch."),
     max_tokens: int | None = typer.Option(
         None, help="search.max_tokens: source tokens a batch (instead of --batch-size)."
     ),
     device: str | None = DEVICE,  # aliases of --translate.<key>=VALUE
     precision: str | None = PRECISION,
-    errors: str | None = typer.Option(
-        None, help="translate.errors: invalid UTF-8 input is strict (an error) or replace."
-    ),
-    chunk_lines: int | None = typer.Option(
-        None, help="translate.chunk_lines: lines read, sorted and translated together."
-    ),
+    errors: str | None = typer.Option(None, help="translate.errors: bad UTF-8 strict or replace."),
+    chunk_lines: int | None = typer.Option(None, help="translate.chunk_lines: lines per chunk."),
     alignments: str | None = typer.Option(
         None, help="Also write each line's attention weights here (JSON lines)."
     ),

@@ -33,11 +33,12 @@ import torch
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import SearchConfig, override_search, short
+from seq2seq.decoding import translate_ids
 from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, out_of_memory
 from seq2seq.graphs import GraphedModel
-from seq2seq.search import Hypothesis, check_beam_size, translate_ids
+from seq2seq.search import Hypothesis, check_beam_size
 from seq2seq.tokenizer import normalize
 
 from .layout import resolve_checkpoint

@@ -13,8 +13,8 @@ import torch
 
 from seq2seq.batching import TokenSequences, make_batch
 from seq2seq.config import ScoreConfig, SearchConfig
+from seq2seq.decoding import translate_ids
 from seq2seq.device import autocast
-from seq2seq.search import translate_ids
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import label_smoothed_nll
 from seq2seq.vocab import Vocab

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 
 import torch
 
+from .cpu_paths import cpu_has_native_bf16
 from .errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it.
-    Without it, PyTorch emulates bf16 products (80 times slower than fp32 on an AVX2 CPU)
-    and oneDNN has no bf16 LSTM at all. NMT_CPU_BF16=0 or 1 answers instead of the probe
-    (the tests use it, so that they behave alike on every machine)."""
-    forced = os.environ.get("NMT_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
 
 # Below this size a model gains nothing from bf16 on a CPU (measured: the 1.2M-parameter demo
 # model trains no faster, with three times the memory); above it the products dominate.
@@ -67,14 +53,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device '{name}': expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}': no CUDA GPU is available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
-    elif device.type != "cpu":
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise UserError(f"device '{name}': expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}': no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
     return device
 
 

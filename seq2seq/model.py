@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batching import TargetPositions
 from .config import AttentionConfig, ModelConfig
-from .device import cpu_has_native_bf16
+from .cpu_paths import Spans, linear, longest_first, rnn_outputs, run_rnn
 from .vocab import Vocab
 
 RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -36,14 +36,8 @@ class Encoder(nn.Module):
     Each direction of each layer is its own RNN, run over the padded batch. A forward RNN's
     output at a real position never depends on the padding after it; the backward direction
     reads each sentence reversed within its own length, so its padding comes last too. The
-    final state of a direction is its output after the last real token.
-
-    On the CPU, a batch of mixed lengths (such as randomly shuffled pairs) would spend much
-    of its time on padding: there the rows are sorted longest first and the time axis is cut
-    into a few spans, each run over only the rows still going (see `length_spans`), as
-    packed sequences would do. (PyTorch's CPU backward for packed sequences zero-fills a
-    full-size gradient at every time step; a few spans cost a few RNN calls instead.) On a
-    GPU the whole padded batch is one cuDNN call, which is faster than splitting it."""
+    final state of a direction is its output after the last real token. On the CPU, batches
+    of mixed lengths run in spans over the rows still going (see `cpu_paths`)."""
 
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__()
@@ -67,14 +61,11 @@ class Encoder(nn.Module):
         """src (B, S), src_lengths (B,) -> states (B, S, D), final states per layer (L, B, D)
         (the forward direction's state after the last real token, then the backward one's).
         Padded positions of `states` are 0."""
-        spans, order = None, None
-        if src.device.type == "cpu" and src.size(0) > 1:
-            spans = length_spans(src_lengths.tolist())
-            if spans is not None:  # sort longest first for the spans; unsorted at the end
-                order = src_lengths.argsort(descending=True, stable=True)  # (B,)
-                src, src_lengths = src.index_select(0, order), src_lengths.index_select(0, order)
-        batch, length = src.shape
-        positions = torch.arange(length, device=src.device)[None, :]  # (1, S)
+        return longest_first(self._encode, src, src_lengths)
+
+    def _encode(self, src: Tensor, src_lengths: Tensor, spans: Spans | None):
+        """`forward`, each RNN run over `spans` of the rows (None: the whole padded batch)."""
+        positions = torch.arange(src.size(1), device=src.device)[None, :]  # (1, S)
         lengths = src_lengths.to(src.device)[:, None]  # (B, 1)
         mask = positions < lengths  # (B, S)
         # Reverse each sentence within its length; padding stays where it is.
@@ -88,92 +79,17 @@ class Encoder(nn.Module):
             outputs, final = [], []
             for direction, rnn in enumerate(directions):
                 inputs = x if direction == 0 else _gather_time(x, reverse)
-                output = run_rnn(rnn, inputs)[0] if spans is None else run_spans(rnn, inputs, spans)
+                output = rnn_outputs(rnn, inputs, spans)  # (B, S, H)
                 final.append(_gather_time(output, last)[:, 0])  # (B, H)
                 outputs.append(output if direction == 0 else _gather_time(output, reverse))
             x = torch.cat(outputs, dim=-1) * mask[:, :, None]  # (B, S, D), zero on padding
             finals.append(torch.cat(final, dim=-1))  # (B, D)
-        finals = torch.stack(finals)  # (L, B, D)
-        if order is not None:
-            inverse = order.argsort()  # (B,)
-            x, finals = x.index_select(0, inverse), finals.index_select(1, inverse)
-        return x, finals  # (B, S, D), (L, B, D)
-
-
-def length_spans(lengths: list[int], most: int = 8) -> list[tuple[int, int]] | None:
-    """How to run an RNN over rows of these lengths without most of the padding: spans of
-    the time axis as (steps, rows), the rows being the longest first. At most `most` spans,
-    cut where the rows at evenly spaced ranks end; None where the spans would save less
-    than a fifth of the padded work (B x S), not worth the extra calls. Every length is at
-    least 1 (the end of sentence), and `most` at least 2."""
-    ranked = sorted(lengths, reverse=True)
-    ends = sorted({ranked[(len(ranked) - 1) * i // (most - 1)] for i in range(most)})
-    spans, start = [], 0
-    for end in ends:
-        rows = sum(1 for n in ranked if n > start)
-        spans.append((end - start, rows))
-        start = end
-    work = sum(steps * rows for steps, rows in spans)
-    return spans if work <= 0.8 * len(ranked) * ranked[0] else None
-
-
-def run_spans(rnn: nn.RNNBase, x: Tensor, spans: list[tuple[int, int]]) -> Tensor:
-    """`rnn` over x (B, S, F), rows sorted longest first, one call per span (steps, rows)
-    of `length_spans`, each over only its first `rows` rows -> output (B, S, H), zero where
-    a span left a row out (its padding)."""
-    batch, length = x.shape[:2]
-    steps = [steps for steps, _ in spans]
-    pieces = x.transpose(0, 1).contiguous().split(steps + [length - sum(steps)])  # (t, B, F)
-    outputs, hidden = [], None
-    for piece, (_, rows) in zip(pieces, spans):  # columns past the longest row: none run
-        if isinstance(hidden, tuple):  # an LSTM's (hidden, cell)
-            hidden = tuple(h[:, :rows] for h in hidden)
-        elif hidden is not None:
-            hidden = hidden[:, :rows]  # (1, rows, H)
-        output, hidden = _run_time_major(rnn, piece[:, :rows], hidden)  # (t, rows, H)
-        outputs.append(F.pad(output, (0, 0, 0, batch - rows)))  # (t, B, H)
-    output = torch.cat(outputs)  # (S', B, H), S' the longest row
-    return F.pad(output, (0, 0, 0, 0, 0, length - output.size(0))).transpose(0, 1)  # (B, S, H)
+        return x, torch.stack(finals)  # (B, S, D), (L, B, D)
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
     """x (B, S, F), index (B, S') -> x[b, index[b, t]] for each b, t: (B, S', F)."""
     return x.gather(1, index[:, :, None].expand(-1, -1, x.size(2)))
-
-
-def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """`layer` over the last axis of x (..., F) as one matrix product. On the CPU in bf16,
-    PyTorch may run a 3-d input as a batched product against a copy of the weight for every
-    row, which costs more than the product itself."""
-    return layer(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
-
-
-def run_rnn(rnn: nn.RNNBase, x: Tensor, hidden=None):
-    """A time-major RNN over batch-major x (B, T, F) -> output (B, T, H), final state.
-    The RNN gets a contiguous (T, B, F) input so its input product is one matrix product
-    (see `linear`)."""
-    output, hidden = _run_time_major(rnn, x.transpose(0, 1).contiguous(), hidden)
-    return output.transpose(0, 1), hidden
-
-
-def _run_time_major(rnn: nn.RNNBase, x: Tensor, hidden):
-    """`rnn` over time-major x (T, B, F) -> output (T, B, H), final state."""
-    if isinstance(rnn, nn.LSTM) and _cpu_autocast_without_bf16_lstm(x):
-        with torch.autocast("cpu", enabled=False):  # an fp32 LSTM, as autocast would leave it
-            return _run_lstm_fp32(rnn, x, hidden)
-    return rnn(x, hidden)
-
-
-def _cpu_autocast_without_bf16_lstm(x: Tensor) -> bool:
-    """oneDNN has no bf16 LSTM on a CPU without native bf16: under autocast there, the LSTM
-    runs in fp32 instead of failing."""
-    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
-
-
-def _run_lstm_fp32(rnn: nn.LSTM, x: Tensor, hidden):
-    if hidden is not None:
-        hidden = tuple(h.float() for h in hidden)
-    return rnn(x.float(), hidden)
 
 
 # --- attention ------------------------------------------------------------------------------
@@ -198,9 +114,11 @@ class DotAttention(nn.Module):
     def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
         return states, states  # keys (B, S, D), values (B, S, D)
 
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, T, S)
+
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
-        scores = torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, T, S)
-        weights = masked_softmax(scores, mask[:, None, :])  # (B, T, S)
+        weights = masked_softmax(self.score(query, keys), mask[:, None, :])  # (B, T, S)
         return torch.bmm(weights.to(values.dtype), values), weights  # (B, T, D), (B, T, S)
 
 
@@ -215,25 +133,23 @@ class GeneralAttention(DotAttention):
         return linear(self.key_layer, states), states  # keys (B, S, H), values (B, S, D)
 
 
-class AdditiveAttention(nn.Module):
-    """Bahdanau's MLP score v . tanh(W q + U k) (Bahdanau et al., 2015); U k is the keys."""
+class AdditiveAttention(DotAttention):
+    """Bahdanau's MLP score v . tanh(W q + U k) (Bahdanau et al., 2015) in place of the dot
+    product; U k is the keys."""
 
     def __init__(self, query_size: int, memory_size: int, hidden_size: int):
-        super().__init__()
+        super().__init__(query_size, memory_size, scaled=False)
         self.query_layer = nn.Linear(query_size, hidden_size, bias=False)
         self.key_layer = nn.Linear(memory_size, hidden_size, bias=False)
         self.energy_layer = nn.Linear(hidden_size, 1, bias=False)
-        self.context_size = memory_size
 
     def prepare(self, states: Tensor) -> tuple[Tensor, Tensor]:
         return linear(self.key_layer, states), states  # keys (B, S, A), values (B, S, D)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor):
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
         q = linear(self.query_layer, query)  # (B, T, A)
         energy = torch.tanh(q[:, :, None, :] + keys[:, None, :, :])  # (B, T, S, A)
-        scores = linear(self.energy_layer, energy).squeeze(-1)  # (B, T, S)
-        weights = masked_softmax(scores, mask[:, None, :])  # (B, T, S)
-        return torch.bmm(weights.to(values.dtype), values), weights  # (B, T, D), (B, T, S)
+        return linear(self.energy_layer, energy).squeeze(-1)  # (B, T, S)
 
 
 class MultiHeadAttention(nn.Module):
@@ -296,20 +212,17 @@ class DecoderState:
 
     def select(self, index: Tensor) -> DecoderState:
         """Keep (and reorder, repeat) the rows named by `index` (B',)."""
-        if isinstance(self.hidden, tuple):
-            hidden = tuple(h.index_select(1, index) for h in self.hidden)
-        else:
-            hidden = self.hidden.index_select(1, index)
-        feed = None if self.feed is None else self.feed.index_select(0, index)
-        return DecoderState(hidden, feed)
+        return self._rows(lambda x, axis: x.index_select(axis, index))
 
     def first(self, rows: int) -> DecoderState:
         """The first `rows` rows (a view: no copy)."""
-        if isinstance(self.hidden, tuple):
-            hidden = tuple(h[:, :rows] for h in self.hidden)
-        else:
-            hidden = self.hidden[:, :rows]
-        return DecoderState(hidden, None if self.feed is None else self.feed[:rows])
+        return self._rows(lambda x, axis: x.narrow(axis, 0, rows))
+
+    def _rows(self, pick) -> DecoderState:
+        """`pick(tensor, its batch axis)` applied to each tensor."""
+        hidden = self.hidden
+        hidden = tuple(pick(h, 1) for h in hidden) if isinstance(hidden, tuple) else pick(hidden, 1)
+        return DecoderState(hidden, None if self.feed is None else pick(self.feed, 0))
 
 
 @dataclass
@@ -321,18 +234,23 @@ class Memory:
     mask: Tensor  # (B, S), True at real source tokens
 
     def select(self, index: Tensor) -> Memory:
-        def pick(x):
-            return None if x is None else x.index_select(0, index)
-
-        return Memory(pick(self.keys), pick(self.values), self.mask.index_select(0, index))
+        return self._rows(lambda x: x.index_select(0, index))
 
     def first(self, rows: int) -> Memory:
         """The first `rows` rows (a view: no copy)."""
+        return self._rows(lambda x: x[:rows])
 
-        def first(x):
-            return None if x is None else x[:rows]
+    def _rows(self, pick) -> Memory:
+        keys, values = (None if x is None else pick(x) for x in (self.keys, self.values))
+        return Memory(keys, values, pick(self.mask))
 
-        return Memory(first(self.keys), first(self.values), self.mask[:rows])
+
+class RealPositions(Protocol):
+    """Where a training batch's real (non-pad) target positions are, its rows sorted by
+    target length, longest first (`batching.TargetPositions` is one)."""
+
+    running: list[int]  # (T,) rows whose target reaches position t (host ints: no waiting)
+    flat: Tensor  # (N,) b * T + t of each real position, by t then b (time-major)
 
 
 class Decoder(nn.Module):
@@ -362,15 +280,9 @@ class Decoder(nn.Module):
         self.output_dropout = nn.Dropout(config.output_dropout)
         # A tied output layer shares the embedding matrix, so it needs vectors of size E.
         tied_projection = config.tie_output and hidden != config.embedding_size
-        self.pre_output = (
-            nn.Linear(hidden, config.embedding_size, bias=False)
-            if tied_projection
-            else nn.Identity()
-        )
-        self.output = nn.Linear(
-            config.embedding_size if tied_projection or config.tie_output else hidden,
-            vocab.tgt_size,
-        )
+        out = config.embedding_size if config.tie_output else hidden
+        self.pre_output = nn.Linear(hidden, out, bias=False) if tied_projection else nn.Identity()
+        self.output = nn.Linear(out, vocab.tgt_size)
         if config.tie_output:
             self.output.weight = self.embed.weight
 
@@ -392,7 +304,7 @@ class Decoder(nn.Module):
         prev_tokens: Tensor,
         state: DecoderState,
         memory: Memory,
-        positions: TargetPositions | None = None,
+        positions: RealPositions | None = None,
     ):
         """prev_tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S).
 
@@ -451,11 +363,12 @@ class Seq2Seq(nn.Module):
         self.decoder = Decoder(config, vocab, config.encoder.output_size)
         dec = config.decoder
         self.lstm_decoder = dec.cell == "lstm"
-        if dec.init == "bridge":
-            out = dec.num_layers * dec.hidden_size
-            self.bridge = nn.Linear(config.encoder.output_size, out)
-            if self.lstm_decoder:
-                self.cell_bridge = nn.Linear(config.encoder.output_size, out)
+        # decoder.init bridge: the decoder starts from tanh(W s + b), s the last encoder
+        # layer's final states (an LSTM's cell too); None with the other inits
+        bridged = dec.init == "bridge"
+        sizes = config.encoder.output_size, dec.num_layers * dec.hidden_size
+        self.bridge = nn.Linear(*sizes) if bridged else None
+        self.cell_bridge = nn.Linear(*sizes) if bridged and self.lstm_decoder else None
         if config.tie_embeddings:
             if vocab.src_size != vocab.tgt_size:
                 raise ValueError("tie_embeddings needs one joint vocabulary")
@@ -504,11 +417,13 @@ class Seq2Seq(nn.Module):
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths[:, None]
         attention = self.decoder.attention
         keys, values = attention.prepare(states) if attention is not None else (None, None)
-        hidden = self._initial_hidden(final, getattr(self, "bridge", None))
+        hidden = self._initial_hidden(final, self.bridge)
         if self.lstm_decoder:  # an LSTM also needs a cell state: bridged, or zero
-            bridged = self.config.decoder.init == "bridge"
-            cell = self._initial_hidden(final, self.cell_bridge) if bridged else None
-            hidden = (hidden, cell if cell is not None else torch.zeros_like(hidden))
+            bridge = self.cell_bridge
+            cell = (
+                torch.zeros_like(hidden) if bridge is None else self._initial_hidden(final, bridge)
+            )
+            hidden = (hidden, cell)
         feed = None
         if self.config.decoder.input_feeding:
             feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)
@@ -519,7 +434,7 @@ class Seq2Seq(nn.Module):
         prev_tokens: Tensor,
         state: DecoderState,
         memory: Memory,
-        positions: TargetPositions | None = None,
+        positions: RealPositions | None = None,
     ):
         """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights.
         With `positions` (training): the log-probabilities of the real positions, (N, V)."""
@@ -531,7 +446,7 @@ class Seq2Seq(nn.Module):
         src: Tensor,
         src_lengths: Tensor,
         prev_tokens: Tensor,
-        positions: TargetPositions | None = None,
+        positions: RealPositions | None = None,
     ) -> Tensor:
         """Teacher forcing: log-probabilities (B, T, V) of each next target token, or with
         `positions` (N, V) of the real positions only (see Decoder.forward)."""

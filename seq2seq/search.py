@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .batching import group_batches, pad
 from .config import SearchConfig
 from .errors import UserError
 
@@ -118,31 +117,54 @@ def _worth_compacting(running: int, rows: int, device: torch.device) -> bool:
     return running <= rows // 2
 
 
-def _hypotheses(
-    tokens: Tensor,
-    lengths: Tensor,
-    scores: Tensor,
-    log_probs: Tensor,
-    attention: Tensor | None,
-    n_best: int,
-) -> list[list[Hypothesis]]:
-    """Unpack (B, N, L) token tensors, sorted best first, into lists of finite hypotheses.
-    One transfer to the host for the whole batch."""
-    tokens, lengths = tokens.tolist(), lengths.tolist()
-    scores, log_probs = scores.tolist(), log_probs.tolist()
-    if attention is not None:
-        attention = attention.cpu()
-    results = []
-    for b in range(len(tokens)):
-        kept = []
-        for k in range(min(n_best, len(tokens[b]))):
-            if scores[b][k] == NEG_INF:
-                break
-            n = lengths[b][k]
-            weights = None if attention is None else attention[b, k, :n]
-            kept.append(Hypothesis(tokens[b][k][: n - 1], scores[b][k], log_probs[b][k], weights))
-        results.append(kept)
-    return results
+@dataclass
+class _Finished:
+    """The best K finished hypotheses of each sentence so far, best first (greedy search
+    keeps one)."""
+
+    scores: Tensor  # (B, K) length-penalized; -inf for empty slots
+    log_probs: Tensor  # (B, K)
+    lengths: Tensor  # (B, K) tokens including end-of-sentence
+    tokens: Tensor  # (B, K, L) padded
+    attention: Tensor | None  # (B, K, L, S)
+    count: Tensor  # (B,) hypotheses finished so far (kept or not)
+
+    @classmethod
+    def empty(cls, src: Tensor, beam: int, length: int, pad_id: int, attention: bool) -> _Finished:
+        """K empty slots for each sentence of `src` (B, S), for hypotheses of `length` tokens."""
+        batch, src_len = src.shape
+
+        def full(*shape, value=0.0, dtype=torch.float):
+            return torch.full(shape, value, dtype=dtype, device=src.device)
+
+        return cls(
+            full(batch, beam, value=NEG_INF),
+            full(batch, beam, value=NEG_INF),
+            full(batch, beam, dtype=torch.long),
+            full(batch, beam, length, value=pad_id, dtype=torch.long),
+            full(batch, beam, length, src_len) if attention else None,
+            full(batch, dtype=torch.long),
+        )
+
+    def hypotheses(self, n_best: int) -> list[list[Hypothesis]]:
+        """The finite hypotheses of each sentence, at most n_best, best first. One transfer
+        to the host for the whole batch."""
+        tokens, lengths = self.tokens.tolist(), self.lengths.tolist()
+        scores, log_probs = self.scores.tolist(), self.log_probs.tolist()
+        attention = None if self.attention is None else self.attention.cpu()
+        results = []
+        for b in range(len(tokens)):
+            kept = []
+            for k in range(min(n_best, len(tokens[b]))):
+                if scores[b][k] == NEG_INF:
+                    break
+                n = lengths[b][k]
+                weights = None if attention is None else attention[b, k, :n]
+                kept.append(
+                    Hypothesis(tokens[b][k][: n - 1], scores[b][k], log_probs[b][k], weights)
+                )
+            results.append(kept)
+        return results
 
 
 # --- greedy ---------------------------------------------------------------------------------
@@ -165,33 +187,12 @@ class _GreedyRows:
 
         return _GreedyRows(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
-
-@dataclass
-class _GreedyOutput:
-    """Each sentence's result, stored when its row leaves the batch (and at the end)."""
-
-    tokens: Tensor  # (B, L)
-    log_prob: Tensor  # (B,)
-    attention: Tensor | None  # (B, L, S)
-
-    def store(self, rows: _GreedyRows) -> None:
-        self.tokens[rows.sentences] = rows.tokens
-        self.log_prob[rows.sentences] = rows.log_prob
-        if self.attention is not None:
-            self.attention[rows.sentences] = rows.attention
-
-    def hypotheses(self, pad_id: int, alpha: float) -> list[list[Hypothesis]]:
-        lengths = (self.tokens != pad_id).sum(dim=1)  # pad never comes before the end
-        scores = self.log_prob / length_penalty(lengths, alpha)
-        attention = None if self.attention is None else self.attention[:, None]
-        return _hypotheses(
-            self.tokens[:, None],
-            lengths[:, None],
-            scores[:, None],
-            self.log_prob[:, None],
-            attention,
-            1,
-        )
+    def store(self, out: _Finished) -> None:
+        """Put each row's output in the one slot of its sentence in `out`."""
+        out.tokens[self.sentences, 0] = self.tokens
+        out.log_probs[self.sentences, 0] = self.log_prob
+        if out.attention is not None:
+            out.attention[self.sentences, 0] = self.attention
 
 
 @torch.no_grad()
@@ -206,21 +207,16 @@ def greedy_search(
     rules = _Rules(vocab, config, max_len)
     longest = rules.longest + 1
 
-    def new(*shape, value=0.0, dtype=torch.float):
-        return torch.full(shape, value, dtype=dtype, device=device)
-
-    attention = new(batch, longest, src.size(1)) if return_attention else None
-    tokens = new(batch, longest, value=vocab.pad_id, dtype=torch.long)
-    out = _GreedyOutput(tokens, new(batch), attention)
+    out = _Finished.empty(src, 1, longest, vocab.pad_id, return_attention)
     rows = _GreedyRows(
         torch.arange(batch, device=device),
-        new(batch, value=True, dtype=torch.bool),
+        torch.ones(batch, dtype=torch.bool, device=device),
         max_len,
-        tokens.clone(),
-        new(batch),
-        None if attention is None else attention.clone(),
+        out.tokens[:, 0].clone(),
+        torch.zeros(batch, device=device),
+        None if out.attention is None else out.attention[:, 0].clone(),
     )
-    prev = new(batch, 1, value=vocab.bos_id, dtype=torch.long)
+    prev = torch.full((batch, 1), vocab.bos_id, dtype=torch.long, device=device)
     all_running = True  # known on the host: no row has ended yet
     for step in range(longest):
         log_probs, state, weights = model.step(prev, state, memory)  # (N, 1, V)
@@ -239,80 +235,18 @@ def greedy_search(
             break
         all_running = alive == rows.running.numel()
         if _worth_compacting(alive, rows.running.numel(), device):
-            out.store(rows.select(~rows.running))
+            rows.select(~rows.running).store(out)
             keep = rows.running.nonzero().squeeze(1)  # (N',)
             rows, state, memory = rows.select(keep), state.select(keep), memory.select(keep)
             best, all_running = best[keep], True
         prev = best[:, None]
-    out.store(rows)
-    return out.hypotheses(vocab.pad_id, config.length_penalty)
+    rows.store(out)
+    out.lengths = (out.tokens != vocab.pad_id).sum(dim=2)  # pad never comes before the end
+    out.scores = out.log_probs / length_penalty(out.lengths, config.length_penalty)
+    return out.hypotheses(1)
 
 
 # --- beam -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Finished:
-    """The best K finished hypotheses of each sentence so far, best first."""
-
-    scores: Tensor  # (B, K) length-penalized; -inf for empty slots
-    log_probs: Tensor  # (B, K)
-    lengths: Tensor  # (B, K) tokens including end-of-sentence
-    tokens: Tensor  # (B, K, L) padded
-    attention: Tensor | None  # (B, K, L, S)
-    count: Tensor  # (B,) hypotheses finished so far (kept or not)
-
-    @classmethod
-    def empty(
-        cls,
-        batch: int,
-        beam: int,
-        length: int,
-        src_len: int,
-        pad_id: int,
-        with_attention: bool,
-        device,
-    ) -> _Finished:
-        def full(*shape, value=0.0, dtype=torch.float):
-            return torch.full(shape, value, dtype=dtype, device=device)
-
-        return cls(
-            full(batch, beam, value=NEG_INF),
-            full(batch, beam, value=NEG_INF),
-            full(batch, beam, dtype=torch.long),
-            full(batch, beam, length, value=pad_id, dtype=torch.long),
-            full(batch, beam, length, src_len) if with_attention else None,
-            full(batch, dtype=torch.long),
-        )
-
-    def add(
-        self,
-        sentences: Tensor,
-        scores: Tensor,
-        log_probs: Tensor,
-        lengths: Tensor,
-        tokens: Tensor,
-        attention: Tensor | None,
-        new: Tensor,
-    ) -> None:
-        """Merge K candidates for each of `sentences` (A,) (score -inf: no candidate) and
-        keep the K best of each; `new` (A, K) marks the real candidates."""
-        beam = self.scores.size(1)
-        merged_scores = torch.cat([self.scores[sentences], scores], dim=1)  # (A, 2K)
-        best_scores, best = merged_scores.topk(beam, dim=1)  # (A, K), sorted
-
-        def keep(old: Tensor, candidates: Tensor) -> Tensor:
-            merged = torch.cat([old[sentences], candidates], dim=1)  # (A, 2K, ...)
-            index = best.view(*best.shape, *([1] * (merged.dim() - 2)))
-            return merged.gather(1, index.expand(-1, -1, *merged.shape[2:]))
-
-        self.log_probs[sentences] = keep(self.log_probs, log_probs)
-        self.lengths[sentences] = keep(self.lengths, lengths)
-        self.tokens[sentences] = keep(self.tokens, tokens)
-        if self.attention is not None:
-            self.attention[sentences] = keep(self.attention, attention)
-        self.scores[sentences] = best_scores
-        self.count[sentences] += new.sum(dim=1)
 
 
 @dataclass
@@ -368,16 +302,11 @@ class _Beams:
 
     def keep(self, keep: Tensor) -> Tensor:
         """Keep only the sentences `keep` (A',), before `go_on` picks their rows; returns
-        the rows (A'*K,) they had."""
+        the rows (A'*K,) they had: a*K + k for the K beams of each."""
         self.sentences, self.running = self.sentences[keep], self.running[keep]
         self.max_len = self.max_len[keep]
-        return _rows_of(keep, self.scores.size(1))
-
-
-def _rows_of(sentences: Tensor, beam: int) -> Tensor:
-    """Row indices (A*K,) of the K beams of each sentence index in `sentences` (A,)."""
-    offsets = torch.arange(beam, device=sentences.device)
-    return (sentences[:, None] * beam + offsets).view(-1)
+        beam = self.scores.size(1)
+        return (keep[:, None] * beam + torch.arange(beam, device=keep.device)).view(-1)
 
 
 def _ending(beams: _Beams, top: tuple[Tensor, Tensor, Tensor], eos_id: int) -> Tensor:
@@ -396,23 +325,29 @@ def _finish(
     step: int,
     alpha: float,
 ) -> None:
-    """Set aside the extensions `new` (A, K) among each sentence's K best."""
-    beam = beams.scores.size(1)
+    """Set aside the extensions `new` (A, K) among each sentence's K best: the K best of
+    these and the sentence's finished hypotheses stay finished."""
+    beam, sentences = beams.scores.size(1), beams.sentences
     scores, rows, tokens = (t[:, :beam] for t in top)  # (A, K)
     candidates = beams.history[rows]  # (A, K, L)
     candidates[:, :, step] = tokens
     lengths = torch.full_like(rows, step + 1)
-    penalized = scores / length_penalty(lengths, alpha)
-    attention = None if beams.weights is None else beams.weights[rows]  # (A, K, L, S)
-    finished.add(
-        beams.sentences,
-        penalized.masked_fill(~new, NEG_INF),
-        scores,
-        lengths,
-        candidates,
-        attention,
-        new,
-    )
+    penalized = (scores / length_penalty(lengths, alpha)).masked_fill(~new, NEG_INF)
+    merged_scores = torch.cat([finished.scores[sentences], penalized], dim=1)  # (A, 2K)
+    best_scores, best = merged_scores.topk(beam, dim=1)  # (A, K), sorted
+
+    def keep(old: Tensor, candidate: Tensor) -> Tensor:
+        merged = torch.cat([old[sentences], candidate], dim=1)  # (A, 2K, ...)
+        index = best.view(*best.shape, *([1] * (merged.dim() - 2)))
+        return merged.gather(1, index.expand(-1, -1, *merged.shape[2:]))
+
+    finished.log_probs[sentences] = keep(finished.log_probs, scores)
+    finished.lengths[sentences] = keep(finished.lengths, lengths)
+    finished.tokens[sentences] = keep(finished.tokens, candidates)
+    if finished.attention is not None:  # (A, K, L, S)
+        finished.attention[sentences] = keep(finished.attention, beams.weights[rows])
+    finished.scores[sentences] = best_scores
+    finished.count[sentences] += new.sum(dim=1)
 
 
 def _survivors(top: tuple[Tensor, Tensor, Tensor], beam: int, eos_id: int):
@@ -439,9 +374,7 @@ def beam_search(
     max_len = max_output_lengths(src_lengths, config)  # (B,)
     rules = _Rules(vocab, config, max_len)
     longest = rules.longest + 1
-    finished = _Finished.empty(
-        batch, beam, longest, src.size(1), vocab.pad_id, return_attention, device
-    )
+    finished = _Finished.empty(src, beam, longest, vocab.pad_id, return_attention)
     beams = _Beams.start(beam, max_len, longest, src.size(1), vocab.pad_id, return_attention)
     prev = torch.full((batch * beam, 1), vocab.bos_id, dtype=torch.long, device=device)
     for step in range(longest):
@@ -459,26 +392,16 @@ def beam_search(
             _finish(finished, beams, top, new, step, config.length_penalty)
         if alive == 0:
             break
-        next_scores, next_rows, next_tokens = _survivors(top, beam, vocab.eos_id)  # (A, K)
+        survivors = _survivors(top, beam, vocab.eos_id)  # scores, rows, tokens (A, K)
         if _worth_compacting(alive, beams.running.numel(), device):
             keep = beams.running.nonzero().squeeze(1)  # (A',)
             memory = memory.select(beams.keep(keep))
-            next_scores, next_rows, next_tokens = (
-                next_scores[keep],
-                next_rows[keep],
-                next_tokens[keep],
-            )
+            survivors = tuple(t[keep] for t in survivors)
+        next_scores, next_rows, next_tokens = survivors
         beams.go_on(next_rows, next_tokens, next_scores, step)
         state = state.select(next_rows.view(-1))
         prev = next_tokens.view(-1, 1)
-    return _hypotheses(
-        finished.tokens,
-        finished.lengths,
-        finished.scores,
-        finished.log_probs,
-        finished.attention,
-        config.n_best,
-    )
+    return finished.hypotheses(config.n_best)
 
 
 def check_beam_size(beam_size: int, vocab, key: str = "search.beam_size") -> None:
@@ -497,53 +420,3 @@ def search(
     if config.beam_size == 1:
         return greedy_search(model, src, src_lengths, config, return_attention)
     return beam_search(model, src, src_lengths, config, return_attention)
-
-
-def translate_ids(
-    model,
-    sequences: list[list[int]],
-    config: SearchConfig,
-    device: torch.device,
-    return_attention: bool = False,
-) -> list[list[Hypothesis]]:
-    """Translate id sequences (end-of-sentence not included) in batches of similar length,
-    batched by config.max_tokens source tokens or config.batch_size sentences; results come
-    back in input order."""
-    lengths = [len(s) + 1 for s in sequences]
-    order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
-    if config.max_tokens:
-        batches = group_batches(order, lengths, "tokens", config.max_tokens)
-    else:
-        batches = group_batches(order, lengths, "sentences", config.batch_size)
-    results: list[list[Hypothesis]] = [[] for _ in sequences]
-    for batch in batches:
-        hypotheses = _search_splitting(
-            model, [sequences[i] for i in batch], config, device, return_attention
-        )
-        for i, hyps in zip(batch, hypotheses):
-            results[i] = hyps
-    return results
-
-
-def _search_splitting(
-    model,
-    sequences: list[list[int]],
-    config: SearchConfig,
-    device: torch.device,
-    return_attention: bool,
-) -> list[list[Hypothesis]]:
-    """Search one batch; when the device runs out of memory, search its halves instead
-    (a sentence's result does not depend on its batch, so the output is the same)."""
-    vocab = model.vocab
-    try:
-        src, src_lengths = pad(sequences, vocab.pad_id, suffix=vocab.eos_id)
-        return search(model, src.to(device), src_lengths.to(device), config, return_attention)
-    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
-        if len(sequences) == 1:
-            raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(sequences) // 2
-        return _search_splitting(
-            model, sequences[:half], config, device, return_attention
-        ) + _search_splitting(model, sequences[half:], config, device, return_attention)

@@ -282,7 +282,7 @@ def test_training_on_real_positions_only_gives_the_padded_result(config):
     "lengths", [[9, 1, 1, 2, 1, 3], [12, 11, 3, 2, 2, 2, 1], [9, 1, 1, 1, 1], list(range(1, 30))]
 )
 def test_length_spans_cover_every_real_position_and_no_more_rows(lengths):
-    from seq2seq.model import length_spans
+    from seq2seq.cpu_paths import length_spans
 
     spans = length_spans(lengths, most=4)
     assert spans is not None
@@ -296,7 +296,7 @@ def test_length_spans_cover_every_real_position_and_no_more_rows(lengths):
 
 
 def test_length_spans_leave_batches_of_similar_length_alone():
-    from seq2seq.model import length_spans
+    from seq2seq.cpu_paths import length_spans
 
     assert length_spans([7, 7, 7, 6, 6]) is None
     assert length_spans([9, 1, 1, 1]) is not None
@@ -307,7 +307,7 @@ def test_encoder_spans_give_the_padded_result(config, monkeypatch):
     """On the CPU a batch of mixed lengths runs in spans of rows still going (unsorted rows,
     a column of padding past the longest row): the same states, final states and gradients
     as one RNN call over the whole padded batch."""
-    from seq2seq import model as model_module
+    from seq2seq import cpu_paths
 
     model = build(config).eval()
     generator = torch.Generator().manual_seed(7)
@@ -318,11 +318,11 @@ def test_encoder_spans_give_the_padded_result(config, monkeypatch):
     ]
     src, src_lengths = pad(sentences, VOCAB.pad_id, suffix=VOCAB.eos_id)
     src = torch.cat([src, torch.full((len(lengths), 1), VOCAB.pad_id)], dim=1)  # one more column
-    assert model_module.length_spans(src_lengths.tolist()) is not None
+    assert cpu_paths.length_spans(src_lengths.tolist()) is not None
     results = []
     for spans in (True, False):
         if not spans:
-            monkeypatch.setattr(model_module, "length_spans", lambda lengths: None)
+            monkeypatch.setattr(cpu_paths, "length_spans", lambda lengths: None)
         model.zero_grad()
         states, finals = model.encoder(src, src_lengths)
         (states.sin().sum() + finals.cos().sum()).backward()

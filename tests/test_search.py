@@ -9,8 +9,9 @@ import torch
 
 from seq2seq.batching import pad
 from seq2seq.config import SearchConfig
+from seq2seq.decoding import translate_ids
 from seq2seq.model import Seq2Seq
-from seq2seq.search import beam_search, greedy_search, length_penalty, search, translate_ids
+from seq2seq.search import beam_search, greedy_search, length_penalty, search
 from seq2seq.vocab import Vocab
 
 from .test_model import CONFIGS, random_sentences

@@ -135,9 +135,9 @@ def sentences_in(path) -> list[str]:
 
 def test_out_of_memory_splits_the_batch(tmp_path, trained_run, source, monkeypatch):
     expected = reference(trained_run, source, tmp_path, batch_size=16)
-    import seq2seq.search as search_module
+    import seq2seq.decoding as decoding
 
-    real_search = search_module.search
+    real_search = decoding.search
     sizes = []
 
     def small_device(model, src, *args, **kwargs):
@@ -146,7 +146,7 @@ def test_out_of_memory_splits_the_batch(tmp_path, trained_run, source, monkeypat
             raise torch.cuda.OutOfMemoryError("pretend the batch does not fit")
         return real_search(model, src, *args, **kwargs)
 
-    monkeypatch.setattr(search_module, "search", small_device)
+    monkeypatch.setattr(decoding, "search", small_device)
     out = tmp_path / "out.txt"
     translate_file(
         trained_run, str(source), str(out), *options(batch_size=16, chunk_lines=100), **QUIET

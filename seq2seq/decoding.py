@@ -1,0 +1,52 @@
+"""The translation driver: search over many id sequences, in batches of similar length, as
+large as the device's memory allows. The search itself is `search.py`'s.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batching import group_batches, pad
+from .config import SearchConfig
+from .search import Hypothesis, search
+
+
+def translate_ids(
+    model,
+    sequences: list[list[int]],
+    config: SearchConfig,
+    device: torch.device,
+    return_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Translate id sequences (end-of-sentence not included) in batches of similar length,
+    batched by config.max_tokens source tokens or config.batch_size sentences; results come
+    back in input order."""
+    vocab = model.vocab
+
+    def search_halving(batch: list[list[int]]) -> list[list[Hypothesis]]:
+        """Search one batch; when the device runs out of memory, search its halves instead
+        (a sentence's result does not depend on its batch, so the output is the same). The
+        halves run after the except block, once the failed attempt's traceback, and the
+        tensors it holds, are freed."""
+        try:
+            src, src_lengths = pad(batch, vocab.pad_id, suffix=vocab.eos_id)
+            return search(model, src.to(device), src_lengths.to(device), config, return_attention)
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
+            if len(batch) == 1:
+                raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return search_halving(batch[:half]) + search_halving(batch[half:])
+
+    lengths = [len(s) + 1 for s in sequences]
+    order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
+    if config.max_tokens:
+        batches = group_batches(order, lengths, "tokens", config.max_tokens)
+    else:
+        batches = group_batches(order, lengths, "sentences", config.batch_size)
+    results: list[list[Hypothesis]] = [[] for _ in sequences]
+    for batch in batches:
+        for i, hyps in zip(batch, search_halving([sequences[i] for i in batch])):
+            results[i] = hyps
+    return results
