@@ -60,9 +60,7 @@ def choose(run: Path, kind: str, count: int) -> list[Path]:
             f"{run}: {len(kept)} kept '{kind}' checkpoints, asked for {count}; raise "
             f"train.keep_{kind} when training"
         )
-    if kind == "last":
-        return kept[-count:]
-    return by_score(kept, RunFolder(run))[:count]
+    return kept[-count:] if kind == "last" else by_score(kept, RunFolder(run))[:count]
 
 
 def candidates(run: Path) -> dict[str, list[Path]]:
@@ -78,13 +76,10 @@ def candidates(run: Path) -> dict[str, list[Path]]:
         found[f"last {k}"] = latest[-k:]
     for k in range(2, len(ranked) + 1):
         found[f"best {k}"] = ranked[:k]
-    unique, seen = {}, set()
+    unique: dict[frozenset, tuple[str, list[Path]]] = {}  # the first name of each set
     for name, paths in found.items():
-        key = frozenset(p.name for p in paths)
-        if key not in seen:
-            seen.add(key)
-            unique[name] = paths
-    return unique
+        unique.setdefault(frozenset(p.name for p in paths), (name, paths))
+    return dict(unique.values())
 
 
 def choose_on_dev(run: Path, log: Callable[[str], None]) -> tuple[list[Path], Checkpoint]:
@@ -138,13 +133,7 @@ def average(
         paths, averaged = choose_on_dev(checkpoints[0], log)
     else:
         averaged = average_checkpoints(paths)
-    save_checkpoint(
-        output,
-        averaged.model,
-        averaged.src_tokenizer,
-        averaged.tgt_tokenizer,
-        averaged.search,
-        averaged.info,
-    )
+    tokenizers = (averaged.src_tokenizer, averaged.tgt_tokenizer)
+    save_checkpoint(output, averaged.model, *tokenizers, averaged.search, averaged.info)
     log(f"average: {len(paths)} checkpoints -> {output}")
     return paths

@@ -38,10 +38,9 @@ def fine_tune(trainer, name: str) -> TrainState:
     path = resolve_checkpoint(name)
     source = load_checkpoint(path)
     check_shape(to_dict(trainer.config.model), to_dict(source.model.config), path)
-    sides = [("source", source.src_tokenizer, trainer.src_tokenizer)]
-    sides.append(("target", source.tgt_tokenizer, trainer.tgt_tokenizer))
-    for side, theirs, ours in sides:
-        if theirs.proto != ours.proto:
+    theirs = (source.src_tokenizer, source.tgt_tokenizer)
+    for side, their, ours in zip(("source", "target"), theirs, trainer.data.tokenizers):
+        if their.proto != ours.proto:
             raise UserError(
                 f"{path}: its {side} SentencePiece model is not the one of {trainer.folder.root}; "
                 f"preprocess with --data.subwords.model={name} so that the vocabularies match"
@@ -56,9 +55,7 @@ def fine_tune(trainer, name: str) -> TrainState:
             f"config key 'train.init_optimizer': {name} is not a run folder with "
             f"{other.train_state.relative_to(other.root)}; name the run folder in train.init_from"
         )
-    tokenizers = (trainer.src_tokenizer, trainer.tgt_tokenizer)
-    state = Checkpoints(trainer.config, other, tokenizers, other.read_manifest()).restore(
-        trainer.model, trainer.optimization
-    )
+    checkpoints = Checkpoints(trainer.config, other, trainer.data.tokenizers, other.read_manifest())
+    state = checkpoints.restore(trainer.model, trainer.optimization)
     trainer.log(f"train: optimizer and schedule taken from {other.train_state} (step {state.step})")
     return TrainState(step=state.step)

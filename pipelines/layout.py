@@ -29,39 +29,36 @@ from seq2seq.io import check_destination
 SPLITS = ("train", "dev", "test")
 
 
+def _at(*parts: str) -> property:
+    """A place in the run folder, as a read-only attribute of `RunFolder`."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
 
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
+    manifest = _at("manifest.json")
+    data = _at("data")
+    model_dir = _at("model")
+    best = _at("model", "best.safetensors")
+    last = _at("model", "last.safetensors")
+    train_state = _at("model", "train_state.safetensors")
+    train_log = _at("train_log.jsonl")
+    learning_curve = _at("learning_curve.png")
+    used_config = _at("config.yaml")
+    train_runs = _at("train_runs.jsonl")
+    train_text_log = _at("train.log")
+    translations = _at("translations")
+    score = _at("score.json")
 
     def text(self, split: str, lang: str) -> Path:
         return self.data / f"{split}.{lang}"
 
-    def ids(self, split: str, lang: str) -> Path:
-        """Prefix of the .bin and .idx files."""
-        return self.data / f"{split}.{lang}"
+    ids = text  # the prefix of the .bin and .idx files: data/<split>.<lang>
 
     def tokenizer(self, lang: str | None) -> Path:
         return self.root / ("spm.model" if lang is None else f"spm.{lang}.model")
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def best(self) -> Path:
-        return self.model_dir / "best.safetensors"
-
-    @property
-    def last(self) -> Path:
-        return self.model_dir / "last.safetensors"
 
     def kept(self, kind: str, step: int) -> Path:
         """model/best-<step> or model/last-<step>: the checkpoints kept for averaging."""
@@ -72,42 +69,14 @@ class RunFolder:
         paths = self.model_dir.glob(f"{kind}-*.safetensors")
         return sorted(paths, key=lambda p: int(p.stem.split("-")[1]))
 
-    @property
-    def train_state(self) -> Path:
-        return self.model_dir / "train_state.safetensors"
-
-    @property
-    def train_log(self) -> Path:
-        return self.root / "train_log.jsonl"
-
-    @property
-    def learning_curve(self) -> Path:
-        return self.root / "learning_curve.png"
-
-    @property
-    def used_config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def train_runs(self) -> Path:
-        return self.root / "train_runs.jsonl"
-
-    @property
-    def train_text_log(self) -> Path:
-        return self.root / "train.log"
-
     def translation(self, split: str, lang: str) -> Path:
-        return self.root / "translations" / f"{split}.{lang}"
-
-    @property
-    def score(self) -> Path:
-        return self.root / "score.json"
+        return self.translations / f"{split}.{lang}"
 
     def check_writable(self) -> None:
         """Refuse, before any work, a run folder that cannot be written: a file, a place
         under a file, an unwritable folder, a special file system."""
         check_destination(self.root, folder=True, parents=True)
-        for sub in (self.data, self.model_dir, self.translation("test", "x").parent):
+        for sub in (self.data, self.model_dir, self.translations):
             if sub.exists() and not sub.is_dir():
                 raise UserError(f"{sub}: exists and is not a folder; the run folder needs it")
         files = (self.manifest, self.train_log, self.learning_curve, self.score)
@@ -118,9 +87,8 @@ class RunFolder:
     def preprocess_writes(self, path: Path) -> bool:
         """Whether `path` is (or links to) a place preprocess writes: the manifest, a
         SentencePiece model, anything in data/."""
-        path = Path(path).resolve()
-        root = self.root.resolve()
-        if path.parent == (root / "data").resolve():  # data/ may itself be a link
+        path, root = Path(path).resolve(), self.root.resolve()
+        if path.parent == self.data.resolve():  # data/ may itself be a link
             return True
         tokenizer = path.name.startswith("spm") and path.suffix == ".model"
         written = path.name == "manifest.json" or tokenizer
@@ -129,11 +97,11 @@ class RunFolder:
     def train_keeps(self, path: Path) -> bool:
         """Whether `path` is a place training writes: its checkpoints and state in model/,
         its log and learning curve."""
-        path, root = Path(path).resolve(), self.root.resolve()
-        if path.parent == (root / "model").resolve():
+        path = Path(path).resolve()
+        if path.parent == self.model_dir.resolve():
             return re.fullmatch(r"(best|last)(-\d+)?|train_state", path.stem) is not None
-        names = ("train_log.jsonl", "learning_curve.png", "config.yaml", "train_runs.jsonl")
-        return path in [(root / name).resolve() for name in (*names, "train.log")]
+        files = (self.train_log, self.learning_curve, self.used_config, self.train_runs)
+        return path in [file.resolve() for file in (*files, self.train_text_log)]
 
     def read_manifest(self) -> dict:
         if not self.manifest.is_file():

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 
 from seq2seq.config import Config, to_dict
+from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
 
 from .layout import RunFolder
@@ -23,11 +24,9 @@ from .translate import translate_file
 
 def _preprocessed(config: Config, run: RunFolder) -> bool:
     """True when the manifest was made from this very data config (and it still exists)."""
-    if not run.manifest.is_file():
-        return False
     try:
-        manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = run.read_manifest()
+    except UserError:  # none, or not JSON
         return False
     return _made_by(manifest.get("data") or {}) == _made_by(to_dict(config.data)) and all(
         (run.root / manifest["splits"][s][side]).is_file()
@@ -70,21 +69,16 @@ def pipeline(
     result = score_files(hypotheses, run.root / test["tgt"], config.score)
     atomic_write_text(run.score, json.dumps(result, indent=2) + "\n")
     log("score: " + describe(result))
-    log(
-        "artifacts:\n"
-        + "\n".join(
-            f"  {name:<15} {path}"
-            for name, path in [
-                ("manifest", run.manifest),
-                ("tokenizer", run.root / manifest["tokenizer"]["src"]),
-                ("data", run.data),
-                ("best model", run.best),
-                ("last model", run.last),
-                ("training log", run.train_log),
-                ("learning curve", run.learning_curve),
-                ("translation", hypotheses),
-                ("score", run.score),
-            ]
-        )
-    )
+    artifacts = [
+        ("manifest", run.manifest),
+        ("tokenizer", run.root / manifest["tokenizer"]["src"]),
+        ("data", run.data),
+        ("best model", run.best),
+        ("last model", run.last),
+        ("training log", run.train_log),
+        ("learning curve", run.learning_curve),
+        ("translation", hypotheses),
+        ("score", run.score),
+    ]
+    log("artifacts:\n" + "\n".join(f"  {name:<15} {path}" for name, path in artifacts))
     return result

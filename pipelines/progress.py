@@ -52,16 +52,14 @@ class Progress:
         mirror=None,
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+        self.every, self.deadline = every, deadline
         self.mirror = mirror  # also gets the plain line every `every` seconds (a log file)
         self.stream = stream or sys.stderr
-        self.interactive = enabled and self.stream.isatty()
-        self.every = every
         self.start = self.last = time.monotonic()
         self.done = self.initial = done
-        self.deadline = deadline
         self.figures: dict[str, str] = {}
         self.bar = None
-        if self.interactive:
+        if enabled and self.stream.isatty():
             columns = [TextColumn("{task.description}")]
             if total:
                 columns.append(BarColumn())

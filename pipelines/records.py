@@ -53,8 +53,7 @@ class Record:
     """The record of one `nmt train` invocation on a run folder (rank 0 only writes)."""
 
     def __init__(self, run: RunFolder, config: Config, log: Callable[[str], None], write: bool):
-        self.run, self.config, self.write = run, config, write
-        self.terminal = log
+        self.run, self.config, self.terminal, self.write = run, config, log, write
         self.board = self.writer = None
         self.pending: list[str] | None = []  # lines before begin(): a refused run writes none
         if write and config.train.tensorboard:

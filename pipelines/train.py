@@ -55,7 +55,6 @@ from .train_state import METRIC_NAMES, Checkpoints, Optimization, TrainState, al
 from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
-STOP_REASONS = ["max_steps", "max_time", "max_epochs", "patience", "interrupted"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -89,26 +88,14 @@ def _interrupt_flag():
             signal.signal(sig, handler_before)
 
 
-def finite_or_null(record: dict) -> dict:
-    """The record with non-finite numbers as None, so that the log stays strict JSON."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
-    }
-
-
-# --- the steps ahead ------------------------------------------------------------------------
-
-
 class StepFigures:
     """Loss and token counts of the steps since the last log line, and the steps skipped,
     summed on the device so that no step waits for them; read in one transfer."""
 
     def __init__(self, device: torch.device):
-        def zero():
-            return torch.zeros((), dtype=torch.float64, device=device)
-
-        self.loss, self.nll, self.tgt_tokens, self.src_tokens = zero(), zero(), zero(), zero()
-        self.skipped, self.in_a_row, self.most_in_a_row = zero(), zero(), zero()
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss, self.nll, self.tgt_tokens, self.src_tokens = (zero.clone() for _ in range(4))
+        self.skipped, self.in_a_row, self.most_in_a_row = (zero.clone() for _ in range(3))
         self.start = time.monotonic()
         self.tokens_seen = 0  # target tokens of every step, skipped or not, for speed
 
@@ -136,9 +123,6 @@ class StepFigures:
         return {**dict(zip(names, values)), "seconds": seconds}
 
 
-# --- the trainer ----------------------------------------------------------------------------
-
-
 class Trainer:
     """The training loop; `run()` does the work, `Checkpoints` writes what it keeps."""
 
@@ -159,27 +143,30 @@ class Trainer:
         self.device = self.ranks.device(self.tc.device)
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
-        torch.manual_seed(self.tc.seed)
         self._load_data()
-        check_beam_size(self.tc.dev_beam_size, self.vocab, "train.dev_beam_size")
-        if config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
-            raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
         self._build_model()
-        self.checkpoints = Checkpoints(
-            config, run, (self.src_tokenizer, self.tgt_tokenizer), self.manifest
-        )
+        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
-        if self.ranks.rank > 0:  # each rank its own dropout and word dropout
-            torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + self.state.step)
         self.figures = StepFigures(self.device)
         self.ranks.barrier()
 
+    def _load_data(self) -> None:
+        """The training pairs and the dev set (whose beam must fit the vocabulary)."""
+        self.data = TrainingData(self.folder, self.manifest, self.config, self.ranks, self.device)
+        self.vocab = self.data.vocab
+        tgt_tokenizer, score = self.data.tokenizers[1], self.config.score
+        self.dev_set = DevSet(self.folder, self.manifest, self.vocab, tgt_tokenizer, score)
+        check_beam_size(self.tc.dev_beam_size, self.vocab, "train.dev_beam_size")
+
     def _build_model(self) -> None:
-        """The model, its precision, its DDP wrapper under torchrun, and its optimizer."""
+        """The model (seeded), its precision, its DDP wrapper under torchrun, and its optimizer."""
+        if self.config.model.tie_embeddings and not self.manifest["tokenizer"]["joint"]:
+            raise UserError("config key 'model.tie_embeddings': needs data.subwords.joint: true")
+        torch.manual_seed(self.tc.seed)
         self.model = Seq2Seq(self.config.model, self.vocab).to(self.device)
-        parameters = sum(p.numel() for p in self.model.parameters())
-        self.precision, note = resolve_precision(self.tc.precision, self.device, parameters)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.precision, note = resolve_precision(self.tc.precision, self.device, self.n_params)
         self.log(f"train: {note}")
         self.ranks.start(self.device)
         self.ddp_model = self.model
@@ -194,7 +181,7 @@ class Trainer:
 
     def _resume_or_start(self, fresh: bool) -> TrainState:
         """Where training stands: the saved state of this run, or a start (from a
-        checkpoint's weights when fine-tuning)."""
+        checkpoint's weights when fine-tuning); then each rank's own random state."""
         run, state = self.folder, TrainState()
         if run.train_state.is_file() and not fresh:
             state = self.checkpoints.restore(self.model, self.optimization)
@@ -212,23 +199,16 @@ class Trainer:
                 state = fine_tune(self, self.tc.init_from)
         if self.ranks.main:
             self.checkpoints.remove_stale_temporaries()
+        if self.ranks.rank > 0:  # each rank its own dropout and word dropout
+            torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + state.step)
         return state
-
-    def _load_data(self) -> None:
-        self.data = TrainingData(self.folder, self.manifest, self.config, self.ranks, self.device)
-        self.src_tokenizer, self.tgt_tokenizer = self.data.tokenizers
-        self.vocab = self.data.vocab
-        self.dev_set = DevSet(
-            self.folder, self.manifest, self.vocab, self.tgt_tokenizer, self.config.score
-        )
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict:
         tc, state = self.tc, self.state
-        n_params = sum(p.numel() for p in self.model.parameters())
         self.log(
-            f"train: {n_params / 1e6:.2f}M parameters on {self.device}, "
+            f"train: {self.n_params / 1e6:.2f}M parameters on {self.device}, "
             f"{len(self.data)} training pairs; from step {state.step}"
         )
         self.progress = Progress(
@@ -248,8 +228,7 @@ class Trainer:
             signum = interrupted()
         self.progress.close()
         if stop == "interrupted":
-            self._sync_figures(log=False)
-            self._check_weights()
+            self._settle()
             if self.ranks.main:
                 self.checkpoints.save(self.model, self.optimization, state, validation=None)
             self.log(
@@ -285,19 +264,12 @@ class Trainer:
             state.batch += step.batches
             state.step += 1
             state.elapsed = time.monotonic() - self.started
-            seconds = time.monotonic() - self.figures.start
-            self.progress.update(
-                1,
-                lr=self.lr(state.step - 1),
-                **{"tgt tok/s": self.figures.tokens_seen / max(seconds, 1e-9)},
-            )
-            stop = None
+            speed = self.figures.tokens_seen / max(time.monotonic() - self.figures.start, 1e-9)
+            self.progress.update(1, lr=self.optimization.lr(state.step - 1), **{"tgt tok/s": speed})
             if state.step % tc.log_every == 0:
                 self._sync_figures(log=True)
-            if state.step % tc.validate_every == 0:
-                stop = self.validate_and_save()
-            stop = stop or self._budget_reached()
-            stop = stop or ("interrupted" if interrupted() else None)
+            stop = self.validate_and_save() if state.step % tc.validate_every == 0 else None
+            stop = stop or self._budget_reached() or ("interrupted" if interrupted() else None)
             stop = self._agree(stop)
             if stop is not None:
                 steps.close()
@@ -307,10 +279,6 @@ class Trainer:
         if tc.max_epochs and state.epoch >= tc.max_epochs:
             return "max_epochs"
         return None
-
-    @property
-    def lr(self) -> LearningRate:
-        return self.optimization.lr
 
     def _budget_reached(self) -> str | None:
         tc, state = self.tc, self.state
@@ -334,11 +302,8 @@ class Trainer:
             batch = cpu_batch.to(self.device)
             src = word_dropout(batch.src, tc.word_dropout, vocab.unk_id, keep)
             tgt_in = word_dropout(batch.tgt_in, tc.word_dropout, vocab.unk_id, keep)
-            last = i == len(step.parts) - 1
-            sync = (
-                contextlib.nullcontext() if last or ranks.world == 1 else self.ddp_model.no_sync()
-            )
-            with sync:
+            last = i == len(step.parts) - 1  # DDP averages the gradients in the last backward
+            with contextlib.nullcontext() if last or ranks.world == 1 else self.ddp_model.no_sync():
                 with autocast(self.device, self.precision):
                     # (N, V): the real target positions only
                     log_probs = self.ddp_model(src, batch.src_lengths, tgt_in, batch.positions)
@@ -354,7 +319,7 @@ class Trainer:
             self.model.parameters(), tc.clip_grad_norm or math.inf
         )
         skip = ranks.any_flag(~(norm.isfinite() & loss_sum.isfinite())).float()
-        set_learning_rate(optimizer, self.lr(self.state.step))
+        set_learning_rate(optimizer, self.optimization.lr(self.state.step))
         if self.precision == "fp16":
             scaler.step(optimizer)  # the scaler skips non-finite steps and lowers its scale
         else:
@@ -366,9 +331,7 @@ class Trainer:
 
     def _agree(self, stop: str | None) -> str | None:
         """Every rank stops together, for the reason rank 0 (or any rank) has."""
-        if self.ranks.world == 1:
-            return stop
-        reasons = [None, *STOP_REASONS]
+        reasons = [None, "max_steps", "max_time", "max_epochs", "patience", "interrupted"]
         return reasons[self.ranks.agree_max(reasons.index(stop), self.device)]
 
     def _sync_figures(self, log: bool) -> None:
@@ -377,10 +340,9 @@ class Trainer:
         figures = self.figures.read()
         self.state.skipped += int(figures["skipped"])
         if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.precision != "fp16":
-            raise UserError(
-                f"training diverged: {MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite "
-                f"loss by step {self.state.step}; {self.checkpoints.last_good(self.state)}; try a "
-                "lower train.lr"
+            raise self._diverged(
+                f"{MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite loss by step "
+                f"{self.state.step}"
             )
         if not log:
             return
@@ -389,7 +351,7 @@ class Trainer:
         record = {
             "step": self.state.step,
             "epoch": self.state.epoch,
-            "lr": self.lr(self.state.step - 1),
+            "lr": self.optimization.lr(self.state.step - 1),
             "train_loss": loss / tokens,
             "train_ppl": math.exp(min(50.0, nll / tokens)),
             "tgt_tokens": int(figures["tgt_tokens"]),
@@ -404,8 +366,10 @@ class Trainer:
         if not self.ranks.main:
             return
         self.record.figures(record)
+        # non-finite numbers as null, so that the log stays strict JSON
+        null = {k: None for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
         with open(self.folder.train_log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
+            f.write(json.dumps({**record, **null}, allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
 
@@ -416,30 +380,29 @@ class Trainer:
             self.model, search, self.device, self.precision, self.tc.dev_examples
         )
 
-    def _check_weights(self) -> None:
-        """Stop a run whose weights are no longer finite, before anything saves them."""
+    def _diverged(self, what: str) -> UserError:
+        """The one-line error that stops a run gone astray, naming a good checkpoint."""
+        good = self.checkpoints.last_good(self.state)
+        return UserError(f"training diverged: {what}; {good}; try a lower train.lr")
+
+    def _settle(self) -> None:
+        """Before anything saves: read the device's sums, and stop if weights are not finite."""
+        self._sync_figures(log=False)
         if not all_finite(self.model):
-            raise UserError(
-                f"training diverged: the weights are no longer finite at step "
-                f"{self.state.step}; {self.checkpoints.last_good(self.state)}; try a lower train.lr"
-            )
+            raise self._diverged(f"the weights are no longer finite at step {self.state.step}")
 
     def validate_and_save(self) -> str | None:
         """Validate, keep the best checkpoints, save the train state; a reason to stop or None.
         Rank 0 does the work; the other ranks learn whether dev BLEU improved. Weights that
         are no longer finite stop the run, and are never saved."""
         state = self.state
-        self._sync_figures(log=False)
-        self._check_weights()
+        self._settle()
         state.validated_step = state.step
         improved, result = False, None
         if self.ranks.main:
             result = self.validate()
             if not math.isfinite(result["dev_loss"]):  # finite weights, but gone astray
-                raise UserError(
-                    f"training diverged: the dev loss is {result['dev_loss']} at step "
-                    f"{state.step}; {self.checkpoints.last_good(state)}; try a lower train.lr"
-                )
+                raise self._diverged(f"the dev loss is {result['dev_loss']} at step {state.step}")
             examples = result.pop("examples")
             score = dev_score(result, self.tc.metric)
             improved = not state.best or score > state.best[0][0]
@@ -456,13 +419,11 @@ class Trainer:
                 self.log(f"  dev {number} hypothesis {hypothesis}")
         improved = bool(self.ranks.agree_max(int(improved), self.device))
         state.stale = 0 if improved else state.stale + 1
-        self.lr.validated(improved)
+        self.optimization.lr.validated(improved)
         if self.ranks.main:
             self.checkpoints.save(self.model, self.optimization, state, validation=result)
             draw_learning_curve(self.folder.train_log, self.folder.learning_curve)
-        if self.tc.patience and state.stale >= self.tc.patience:
-            return "patience"
-        return None
+        return "patience" if self.tc.patience and state.stale >= self.tc.patience else None
 
 
 def train(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.checkpoint import read_safetensors, save_checkpoint, write_safetensors
+from seq2seq.checkpoint import _unique_state, read_safetensors, save_checkpoint, write_safetensors
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text
@@ -80,19 +80,8 @@ class Checkpoints:
         manifest: dict,
     ):
         self.config, self.run, self.manifest = config, run, manifest
-        self.src_tokenizer, self.tgt_tokenizer = tokenizers
+        self.tokenizers = tokenizers  # (source, target)
         self.ours = False  # whether last.safetensors was written by this run (or resumed one)
-
-    def info(self, state: TrainState, validation: dict | None) -> dict:
-        return {
-            "step": state.step,
-            "epoch": state.epoch,
-            **(validation or {}),
-            "normalize": self.config.data.cleaning.normalize,
-            "max_pieces": self.config.data.cleaning.max_pieces,
-            "languages": self.manifest["languages"],
-            "run": self.config.name,
-        }
 
     def last_good(self, state: TrainState) -> str:
         """Where a good checkpoint is, for messages about a run that diverged: the best by
@@ -105,13 +94,19 @@ class Checkpoints:
 
     def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):
         """Write last (and best and the kept ones, after a validation), then the state."""
-        info = self.info(state, validation)
         tc, run = self.config.train, self.run
+        info = {
+            "step": state.step,
+            "epoch": state.epoch,
+            **(validation or {}),
+            "normalize": self.config.data.cleaning.normalize,
+            "max_pieces": self.config.data.cleaning.max_pieces,
+            "languages": self.manifest["languages"],
+            "run": self.config.name,
+        }
 
         def save(path: Path) -> None:
-            save_checkpoint(
-                path, model, self.src_tokenizer, self.tgt_tokenizer, self.config.search, info
-            )
+            save_checkpoint(path, model, *self.tokenizers, self.config.search, info)
 
         save(run.last)
         self.ours = True
@@ -144,23 +139,14 @@ class Checkpoints:
 
     def save_state(self, model, parts: Optimization, state: TrainState) -> None:
         tensors: dict[str, torch.Tensor] = {}
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         skeleton = {
             "optimizer": flatten_state(parts.optimizer.state_dict(), tensors, "optimizer"),
             "scaler": flatten_state(parts.scaler.state_dict(), tensors, "scaler"),
-            "rng": flatten_state(
-                {
-                    "cpu": torch.get_rng_state(),
-                    "cuda": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
-                },
-                tensors,
-                "rng",
-            ),
+            "rng": flatten_state({"cpu": torch.get_rng_state(), "cuda": cuda}, tensors, "rng"),
         }
-        seen = set()  # tied weights share storage; safetensors stores each once
-        for name, tensor in model.state_dict().items():
-            if tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                tensors[f"model.{name}"] = tensor
+        # tied weights share storage; safetensors stores each once
+        tensors.update({f"model.{name}": t for name, t in _unique_state(model).items()})
         metadata = {
             "format": "seq2seq-train-state",
             "version": "1",

@@ -29,19 +29,15 @@ class DevSet:
     """The dev split of a run folder, and how a model scores on it."""
 
     def __init__(
-        self,
-        run: RunFolder,
-        manifest: dict,
-        vocab: Vocab,
-        tgt_tokenizer: Tokenizer,
-        score: ScoreConfig = ScoreConfig(),
+        self, run: RunFolder, manifest: dict, vocab: Vocab, tokenizer: Tokenizer, score: ScoreConfig
     ):
+        """`tokenizer`: the target side's, to decode the hypotheses."""
         split = manifest["splits"]["dev"]
         self.src = TokenSequences.load(run.root / split["src_ids"])
         self.tgt = TokenSequences.load(run.root / split["tgt_ids"])
         self.sources = (run.root / split["src"]).read_text(encoding="utf-8").splitlines()
         self.references = (run.root / split["tgt"]).read_text(encoding="utf-8").splitlines()
-        self.vocab, self.tgt_tokenizer = vocab, tgt_tokenizer
+        self.vocab, self.tgt_tokenizer = vocab, tokenizer
         # BLEU tokenized and cased as the test split will be scored
         self.score = dataclasses.replace(score, metrics=("bleu", "chrf"))
 
