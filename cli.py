@@ -3,21 +3,26 @@ calls a stage; holds no logic of its own.
 
 Config values can be overridden after the config file with dotted keys, for example
 `nmt train configs/demo.yaml --train.max_steps=500 --model.decoder.hidden_size=256`.
-Problems a user can fix print one line on stderr and exit with code 2.
+Stage messages go to stdout (stderr for `translate -o -`, whose stdout is the translation);
+stderr holds progress bars and, for a problem the user can fix, one line and exit code 2.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import sys
+from errno import EEXIST, EISDIR, ENAMETOOLONG, ENOENT, ENOTDIR
+from functools import partial
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
-from seq2seq.config import Config, load_config, parse_override
+from pipelines.layout import run_folder
+from seq2seq import __version__
+from seq2seq.config import load_config, parse_override
 from seq2seq.errors import UserError, out_of_memory
+from seq2seq.io import WRITE_ERRORS
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -26,30 +31,14 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-
 # Failures of the file system that the user can fix; anything else is a bug and keeps its
 # traceback.
-FILE_SYSTEM_ERRORS = {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.ENOENT,
-    errno.EEXIST,
-    errno.ENAMETOOLONG,
-}
-
-
-def one_line(message: str) -> str:
-    """Any message, whichever library wrote it, folded onto one line."""
-    return " ".join(str(message).split())
+FILE_SYSTEM_ERRORS = WRITE_ERRORS | {ENOTDIR, EISDIR, ENOENT, EEXIST, ENAMETOOLONG}
 
 
 def fail(message: str, code: int = 2, where: str = ""):
-    typer.echo(f"error{where}: {one_line(message)}", err=True)
+    """Print a message, whichever library wrote it, folded onto one line; exit with `code`."""
+    typer.echo(f"error{where}: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
 
 
@@ -128,8 +117,6 @@ app = typer.Typer(
 
 def _version(asked: bool) -> None:
     if asked:
-        from seq2seq import __version__
-
         typer.echo(f"seq2seq-nmt {__version__}")
         raise typer.Exit()
 
@@ -143,7 +130,8 @@ def _main(
     pass
 
 
-def _config(path: Path, ctx: typer.Context, extra: list[str] = ()) -> Config:
+def _run(path: Path, ctx: typer.Context, run_dir: Path | None, extra: list[str] = ()):
+    """The config, with the overrides given, and the run folder it names."""
     for arg in ctx.args:
         if not arg.startswith("--") or "=" not in arg or "." not in arg.split("=")[0]:
             raise UsageError(
@@ -153,23 +141,8 @@ def _config(path: Path, ctx: typer.Context, extra: list[str] = ()) -> Config:
     for arg in extra:
         if arg.split("=", 1)[0] in given:
             raise UsageError(f"{arg.split('=', 1)[0]} is set twice, by it and by its alias", ctx)
-    return load_config(path, list(ctx.args) + list(extra))
-
-
-def _run_folder(config: Config, run_dir: Path | None):
-    from pipelines.layout import run_folder
-
-    return run_folder(config.name, run_dir)
-
-
-def _log(message: str) -> None:
-    """Stage messages go to stdout; stderr holds progress bars and, on failure, one line."""
-    typer.echo(message)
-
-
-def _log_to_stderr(message: str) -> None:
-    """For `translate -o -`, whose stdout is the translation itself."""
-    typer.echo(message, err=True)
+    config = load_config(path, list(ctx.args) + list(extra))
+    return config, run_folder(config.name, run_dir)
 
 
 RUN_DIR = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>).")
@@ -189,10 +162,9 @@ def preprocess(
     """Clean the corpus, train SentencePiece on train, encode every split, write manifest.json."""
     from pipelines.preprocess import preprocess as run_preprocess
 
-    cfg = _config(config, ctx)
-    run = _run_folder(cfg, run_dir)
-    run_preprocess(cfg, run, _log)
-    _log(f"preprocess: wrote {run.manifest}")
+    cfg, run = _run(config, ctx, run_dir)
+    run_preprocess(cfg, run, typer.echo)
+    typer.echo(f"preprocess: wrote {run.manifest}")
 
 
 @app.command(context_settings=OVERRIDES)
@@ -203,25 +175,19 @@ def train(
     max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
     max_time: float | None = typer.Option(None, help="Stop after this many seconds."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    fresh: bool = typer.Option(
-        False, "--fresh", help="Start over instead of resuming (overwrites checkpoints)."
-    ),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over, overwriting checkpoints."),
 ):
     """Train (or resume) on the preprocessed run folder; keep the best checkpoints on dev."""
     from pipelines.train import train as run_train
 
-    extra = [
-        f"--train.{k}={v}"
-        for k, v in (("max_steps", max_steps), ("max_time", max_time), ("device", device))
-        if v is not None
-    ]
-    cfg = _config(config, ctx, extra)
-    run = _run_folder(cfg, run_dir)
+    aliases = {"max_steps": max_steps, "max_time": max_time, "device": device}
+    extra = [f"--train.{k}={v}" for k, v in aliases.items() if v is not None]
+    cfg, run = _run(config, ctx, run_dir, extra)
     try:
-        run_train(cfg, run, _log, fresh=fresh)
+        run_train(cfg, run, typer.echo, fresh=fresh)
     except KeyboardInterrupt as stopped:  # 130 for Ctrl-C, 143 for SIGTERM
         raise typer.Exit(128 + getattr(stopped, "signum", 2)) from None
-    _log(f"train: best checkpoint {run.best}")
+    typer.echo(f"train: best checkpoint {run.best}")
 
 
 @app.command(context_settings=OVERRIDES)
@@ -229,32 +195,21 @@ def translate(
     ctx: typer.Context,
     model: list[Path] = MODELS,
     input: list[str] = typer.Option(
-        ...,
-        "-i",
-        "--input",
-        help="Text file to translate ('-': stdin); repeat it, or give a folder, for several.",
+        ..., "-i", "--input", help="File to translate ('-': stdin), or a folder; may be repeated."
     ),
-    output: str = typer.Option(
-        ..., "-o", "--output", help="Output file ('-': stdout), or a folder for several inputs."
-    ),
+    output: str = typer.Option(..., "-o", "--output", help="Output file ('-': stdout) or folder."),
     # Aliases of --search.<key>=VALUE, which sets any key of the checkpoint's search section.
     beam_size: int | None = typer.Option(None, help="search.beam_size: 1 is greedy."),
     n_best: int | None = typer.Option(None, help="search.n_best: hypotheses with scores."),
     length_penalty: float | None = typer.Option(None, help="search.length_penalty: GNMT alpha."),
     batch_size: int | None = typer.Option(None, help="search.batch_size: sentences a batch."),
-    max_tokens: int | None = typer.Option(
-        None, help="search.max_tokens: source tokens a batch (instead of --batch-size)."
-    ),
+    max_tokens: int | None = typer.Option(None, help="search.max_tokens: source tokens a batch."),
     device: str | None = DEVICE,  # aliases of --translate.<key>=VALUE
     precision: str | None = PRECISION,
     errors: str | None = typer.Option(None, help="translate.errors: bad UTF-8 strict or replace."),
     chunk_lines: int | None = typer.Option(None, help="translate.chunk_lines: lines per chunk."),
-    alignments: str | None = typer.Option(
-        None, help="Also write each line's attention weights here (JSON lines)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted translation after its last chunk."
-    ),
+    alignments: str | None = typer.Option(None, help="Also write attention weights here (JSONL)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted translation."),
 ):
     """Translate text files line by line, in input order.
 
@@ -271,7 +226,7 @@ def translate(
                    "chunk_lines": chunk_lines},
     )  # fmt: skip
     config = from_dict(TranslateConfig, changes["translate"], "translate")
-    log = _log_to_stderr if output == "-" else _log
+    log = partial(typer.echo, err=output == "-")
     result = translate_files(
         model, input, output, config, changes["search"], log, alignments, resume
     )
@@ -286,9 +241,7 @@ def translate(
 def serve(
     ctx: typer.Context,
     model: list[Path] = MODELS,
-    host: str | None = typer.Option(
-        None, help="serve.host: default 127.0.0.1 (this machine only)."
-    ),
+    host: str | None = typer.Option(None, help="serve.host: default 127.0.0.1, this machine only."),
     port: int | None = typer.Option(None, help="serve.port: default 5000; 0 picks a free one."),
     beam_size: int | None = typer.Option(None, help="search.beam_size: requests may change it."),
     device: str | None = DEVICE,
@@ -311,7 +264,7 @@ def serve(
     config = from_dict(ServeConfig, changes["serve"], "serve")
     run = from_dict(TranslateConfig, changes["translate"], "translate")
     search = changes["search"]
-    run_serve(config, lambda: Translator(model, run.device, run.precision, **search), _log)
+    run_serve(config, lambda: Translator(model, run.device, run.precision, **search), typer.echo)
 
 
 def _sections(ctx: typer.Context, **aliases: dict) -> dict[str, dict]:
@@ -335,14 +288,9 @@ def _sections(ctx: typer.Context, **aliases: dict) -> dict[str, dict]:
 def score(
     ctx: typer.Context,
     hyps: list[Path] = typer.Option(
-        ...,
-        "-H",
-        "--hyps",
-        help="Hypotheses, one a line ('-': stdin); twice or more with --paired-*.",
+        ..., "-H", "--hyps", help="Hypotheses, one a line ('-': stdin); repeat it with --paired-*."
     ),
-    refs: list[Path] = typer.Option(
-        ..., "-r", "--refs", help="References, one a line; repeat it for several references."
-    ),
+    refs: list[Path] = typer.Option(..., "-r", "--refs", help="References, one a line; repeat it."),
     tokenize: str | None = typer.Option(None, help="score.tokenize: 13a, intl, zh, char, ..."),
     lowercase: bool | None = typer.Option(None, "--lowercase", help="score.lowercase."),
     metrics: str | None = typer.Option(None, help="score.metrics: bleu,chrf,ter or a part."),
@@ -364,8 +312,7 @@ def score(
     if paired_bs and paired_ar:
         raise UsageError("--paired-bs and --paired-ar: choose one", ctx)
     if paired_bs or paired_ar:
-        test = "bs" if paired_bs else "ar"
-        typer.echo(paired_test(hyps, refs, config, test, paired_n, as_json))
+        typer.echo(paired_test(hyps, refs, config, "bs" if paired_bs else "ar", paired_n, as_json))
         return
     if len(hyps) > 1:
         raise UsageError("several -H need --paired-bs or --paired-ar (or one -H at a time)", ctx)
@@ -375,23 +322,18 @@ def score(
 
 @app.command()
 def average(
-    checkpoints: list[Path] = typer.Argument(
-        ..., help="Checkpoint files, or one run folder with --best or --last."
-    ),
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints, or a run with --best/--last."),
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint file to write."),
     best: int | None = typer.Option(None, help="Average the run's best K kept checkpoints."),
     last: int | None = typer.Option(None, help="Average the run's latest K kept checkpoints."),
     choose: bool = typer.Option(
-        False,
-        "--choose",
-        help="Score the best checkpoint and averages of the run's last and best K on dev; "
-        "write the best.",
+        False, "--choose", help="Write the best on dev: best checkpoint, last or best K averaged."
     ),
 ):
     """Average the weights of several checkpoints of one model into one checkpoint."""
     from pipelines.average import average as run_average
 
-    run_average(list(checkpoints), output, best, last, _log, choose_by_dev=choose)
+    run_average(list(checkpoints), output, best, last, typer.echo, choose_by_dev=choose)
 
 
 @app.command()
@@ -418,7 +360,7 @@ def plot_attention(
     from pipelines.plots import plot_attention as run_plot
 
     run_plot(alignments, line, output)
-    _log(f"plot-attention: wrote {output}")
+    typer.echo(f"plot-attention: wrote {output}")
 
 
 @app.command(context_settings=OVERRIDES)
@@ -434,8 +376,8 @@ def pipeline(
     if str(config).startswith("--"):  # no config given, only overrides: the demo's
         ctx.args.insert(0, str(config))
         config = DEMO_CONFIG
-    cfg = _config(config, ctx)
-    run_pipeline(cfg, _run_folder(cfg, run_dir), _log, fresh=fresh)
+    cfg, run = _run(config, ctx, run_dir)
+    run_pipeline(cfg, run, typer.echo, fresh=fresh)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import (
-    WRITE_ERRORS,
-    atomic_open,
-    atomic_write_text,
-    check_destination,
-    same_file,
-)
+from seq2seq.io import WRITE_ERRORS, atomic_open, atomic_write_text, check_destination, same_file
 
 from .layout import refuse_run_artifact
 
@@ -40,15 +34,19 @@ class Job:
     alignments: str | None = None
 
     def targets(self) -> list[Path]:
-        return [Path(self.output)] + ([Path(self.alignments)] if self.alignments else [])
+        """The files written (not stdout), output first."""
+        names = [self.output] + ([self.alignments] if self.alignments else [])
+        return [Path(name) for name in names if name != "-"]
 
 
 @dataclass
 class Plan:
-    """The jobs of one run, and the output folder it writes into (several inputs)."""
+    """The jobs of one run, the output folder it writes into (several inputs), and whether it
+    continues an interrupted run."""
 
     jobs: list[Job]
     folder: Path | None = None
+    resume: bool = False
     created: list[Path] = field(default_factory=list)  # what this run made, to undo on failure
 
     def create_folder(self) -> None:
@@ -109,7 +107,7 @@ def plan_jobs(
     if len(inputs) == 1 and not Path(inputs[0]).is_dir():
         if inputs[0] != "-" and output != "-" and Path(output).is_dir():  # as cp does
             output = str(Path(output) / Path(inputs[0]).name)
-        plan = Plan([Job(inputs[0], output, alignments)])
+        plan = Plan([Job(inputs[0], output, alignments)], resume=resume)
     else:
         if output == "-" or alignments is not None:
             raise UserError("several inputs need -o FOLDER (and no --alignments file)")
@@ -121,28 +119,26 @@ def plan_jobs(
             raise UserError("two inputs have the same file name; their outputs would collide")
         folder = Path(output)
         check_destination(folder, folder=True)
-        plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder)
-    _check_plan(plan, resume, models, world)
+        plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder, resume)
+    _check_plan(plan, models, world)
     return plan
 
 
-def _check_plan(plan: Plan, resume: bool, models: list[Path], world: int) -> None:
+def _check_plan(plan: Plan, models: list[Path], world: int) -> None:
     sources = [Path(job.input) for job in plan.jobs if job.input != "-"]
     for source in sources:
         if not source.is_file():
             raise UserError(f"{source}: no such input file")
     targets: list[Path] = []
     for job in plan.jobs:
-        if job.input == "-" and resume:
+        if job.input == "-" and plan.resume:
             raise UserError("--resume needs an input file; stdin cannot be read again")
         if job.output == "-":
-            if resume:
+            if plan.resume:
                 raise UserError("--resume needs an output file, not stdout")
             if world > 1:
                 raise UserError("-o - (stdout) cannot take the output of several ranks; use a file")
         for target in job.targets():
-            if str(target) == "-":
-                continue
             if plan.folder is None or plan.folder.is_dir():  # else: made by this run
                 check_destination(target)
             for other in [*sources, *models]:
@@ -153,9 +149,6 @@ def _check_plan(plan: Plan, resume: bool, models: list[Path], world: int) -> Non
                     raise UserError(f"{target}: named twice as an output")
             refuse_run_artifact(target)
             targets.append(target)
-
-
-# --- sinks ----------------------------------------------------------------------------------
 
 
 def _new_file(path: Path, created: list[Path], size: int = 0):
@@ -174,8 +167,7 @@ class StdoutSink:
 
     def __init__(self, alignments: str | None, created: list[Path]):
         self.total, self.done_lines = None, 0
-        partial = Path(f"{alignments}.partial")
-        self.aligned = _new_file(partial, created) if alignments else None
+        self.aligned = _new_file(Path(f"{alignments}.partial"), created) if alignments else None
 
     def wants(self, chunk: int) -> bool:
         return True
@@ -209,50 +201,40 @@ def _naming(path: Path) -> Iterator[None]:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
 
 
-def _close(f, path: Path) -> None:
-    with _naming(path):  # closing flushes what a full disk refused
-        f.close()
-
-
 class FileSink:
-    """The outputs of one job while they are written, resumable.
-
-    Each completed chunk is appended to `<output>.<tag>` for every output and flushed to
-    disk; then `<output>.<tag>.progress` (replaced atomically) records the next chunk and
-    the bytes written, so `--resume` truncates any half-written chunk and goes on after the
-    last completed one. `finish` leaves each output complete as `<output>.partial`;
-    `commit` gives it its final name."""
+    """The outputs of one job while they are written. After each chunk is on disk, the
+    progress file (replaced atomically) records the next chunk and the bytes written, so
+    `--resume` truncates a half-written chunk and goes on after the last complete one."""
 
     def __init__(
         self,
         job: Job,
-        shard,
+        plan: Plan,
+        ranks,
         chunk_lines: int,
         total: int | None,
         fingerprint: dict | None,
-        resume: bool,
-        created: list[Path],
         log: Callable[[str], None],
     ):
-        self.targets, self.shard, self.chunk_lines = job.targets(), shard, chunk_lines
-        tag = "partial" if shard.world == 1 else f"rank{shard.rank}"
+        self.targets, self.ranks, self.chunk_lines = job.targets(), ranks, chunk_lines
+        tag = "partial" if ranks.world == 1 else f"rank{ranks.rank}"
         self.paths = [Path(f"{t}.{tag}") for t in self.targets]
         self.progress_path = Path(f"{self.targets[0]}.{tag}.progress")
         self.fingerprint = fingerprint
         self.next_chunk, sizes = 0, [0] * len(self.targets)
-        if resume:
+        if plan.resume:
             state = self._read_progress()
             if state is None:
                 log(f"translate: nothing to resume for {job.output}; starting from the beginning")
             else:
                 self.next_chunk, sizes = state["next_chunk"], state["bytes"]
                 log(f"translate: resuming {job.output} at chunk {self.next_chunk}")
-        self.files = [_new_file(path, created, size) for path, size in zip(self.paths, sizes)]
+        self.files = [_new_file(p, plan.created, size) for p, size in zip(self.paths, sizes)]
         if not self.progress_path.exists():
-            created.append(self.progress_path)
+            plan.created.append(self.progress_path)
         self.lines = total
-        self.total = None if total is None else total / shard.world
-        self.done_lines = min(self.total or 0, self.next_chunk * chunk_lines / shard.world)
+        self.total = None if total is None else total / ranks.world
+        self.done_lines = min(self.total or 0, self.next_chunk * chunk_lines / ranks.world)
 
     def _read_progress(self) -> dict | None:
         if not self.progress_path.is_file():
@@ -273,7 +255,7 @@ class FileSink:
         return state
 
     def wants(self, chunk: int) -> bool:
-        return chunk >= self.next_chunk and self.shard.mine(chunk)
+        return chunk >= self.next_chunk and chunk % self.ranks.world == self.ranks.rank
 
     def append(self, chunk: int, texts: list[str]) -> None:
         """Write one finished chunk to every output, then record it as done."""
@@ -283,52 +265,45 @@ class FileSink:
                 f.flush()
                 os.fsync(f.fileno())
         self.next_chunk = chunk + 1
-        state = {
-            "next_chunk": self.next_chunk,
-            "bytes": [f.tell() for f in self.files],
-            "fingerprint": self.fingerprint,
-        }
+        sizes = [f.tell() for f in self.files]
+        state = {"next_chunk": self.next_chunk, "bytes": sizes, "fingerprint": self.fingerprint}
         atomic_write_text(self.progress_path, json.dumps(state) + "\n")
 
     def close(self) -> None:
         with contextlib.ExitStack() as closing:  # every file closed, even after a failure
             for f, path in zip(self.files, self.paths):
-                closing.callback(_close, f, path)
+                closing.enter_context(_naming(path))  # closing flushes what a full disk refused
+                closing.callback(f.close)
 
     def finish(self) -> None:
         """Every output complete as `<output>.partial` (rank 0 merges the ranks' parts)."""
         self.close()
-        if self.shard.world == 1:
+        if self.ranks.world == 1:
             return
-        self.shard.barrier()
-        if self.shard.rank == 0:
+        self.ranks.barrier()
+        if self.ranks.rank == 0:
             self._merge()
-        self.shard.barrier()
+        self.ranks.barrier()
         for path in [*self.paths, self.progress_path]:
             path.unlink(missing_ok=True)
 
     def _merge(self) -> None:
         """Interleave the ranks' parts chunk by chunk, in input order."""
-        world, size, total = self.shard.world, self.chunk_lines, self.lines or 0
+        world, size, total = self.ranks.world, self.chunk_lines, self.lines or 0
         chunks = (total + size - 1) // size
         for target in self.targets:
-            parts = [open(f"{target}.rank{r}", encoding="utf-8") for r in range(world)]
-            try:
-                with atomic_open(f"{target}.partial") as out:
-                    for k in range(chunks):
-                        for _ in range(min(size, total - k * size)):
-                            out.write(parts[k % world].readline())
-            finally:
-                for part in parts:
-                    part.close()
+            names = [f"{target}.rank{r}" for r in range(world)]
+            with contextlib.ExitStack() as opened:
+                parts = [opened.enter_context(open(name, encoding="utf-8")) for name in names]
+                out = opened.enter_context(atomic_open(f"{target}.partial"))
+                for k in range(chunks):
+                    for _ in range(min(size, total - k * size)):
+                        out.write(parts[k % world].readline())
 
 
-def commit(plan: Plan, main: bool) -> None:
-    """Give every finished output its final name (rank 0), once all jobs are done."""
-    if not main:
-        return
+def commit(plan: Plan) -> None:
+    """Give every finished output its final name, once all jobs are done."""
     for job in plan.jobs:
         for target in job.targets():
-            if str(target) != "-":
-                os.replace(f"{target}.partial", target)
+            os.replace(f"{target}.partial", target)
         Path(f"{job.output}.partial.progress").unlink(missing_ok=True)

@@ -4,21 +4,18 @@ Reads: a checkpoint (a run folder, a model folder or a .safetensors file; self-c
 UTF-8 text, one sentence a line: a file ("-" for stdin; .gz read transparently), several
 files, or a folder of them.
 Writes: for each input, its translation, line i for input line i ("-" for stdout; several
-inputs go to an output folder, one file each under the input's name). Finished chunks go to
-`<output>.partial` (with `<output>.partial.progress`) and the file takes its final name only
-when all is done; `--resume` continues an interrupted run after its last finished chunk.
+inputs go to an output folder, one file each under the input's name), under its final name only
+when all is done; outputs.py says how partial outputs are kept, resumed and merged across ranks.
 With n-best > 1 a line holds each hypothesis and its score, tab-separated, or with
 `translate.n_best_format: moses` each hypothesis is a line `i ||| hypothesis ||| score`.
 
 What to search for is the checkpoint's `search` section with the changes asked for
 (`--search.beam_size=8`, or its alias `--beam-size 8`).
 
-Under torchrun (WORLD_SIZE > 1) rank r translates the chunks k with k % WORLD_SIZE == r into
-`<output>.rank<r>`, and rank 0 merges them in input order.
-
 The input is streamed: a chunk of lines is read, sorted by length, translated in batches
 (by sentence count or by a source-token budget), put back in input order and written, so
-memory stays flat however long the file is. Lines typed or piped one at a time on stdin are
+memory stays flat however long the file is. Under torchrun (WORLD_SIZE > 1) rank r translates
+the chunks k with k % WORLD_SIZE == r. Lines typed or piped one at a time on stdin are
 answered as they arrive. Input is normalized as the training data was. Empty lines give empty
 lines. Lines longer than the model's limit (the training data's `max_pieces`) are cut to it,
 and the number cut is reported at the end. On a GPU, reading and tokenizing the next chunk,
@@ -54,8 +51,6 @@ from .outputs import FileSink, Job, Plan, StdoutSink, commit, plan_jobs
 from .progress import Progress, is_terminal
 from .translator import Encoded, Translation, Translator, model_paths
 
-# --- writing --------------------------------------------------------------------------------
-
 
 def output_lines(translations: list[Translation], n_best: int, form: str, number: int) -> str:
     """A line's output: the best translation, or with n-best, each hypothesis and its score,
@@ -76,9 +71,6 @@ def alignment_line(number: int, translations: list[Translation]) -> str:
         rows = [[round(w, 4) for w in row] for row in best.weights]
         record.update(source=best.source, target=best.target, attention=rows)
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-# --- reading --------------------------------------------------------------------------------
 
 
 def _chunks(lines: Iterable[str], size: int, waiting: Callable[[], bool]) -> Iterator[list[str]]:
@@ -114,12 +106,10 @@ def _prompted(lines: StreamLines) -> Iterator[list[str]]:
 
 
 def input_chunks(path: str, size: int, errors: str) -> Iterator[list[str]]:
-    if path == "-":
-        stream = StreamLines(sys.stdin.buffer, "stdin", errors)
-        return (
-            _prompted(stream) if is_terminal(sys.stdin) else _chunks(stream, size, stream.waiting)
-        )
-    return _chunks(read_lines(path, errors=errors), size, lambda: False)
+    if path != "-":
+        return _chunks(read_lines(path, errors=errors), size, lambda: False)
+    stream = StreamLines(sys.stdin.buffer, "stdin", errors)
+    return _prompted(stream) if is_terminal(sys.stdin) else _chunks(stream, size, stream.waiting)
 
 
 def check_inputs(jobs: list[Job], errors: str) -> None:
@@ -131,17 +121,6 @@ def check_inputs(jobs: list[Job], errors: str) -> None:
                 pass
 
 
-# --- running a job --------------------------------------------------------------------------
-
-
-class Shard(Ranks):
-    """This process's share under torchrun: rank r of w translates the chunks k with
-    k % w == r; rank 0 merges the parts in input order. A plain run is rank 0 of 1."""
-
-    def mine(self, chunk: int) -> bool:
-        return chunk % self.world == self.rank
-
-
 @dataclass
 class Session:
     """What every job of one `nmt translate` shares."""
@@ -149,9 +128,8 @@ class Session:
     translator: Translator
     config: TranslateConfig
     search: dict[str, Any]  # the changes asked for to the checkpoint's search
-    shard: Shard
+    ranks: Ranks  # under torchrun; a plain run is rank 0 of 1
     plan: Plan
-    resume: bool
     log: Callable[[str], None]
 
     def fingerprint(self, job: Job) -> dict:
@@ -165,7 +143,7 @@ class Session:
             "precision": self.translator.precision,
             "translate": to_dict(self.config),
             "alignments": job.alignments is not None,
-            "world": self.shard.world,
+            "world": self.ranks.world,
         }
 
     def sink(self, job: Job):
@@ -173,16 +151,12 @@ class Session:
             return StdoutSink(job.alignments, self.plan.created)
         fingerprint = None if job.input == "-" else self.fingerprint(job)
         total = None if job.input == "-" else count_lines(job.input)
-        return FileSink(
-            job, self.shard, self.config.chunk_lines, total, fingerprint, self.resume,
-            self.plan.created, self.log,
-        )  # fmt: skip
+        chunk_lines = self.config.chunk_lines
+        return FileSink(job, self.plan, self.ranks, chunk_lines, total, fingerprint, self.log)
 
 
 def _run_job(session: Session, job: Job) -> tuple[int, int]:
-    """Translate one input (this rank's share of it) into its sink; returns sentences and
-    target tokens. On a GPU the chunk ahead is read and tokenized, and the chunk behind
-    detokenized and written, on background threads."""
+    """Translate this rank's share of one input into its sink; returns sentences, tgt tokens."""
     translator, config = session.translator, session.config
     sink = session.sink(job)
     with_alignments = job.alignments is not None
@@ -231,7 +205,7 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
 
 def translate_files(
     model: str | Path | list,
-    inputs: list[str],
+    inputs: str | list[str],
     output: str,
     config: TranslateConfig = TranslateConfig(),
     search: dict[str, Any] | None = None,
@@ -239,19 +213,19 @@ def translate_files(
     alignments: str | None = None,
     resume: bool = False,
 ) -> dict:
-    """Translate one file, several, or a folder with one model or an ensemble (a list of
-    models), with `search` changing the checkpoint's search settings; returns counts and
+    """Translate one file (or "-"), several, or a folder with one model or an ensemble (a list
+    of models), with `search` changing the checkpoint's search settings; returns counts and
     speed (this rank's)."""
-    shard, search = Shard(), search or {}
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    ranks, search = Ranks(), search or {}
     start = time.monotonic()
-    plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), shard.world)
+    plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), ranks.world)
     check_inputs(plan.jobs, config.errors)
-    device = shard.device(config.device)
-    translator = Translator(model, device, config.precision, **search)
-    session = Session(translator, config, search, shard, plan, resume, log)
-    if shard.main:
+    translator = Translator(model, ranks.device(config.device), config.precision, **search)
+    session = Session(translator, config, search, ranks, plan, log)
+    if ranks.main:
         log(f"translate: {translator.precision_note}")
-    shard.start(translator.device)
+    ranks.start(translator.device)
     loaded = time.monotonic()
     sentences = tokens = 0
     try:
@@ -259,13 +233,14 @@ def translate_files(
         for job in plan.jobs:
             done, produced = _run_job(session, job)
             sentences, tokens = sentences + done, tokens + produced
-        commit(plan, shard.main)
+        if ranks.main:
+            commit(plan)
     except (UserError, MemoryError, RuntimeError) as e:
         if isinstance(e, UserError) or out_of_memory(e):  # not a bug: leave nothing new
             plan.remove_created()
         raise
     seconds = time.monotonic() - loaded
-    shard.stop()
+    ranks.stop()
     if translator.truncated:
         log(
             f"translate: warning: {translator.truncated} line(s) longer than "
@@ -285,17 +260,4 @@ def translate_files(
     }
 
 
-def translate_file(
-    model: str | Path | list,
-    input_path: str,
-    output_path: str,
-    config: TranslateConfig = TranslateConfig(),
-    search: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-    alignments: str | None = None,
-    resume: bool = False,
-) -> dict:
-    """Translate one file (or "-"), line by line; returns counts and speed."""
-    return translate_files(
-        model, [input_path], output_path, config, search, log, alignments, resume
-    )
+translate_file = translate_files  # the same, by the name that callers of one input use
