@@ -28,11 +28,12 @@ from seq2seq.io import count_lines, file_sha256, read_lines
 
 
 def _datasets():
-    """Import `datasets` quietly (its progress bars would bury ours)."""
+    """Import `datasets` quietly: its progress bars would bury ours, and what its own log
+    says of a file it cannot read, the error we raise says in one line."""
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     return datasets
 
 
