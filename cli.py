@@ -150,7 +150,7 @@ MODELS = typer.Option(
     ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
 )
 DEVICE = typer.Option(None, help="translate.device: auto, cpu, cuda or cuda:N.")
-PRECISION = typer.Option(None, help="translate.precision: auto, fp32, bf16 or fp16.")
+PRECISION = typer.Option(None, help="translate.precision: auto, fp32, bf16, fp16 or int8.")
 
 
 @app.command(context_settings=OVERRIDES)

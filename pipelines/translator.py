@@ -38,6 +38,7 @@ from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, out_of_memory
 from seq2seq.graphs import GraphedModel
+from seq2seq.int8 import quantize
 from seq2seq.search import Hypothesis, check_beam_size
 from seq2seq.tokenizer import normalize
 
@@ -153,11 +154,8 @@ class Translator:
         progress: bool = False,
         **search: Any,
     ):
-        if precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
+        resolve_precision(precision, self.device, 0)  # a precision this device cannot run: now
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)
@@ -179,6 +177,8 @@ class Translator:
             self.graphs = self.model = GraphedModel(self.model)
         parameters = sum(p.numel() for p in checkpoints[0].model.parameters())
         self.precision, self.precision_note = resolve_precision(precision, self.device, parameters)
+        if self.precision == "int8":
+            self.model = quantize(self.model)
         info = self.checkpoint.info
         self.normalize = info.get("normalize", "nfc")
         self.max_pieces = info.get("max_pieces", 250)

@@ -338,7 +338,9 @@ class SearchConfig(Section):
 class TranslateConfig(Section):
     KEY = "translate"
     device: str = setting("auto", Device)
-    precision: Precision = setting("auto", "auto: the fastest measured here; fp16: GPU only")
+    precision: Literal[Precision, "int8"] = setting(
+        "auto", "auto: the fastest measured here; fp16: GPU only; int8: CPU only, never auto"
+    )
     errors: Literal["strict", "replace"] = setting("strict", "invalid UTF-8 input: error, or �")
     chunk_lines: int = setting(4000, "lines read, sorted by length and translated together", low=1)
     n_best_format: Literal["tab", "moses"] = setting("tab", "n-best lines: tab or moses (|||)")

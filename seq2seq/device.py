@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 
 import torch
 
@@ -29,7 +30,15 @@ def resolve_precision(
     - a CPU without it: fp32; bf16 products are emulated there, 80 times slower.
     - a CUDA GPU: fp32. Our recurrent models up to 21M parameters trained slower under bf16
       autocast than in fp32 on an H200 (the casts cost more than the products save).
-    An explicit bf16 on a CPU without native bf16 runs, with a warning."""
+    An explicit bf16 on a CPU without native bf16 runs, with a warning; int8 (translation
+    only, see int8.py) is never chosen by auto."""
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        raise UserError(f"precision: expected auto, fp32, bf16, fp16 or int8, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
+    if precision == "int8":
+        check_int8(device)
+        return "int8", "precision int8 (the decoder's weights in int8, dynamic activations)"
     if precision == "auto":
         if device.type != "cpu":
             return "fp32", "precision auto: fp32 (bf16 autocast was slower for our models on GPUs)"
@@ -44,6 +53,19 @@ def resolve_precision(
             "emulated and much slower than fp32; use auto or fp32"
         )
     return precision, f"precision {precision}"
+
+
+def check_int8(device: torch.device) -> None:
+    """int8 runs on x86 CPUs with AVX2 or later; say so anywhere else."""
+    if device.type != "cpu":
+        raise UserError("precision int8 runs on the CPU only; use fp32 or auto on a GPU")
+    capability = torch.backends.cpu.get_cpu_capability()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if not x86 or capability not in ("AVX2", "AVX512"):
+        raise UserError(
+            f"precision int8: this CPU ({platform.machine()}, {capability}) has no int8 "
+            "kernels here (needs x86-64 with AVX2 or later); use fp32"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,8 +86,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
-    """Autocast to bf16/fp16 for matrix work (weights stay fp32); a no-op for fp32."""
-    if precision == "fp32":
+    """Autocast to bf16/fp16 for matrix work (weights stay fp32); a no-op for fp32 and int8
+    (whose layers take float32 and do their own products)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
         raise UserError("precision fp16 needs a CUDA GPU; use bf16 on the CPU")
