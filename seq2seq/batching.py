@@ -28,8 +28,7 @@ class TokenSequences:
     @classmethod
     def from_lists(cls, sequences: Sequence[Sequence[int]]) -> TokenSequences:
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
-        offsets = torch.zeros(len(sequences) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=offsets[1:])
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
         flat = [token for seq in sequences for token in seq]
         return cls(torch.tensor(flat, dtype=torch.int32), offsets)
 
@@ -40,18 +39,12 @@ class TokenSequences:
         for path in (bin_path, idx_path):
             if not path.is_file():
                 raise UserError(f"{path}: no such file; run `nmt preprocess` first")
-        offsets = torch.from_file(
-            str(idx_path), size=idx_path.stat().st_size // 8, dtype=torch.int64
-        )
+        count = idx_path.stat().st_size // 8
+        offsets = torch.from_file(str(idx_path), size=count, dtype=torch.int64)
         size = bin_path.stat().st_size // 4
         if len(offsets) == 0 or int(offsets[-1]) != size:
             raise UserError(f"{bin_path}: size does not match {idx_path}; rerun `nmt preprocess`")
-        tokens = (
-            torch.from_file(str(bin_path), size=size, dtype=torch.int32)
-            if size
-            else torch.zeros(0, dtype=torch.int32)
-        )
-        return cls(tokens, offsets)
+        return cls(torch.from_file(str(bin_path), size=size, dtype=torch.int32), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -64,28 +57,23 @@ class TokenSequences:
         return self.offsets[1:] - self.offsets[:-1]  # (N,)
 
 
-class TokenSequenceWriter(contextlib.AbstractContextManager):
+class TokenSequenceWriter(contextlib.ExitStack):
     """Append id sequences to `<prefix>.bin` and `<prefix>.idx`; both appear only on success."""
 
     def __init__(self, prefix: str | Path):
-        self._files = contextlib.ExitStack()
-        self._bin = self._files.enter_context(atomic_open(f"{prefix}.bin", "wb"))
-        self._idx = self._files.enter_context(atomic_open(f"{prefix}.idx", "wb"))
+        super().__init__()
+        self._bin = self.enter_context(atomic_open(f"{prefix}.bin", "wb"))
+        self._idx = self.enter_context(atomic_open(f"{prefix}.idx", "wb"))
         self._idx.write(torch.zeros(1, dtype=torch.int64).numpy().tobytes())
         self.count, self.num_tokens = 0, 0
 
     def write(self, sequences: Sequence[Sequence[int]]) -> None:
-        if not sequences:
-            return
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
         flat = torch.tensor([t for s in sequences for t in s], dtype=torch.int32)
         self._bin.write(flat.numpy().tobytes())
         self._idx.write((torch.cumsum(lengths, 0) + self.num_tokens).numpy().tobytes())
         self.count += len(sequences)
         self.num_tokens += int(lengths.sum())
-
-    def __exit__(self, *exc_info):
-        return self._files.__exit__(*exc_info)
 
 
 def pad(
@@ -182,22 +170,17 @@ def group_batches(
     batch_type "sentences": at most batch_size rows. "tokens": at most batch_size padded
     tokens, counted as rows x longest length (a longer item alone still forms a batch).
     `lengths[i]` is item i's length (for pairs: the longer side)."""
-    batches: list[list[int]] = []
-    current: list[int] = []
+    batches: list[list[int]] = [[]]
     longest = 0
     for i in order:
         n = int(lengths[i])
-        if current:
-            rows, width = len(current) + 1, max(longest, n)
-            full = rows > batch_size if batch_type == "sentences" else rows * width > batch_size
-            if full:
-                batches.append(current)
-                current, longest = [], 0
-        current.append(i)
+        rows, width = len(batches[-1]) + 1, max(longest, n)
+        if batches[-1] and (rows if batch_type == "sentences" else rows * width) > batch_size:
+            batches.append([])
+            longest = 0
+        batches[-1].append(i)
         longest = max(longest, n)
-    if current:
-        batches.append(current)
-    return batches
+    return batches if batches[0] else []
 
 
 def weighted_pairs(sizes: list[int], weights: list[float], seed: int) -> Tensor | None:
@@ -232,15 +215,13 @@ def training_batches(
     padding; without, batches are runs of randomly shuffled pairs, as JoeyNMT and most
     PyTorch loaders make them."""
     generator = torch.Generator().manual_seed(seed)
-    n = len(src_lengths)
-    shuffled = torch.randperm(n, generator=generator)
+    order = torch.randperm(len(src_lengths), generator=generator)
     if pairs is not None:
-        shuffled = pairs[torch.randperm(len(pairs), generator=generator)]
-    order = shuffled.tolist()
+        order = pairs[torch.randperm(len(pairs), generator=generator)]
     if bucket:  # stable sort by (target length, source length) of the shuffled pairs
-        key = tgt_lengths[shuffled] * (int(src_lengths.max()) + 1) + src_lengths[shuffled]
-        order = shuffled[torch.sort(key, stable=True).indices].tolist()
+        key = tgt_lengths[order] * (int(src_lengths.max()) + 1) + src_lengths[order]
+        order = order[torch.sort(key, stable=True).indices]
     longer = torch.maximum(src_lengths + 1, tgt_lengths + 1).tolist()  # + eos/bos
-    batches = group_batches(order, longer, batch_type, batch_size)
+    batches = group_batches(order.tolist(), longer, batch_type, batch_size)
     random.Random(seed).shuffle(batches)
     return batches

@@ -49,9 +49,7 @@ def _in_order(blob: bytes) -> bytes:
     return b"".join([len(text).to_bytes(8, "little"), text, memoryview(blob)[8 + size :]])
 
 
-def read_safetensors(
-    path: str | Path, device: str = "cpu"
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read all tensors and the metadata; a missing, truncated or foreign file is a UserError."""
     path = Path(path)
     if path.is_dir():
@@ -62,7 +60,7 @@ def read_safetensors(
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:
-        with safe_open(str(path), framework="pt", device=device) as f:
+        with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
@@ -78,13 +76,10 @@ def _bytes_tensor(data: bytes) -> torch.Tensor:
 
 def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without the second name of a tied (shared) tensor."""
-    seen, state = set(), {}
+    first = {}  # data pointer -> (name, tensor) of the first name that holds it
     for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        state[name] = tensor
-    return state
+        first.setdefault(tensor.data_ptr(), (name, tensor))
+    return dict(first.values())
 
 
 @dataclass
@@ -152,8 +147,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     for name, weight in state.items():  # training never writes one; a file from elsewhere may
         if weight.is_floating_point() and not torch.isfinite(weight).all():
             raise UserError(f"{path}: weight '{name}' holds NaN or infinite values")
-    expected = _unique_state(model).keys()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(_unique_state(model)) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
         raise UserError(
@@ -173,21 +167,16 @@ def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
     if not paths:
         raise UserError("no checkpoints to average")
     first = load_checkpoint(paths[0])
-    state = {
-        k: v.clone().double() if v.is_floating_point() else v.clone()
-        for k, v in first.model.state_dict().items()
-    }
+    weights = first.model.state_dict()
+    total = {k: v.to(torch.float64, copy=True) for k, v in weights.items() if v.is_floating_point()}
     for path in paths[1:]:
         other = load_checkpoint(path)
         if other.model.config != first.model.config or other.model.vocab != first.model.vocab:
             raise UserError(f"{path}: a different model than {paths[0]}; cannot average them")
         for key, value in other.model.state_dict().items():
-            if value.is_floating_point():
-                state[key] += value.double()
-    averaged = {
-        k: (v / len(paths)).to(first.model.state_dict()[k].dtype) if v.is_floating_point() else v
-        for k, v in state.items()
-    }
-    first.model.load_state_dict(averaged)
+            if key in total:
+                total[key] += value.double()
+    mean = {k: (v / len(paths)).to(weights[k].dtype) for k, v in total.items()}
+    first.model.load_state_dict(mean, strict=False)  # integer buffers, if any, are the same in all
     first.info = {**first.info, "averaged": [str(p) for p in paths]}
     return first

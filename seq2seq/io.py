@@ -10,6 +10,7 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import itertools
 import os
 import select
 import sys
@@ -26,20 +27,15 @@ BOM = "\ufeff"
 WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file that replaces `path` only when the block ends without error."""
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
-    tmp = _temporary_name(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        encoding = None if "b" in mode else "utf-8"
-        with open(tmp, mode, encoding=encoding) as f:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -95,8 +91,7 @@ def decode_line(raw: bytes, where: str, number: int, errors: str = "strict") -> 
             f"{where}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
             f"{e.start + 1}); expected UTF-8 text"
         ) from None
-    if number == 1 and line.startswith(BOM):
-        line = line[1:]
+    line = line.removeprefix(BOM) if number == 1 else line
     return line.rstrip("\n").rstrip("\r")
 
 
@@ -145,15 +140,11 @@ class StreamLines:
             self.started = True
             if data.startswith(GZIP_MAGIC):
                 self.inflate = zlib.decompressobj(wbits=31)
-        if data and self.inflate is not None:
-            data = self._decompress(data)
-            if not data:  # a gzip header alone: read on
-                return
-        if data:
-            self.buffer += data
+        if data:  # a gzip header alone decompresses to nothing yet: read on
+            self.buffer += data if self.inflate is None else self._decompress(data)
+        elif self.inflate is not None and self.fed:
+            raise UserError(f"{self.where}: corrupt gzip data (it ends in the middle)")
         else:
-            if self.inflate is not None and self.fed:
-                raise UserError(f"{self.where}: corrupt gzip data (it ends in the middle)")
             self.ended = True
 
     def _decompress(self, data: bytes) -> bytes:
@@ -177,19 +168,13 @@ class StreamLines:
         return not select.select([self.fd], [], [], 0)[0]
 
     def __iter__(self) -> Iterator[str]:
-        number = 0
-        while True:
-            end = self.buffer.find(b"\n")
-            while end < 0 and not self.ended:
+        for number in itertools.count(1):
+            while b"\n" not in self.buffer and not self.ended:
                 self._fill()
-                end = self.buffer.find(b"\n")
-            if end < 0:
-                end = len(self.buffer) - 1
-                if end < 0:
-                    return
-            raw, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-            number += 1
-            yield decode_line(raw, self.where, number, self.errors)
+            if not self.buffer:
+                return
+            line, _, self.buffer = self.buffer.partition(b"\n")  # the last may have no "\n"
+            yield decode_line(line, self.where, number, self.errors)
 
 
 def count_lines(path: str | Path) -> int:

@@ -63,16 +63,14 @@ class Tokenizer:
 
     def __init__(self, model_proto: bytes):
         self.proto = bytes(model_proto)
-        self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.LoadFromSerializedProto(self.proto)
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except (RuntimeError, OSError) as e:
             raise UserError(f"not a valid SentencePiece model ({e})") from None
         self.pad_id = self.sp.pad_id()
         self.unk_id = self.sp.unk_id()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
-        self.path: Path | None = None  # the file it was loaded from, if any
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
             raise UserError(
                 "the SentencePiece model lacks a pad, unk, bos or eos piece; "
@@ -83,11 +81,9 @@ class Tokenizer:
     def load(cls, path: Path) -> Tokenizer:
         """A SentencePiece model file; a broken one is an error naming it."""
         try:
-            tokenizer = cls(Path(path).read_bytes())
+            return cls(Path(path).read_bytes())
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
-        tokenizer.path = Path(path)
-        return tokenizer
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:

@@ -8,8 +8,10 @@ A section is a frozen dataclass deriving from `Section`, each key declared with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import operator
 import re
 import types
 import typing
@@ -20,6 +22,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from .errors import UserError
+
+# A key's range: each bound `setting` takes, and the test a value in range passes against it.
+BOUNDS = {"low": operator.ge, "high": operator.le, "above": operator.gt, "below": operator.lt}
 
 
 def setting(default: Any, meaning: str, low=None, high=None, above=None, below=None) -> Any:
@@ -35,7 +40,7 @@ def section(cls: type, meaning: str) -> Any:
 
 def _range_text(meta: dict, integer: bool) -> str:
     kind = "an integer" if integer else "a number"
-    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    low, high, above, below = (meta.get(k) for k in BOUNDS)
     if low is not None and high is not None:
         return f"{kind} from {low} to {high}"
     if low is not None and below is not None:
@@ -51,14 +56,8 @@ def _in_range(value: Any, meta: dict) -> bool:
     if value is None or isinstance(value, (str, bool)):
         return True
     values = value if isinstance(value, tuple) else (value,)
-    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
-    return all(
-        (low is None or v >= low)
-        and (high is None or v <= high)
-        and (above is None or v > above)
-        and (below is None or v < below)
-        for v in values
-    )
+    bounds = [(meta[k], test) for k, test in BOUNDS.items() if meta.get(k) is not None]
+    return all(test(v, bound) for v in values for bound, test in bounds)
 
 
 class Section:
@@ -76,16 +75,12 @@ class Section:
                 if isinstance(value, tuple):  # "a number in ..." -> "a list of numbers in ..."
                     kind, rest = expected.split(" ", 2)[1:]
                     expected = f"a list of {kind}s {rest}"
-                raise UserError(
-                    f"config key '{self.key(f.name)}': expected {expected}, got {short(value)}"
-                )
+                key = f"{self.KEY}.{f.name}" if self.KEY else f.name
+                raise UserError(f"config key '{key}': expected {expected}, got {short(value)}")
         self.check()
 
     def check(self) -> None:
         pass
-
-    def key(self, name: str) -> str:
-        return f"{self.KEY}.{name}" if self.KEY else name
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -109,9 +104,7 @@ def _type_name(tp: Any) -> str:
         )
     if origin is tuple:
         return "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -129,31 +122,23 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        for option in options:
-            if option is not type(None):
-                try:
-                    return _convert(option, value, key)
-                except UserError:
-                    pass
+        for option in [o for o in options if o is not type(None)]:
+            with contextlib.suppress(UserError):
+                return _convert(option, value, key)
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
     if origin is tuple:
         args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}': expected a list, got {short(value)}")
+        _check(isinstance(value, (list, tuple)), key, "a list", value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise UserError(
-                f"config key '{key}': expected a list of {len(args)} items, got {short(value)}"
-            )
+        _check(len(value) == len(args), key, f"a list of {len(args)} items", value)
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp in (int, float):
         return _number(tp, value, key)
     ok = {bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
     if ok is None:
         raise TypeError(f"unsupported config annotation {tp!r} at {key}")
-    if not ok:
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
+    _check(ok, key, _type_name(tp), value)
     return value
 
 
@@ -161,9 +146,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 # dot ("1e-3") as a string, so strings are parsed here; nan and infinity never make sense.
 NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
 NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
-
-
-LARGEST_INT = 2**62
+LARGEST_INT = 2**62  # beyond any sensible size; past 2**63 torch overflows
 
 
 def _number(tp: type, value: Any, key: str) -> int | float:
@@ -181,19 +164,15 @@ def _number(tp: type, value: Any, key: str) -> int | float:
     if tp is float:
         return float(value)
     if isinstance(value, float):
-        if not value.is_integer():
-            raise UserError(f"config key '{key}': expected an integer, got {short(given)}")
+        _check(value.is_integer(), key, "an integer", given)
         value = int(value)
-    if abs(value) >= LARGEST_INT:  # beyond any sensible size; past 2**63 torch overflows
-        raise UserError(f"config key '{key}': expected an integer below 2**62, got {short(given)}")
+    _check(abs(value) < LARGEST_INT, key, "an integer below 2**62", given)
     return value
 
 
 def from_dict(cls: type, raw: Any, prefix: str = ""):
     """Build the dataclass `cls` from a plain mapping, naming any bad key by its dotted path."""
-    where = prefix or "the config file"
-    if not isinstance(raw, dict):
-        raise UserError(f"config key '{where}': expected a mapping of keys, got {short(raw)}")
+    _check(isinstance(raw, dict), prefix or "the config file", "a mapping of keys", raw)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -205,35 +184,27 @@ def from_dict(cls: type, raw: Any, prefix: str = ""):
     try:
         return cls(**kwargs)
     except UserError as e:  # a section inside a list: name it by its place
-        own = getattr(cls, "KEY", "")
-        if own and prefix and prefix != own:
-            raise UserError(str(e).replace(f"'{own}.", f"'{prefix}.")) from None
+        if cls.KEY and prefix and prefix != cls.KEY:
+            raise UserError(str(e).replace(f"'{cls.KEY}.", f"'{prefix}.")) from None
         raise
 
 
-def to_dict_value(value: Any) -> Any:
-    """A config value as plain JSON/YAML-ready data (tuples become lists)."""
+def to_dict(value: Any) -> Any:
+    """A config, or a value in one, as plain JSON/YAML-ready data (tuples become lists)."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
-        return {k: to_dict_value(v) for k, v in value.items()}
+        return {k: to_dict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_dict_value(v) for v in value]
+        return [to_dict(v) for v in value]
     return value
-
-
-def to_dict(config) -> dict:
-    """The config as plain JSON/YAML-ready data (tuples become lists)."""
-    return to_dict_value(config)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`--model.encoder.hidden_size=512` -> (["model", "encoder", "hidden_size"], 512)."""
     body = text[2:] if text.startswith("--") else text
-    if "=" not in body:
-        raise UserError(f"override '{text}': expected --section.key=value")
-    key, value = body.split("=", 1)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+    key, equals, value = body.partition("=")
+    if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise UserError(f"override '{text}': expected --section.key=value")
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
@@ -266,16 +237,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             try:
-                repeated = key in seen
+                problem = f"key {key!r} is given twice" if key in seen else None
             except TypeError:  # a list or a mapping as a key
                 kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a {kind} cannot be a key", key_node.start_mark
-                ) from None
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
+                problem = f"a {kind} cannot be a key"
+            if problem:
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -289,16 +256,14 @@ def read_yaml(path: Path) -> dict:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; expected a YAML config") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise UserError(f"{where}: {problem}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
+    except yaml.MarkedYAMLError as e:
+        where = f"{path}:{e.problem_mark.line + 1}" if e.problem_mark else str(path)
+        raise UserError(f"{where}: {e.problem or 'invalid YAML'}") from None
+    except yaml.YAMLError:  # a character YAML does not allow, say
+        raise UserError(f"{path}: invalid YAML") from None
+    if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, train, search)")
-    return raw
+    return raw or {}
 
 
 def keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
@@ -310,7 +275,7 @@ def keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             rows += keys(hints[f.name], key + ".")
         else:
             kind = _type_name(hints[f.name])
-            if any(f.metadata.get(k) is not None for k in ("low", "high", "above", "below")):
+            if any(f.metadata.get(k) is not None for k in BOUNDS):
                 ranged = _range_text(f.metadata, "integer" in kind)
                 kind = kind.replace("an integer", ranged).replace("a number", ranged)
             rows.append((key, kind, f.default, f.metadata["meaning"]))
