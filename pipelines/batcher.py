@@ -4,14 +4,13 @@ translated together, on the thread the model belongs to.
 While the model works on one batch the next gathers. When the last batch held several
 requests, a new batch waits up to `serve.max_wait_ms` for as many, up to
 `serve.batch_tokens` source tokens; one client alone never waits. At most `serve.max_queue`
-texts wait; beyond that `submit` raises QueueFull, so memory stays flat under overload.
+texts wait; beyond that `submit` raises queue.Full, so memory stays flat under overload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import queue
 import traceback
@@ -31,16 +30,11 @@ def split_by(items: list, sizes: list[int]) -> list[list]:
     return [items[a:b] for a, b in zip(starts, starts[1:])]
 
 
-class QueueFull(Exception):
-    """The queue holds `serve.max_queue` texts already; the request should come back later."""
-
-
 class ModelThread:
-    """Runs the model's work on the thread that calls `work_until` (the main thread), for
-    the event loop on another. torch's OpenMP threads spin between the many small parallel
-    regions of a search, but libgomp throttles that spinning once a second thread has used
-    them: searching from a worker thread was 1.7-2.5x slower per sentence
-    (`benchmarks/profile_translate.py --in-thread`)."""
+    """Runs the model's work on the thread that calls `work_until` (the main thread) for the event
+    loop on another. libgomp throttles the spinning of torch's OpenMP threads between the many small
+    parallel regions of a search once a second thread has used them: searching from a worker thread
+    was 1.7-2.5x slower per sentence (`benchmarks/profile_translate.py --in-thread`)."""
 
     def __init__(self):
         self.jobs: queue.Queue = queue.Queue()
@@ -64,14 +58,12 @@ class ModelThread:
                     future.set_exception(error)
 
 
-def settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None):
-    """Give a waiting request its result or error, unless it went away (cancelled)."""
-    if future.done():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+def settle(future: asyncio.Future, outcome: Any) -> None:
+    """Give a waiting request its result (an exception: its error), unless it went away."""
+    if not future.done() and isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    elif not future.done():
+        future.set_result(outcome)
 
 
 @dataclass
@@ -90,16 +82,15 @@ class Batcher:
     def __init__(self, translator: Translator, config: ServeConfig, model: ModelThread):
         self.translator, self.config, self.model = translator, config, model
         self.queue: deque[Waiting] = deque()
-        self.queued = 0  # texts waiting
         self.arrived = asyncio.Event()
         self.last_batch = 1  # requests in the last batch: how many the next one waits for
-        self.working = 0  # texts in the batch being translated
-        self.served = self.batches = self.failed = 0  # texts translated, batches, texts failed
+        # texts waiting, in the batch being translated, translated, failed; batches translated
+        self.queued = self.working = self.served = self.failed = self.batches = 0
 
     def submit(self, texts: list[str], settings: SearchConfig) -> asyncio.Future:
         """Queue texts for translation (their future gets, for each text, its n best)."""
         if self.queued + len(texts) > self.config.max_queue:
-            raise QueueFull(self.queued)
+            raise queue.Full(self.queued)
         tokens = sum(len(text) // 4 + 2 for text in texts)  # about 4 characters a piece
         waiting = Waiting(texts, settings, asyncio.get_running_loop().create_future(), tokens)
         self.queue.append(waiting)
@@ -108,81 +99,59 @@ class Batcher:
         return waiting.future
 
     def start(self) -> asyncio.Task:
-        """Run the batching loop; should it ever die, every waiting request hears why."""
-        task = asyncio.create_task(self.run())
-
-        def ended(task: asyncio.Task) -> None:
-            if task.cancelled() or task.exception() is None:
-                return
-            traceback.print_exception(task.exception())
-            while self.queue:
-                settle(self.queue.popleft().future, error=task.exception())
-
-        task.add_done_callback(ended)
-        return task
+        return asyncio.create_task(self.run())
 
     async def run(self) -> None:
-        while True:
-            await self.arrived.wait()
-            self.arrived.clear()
-            if not self.queue:
-                continue
-            await self._gather()
-            batch = self._take()
-            if not batch:  # their clients all went away
-                continue
-            self.last_batch = len(batch)
-            self.working = sum(len(waiting.texts) for waiting in batch)
-            try:
-                results = await self.model.run(self._translate, batch)
-            except Exception as error:  # noqa: BLE001 - every request of the batch hears of it
-                for waiting in batch:
-                    settle(waiting.future, error=error)
-                self.failed += self.working
-            else:
-                for waiting, result in zip(batch, results):
-                    settle(waiting.future, result)
-                self.served, self.batches = self.served + self.working, self.batches + 1
-            self.working = 0
-            if self.queue:
-                self.arrived.set()
+        """Batch until cancelled; should the loop ever die, every waiting request hears why."""
+        try:
+            while True:
+                while not self.queue:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+                await self._gather()
+                batch = self._take()
+                if not batch:  # their clients all went away
+                    continue
+                self.last_batch = len(batch)
+                self.working = sum(len(waiting.texts) for waiting in batch)
+                try:
+                    outcomes = await self.model.run(self._translate, batch)
+                    self.served, self.batches = self.served + self.working, self.batches + 1
+                except Exception as error:  # noqa: BLE001 - every request of the batch hears of it
+                    outcomes = [error] * len(batch)
+                    self.failed += self.working
+                for waiting, outcome in zip(batch, outcomes):
+                    settle(waiting.future, outcome)
+                self.working = 0
+        except Exception as error:  # noqa: BLE001 - a bug: logged, and told to those waiting
+            traceback.print_exception(error)
+            while self.queue:
+                settle(self.queue.popleft().future, error)
 
     async def _gather(self) -> None:
         """Wait briefly for as many requests as the last batch had, if it had several."""
-        loop = asyncio.get_running_loop()
+        loop, budget = asyncio.get_running_loop(), self.config.batch_tokens
         deadline = loop.time() + self.config.max_wait_ms / 1000
-        while len(self.queue) < self.last_batch and self._tokens() < self.config.batch_tokens:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
+        while len(self.queue) < self.last_batch and sum(w.tokens for w in self.queue) < budget:
             self.arrived.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), left)
-
-    def _tokens(self) -> int:
-        return sum(waiting.tokens for waiting in self.queue)
+            try:
+                await asyncio.wait_for(self.arrived.wait(), deadline - loop.time())
+            except (TimeoutError, asyncio.TimeoutError):
+                return
 
     def _take(self) -> list[Waiting]:
-        """The first waiting request and those after it with the same search settings, up
-        to the token budget; the others keep their places. Requests whose clients went away
-        (their futures cancelled) are dropped."""
-        gone = [w for w in self.queue if w.future.done()]
-        self.queue = deque(w for w in self.queue if not w.future.done())
-        self.queued -= sum(len(waiting.texts) for waiting in gone)
-        if not self.queue:
-            return []
-        first = self.queue.popleft()
-        batch, kept, tokens = [first], deque(), first.tokens
-        while self.queue:
-            waiting = self.queue.popleft()
+        """The first waiting request and those after it with the same search settings, up to
+        the token budget; the others keep their places, and those whose clients went away go."""
+        batch, kept, tokens = [], deque(), 0
+        for waiting in [w for w in self.queue if not w.future.done()]:  # the others went away
             fits = tokens + waiting.tokens <= self.config.batch_tokens
-            if waiting.settings == first.settings and fits:
+            if not batch or (fits and waiting.settings == batch[0].settings):
                 batch.append(waiting)
                 tokens += waiting.tokens
             else:
                 kept.append(waiting)
         self.queue = kept
-        self.queued -= sum(len(waiting.texts) for waiting in batch)
+        self.queued = sum(len(waiting.texts) for waiting in kept)
         return batch
 
     def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:

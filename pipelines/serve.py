@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import queue
 import re
 import signal
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException as Refused
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,21 +34,11 @@ from starlette.routing import Route
 from seq2seq.config import SearchConfig, ServeConfig, short
 from seq2seq.errors import UserError, out_of_memory
 
-from .batcher import Batcher, ModelThread, QueueFull, split_by
+from .batcher import Batcher, ModelThread, split_by
 from .translator import Translation, Translator, best, checked_texts
 
 NAMES = dict(cs="Czech", de="German", en="English", es="Spanish", fr="French", it="Italian")
-
-
-class Refused(Exception):
-    """A request the server will not take: its status and a one-line reason."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers
-
-
-# --- reading requests -----------------------------------------------------------------------
+V1_FIELDS = "texts, beam_size, n_best, source, target"  # as refusals list them
 
 
 async def read_body(request: Request, limit: int) -> str:
@@ -74,22 +65,17 @@ async def read_body(request: Request, limit: int) -> str:
 
 async def read_fields(request: Request, config: ServeConfig, forms: bool = False) -> dict:
     """The request's fields: a JSON object, or with `forms`, also a URL-encoded form
-    (LibreTranslate's clients send either, and curl sends JSON as a form: a body that
-    starts like JSON is JSON whatever its content type says). A client that takes longer than
-    serve.body_seconds to send its body gets 408."""
+    (LibreTranslate's clients send either; curl sends JSON as a form, so a body that starts like
+    JSON is JSON whatever its content type says). A body slower than serve.body_seconds: 408."""
+    seconds = config.body_seconds
     try:
-        text = await asyncio.wait_for(
-            read_body(request, config.max_body_bytes), config.body_seconds
-        )
+        text = await asyncio.wait_for(read_body(request, config.max_body_bytes), seconds)
     except (TimeoutError, asyncio.TimeoutError):
-        raise Refused(
-            408, f"the body took over {config.body_seconds} s (serve.body_seconds)"
-        ) from None
+        raise Refused(408, f"the body took over {seconds} s (serve.body_seconds)") from None
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         raise Refused(415, "multipart forms are not read; send JSON or a URL-encoded form")
-    looks_json = text.lstrip().startswith(("{", "["))
-    if forms and kind != "application/json" and not looks_json:
+    if forms and kind != "application/json" and not text.lstrip().startswith(("{", "[")):
         try:
             form = parse_qs(text, keep_blank_values=True, errors="strict")
         except UnicodeDecodeError as e:
@@ -113,12 +99,10 @@ def integer(fields: dict, key: str, low: int, high: int, default: int | None) ->
     value = fields.get(key, default)
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
         value = int(value)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise Refused(
-            400, f"field '{key}': expected an integer from {low} to {high}, got {short(value)}"
-        )
+    wrong = isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+    if value is not None and wrong:
+        expected = f"an integer from {low} to {high}, got {short(value)}"
+        raise Refused(400, f"field '{key}': expected {expected}")
     return value
 
 
@@ -126,9 +110,8 @@ def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
     """The texts of a request (a list, or one string), and whether one string was sent."""
     if key not in fields:
         raise Refused(400, f"field '{key}' is missing")
-    value = fields[key]
-    if isinstance(value, str):
-        return texts_field({key: [value]}, key, limit)[0], True
+    single = isinstance(fields[key], str)
+    value = [fields[key]] if single else fields[key]
     if not isinstance(value, list):
         raise Refused(400, f"field '{key}': expected a list of strings, got {type(value).__name__}")
     if not value:
@@ -136,7 +119,7 @@ def texts_field(fields: dict, key: str, limit: int) -> tuple[list[str], bool]:
     if len(value) > limit:
         raise Refused(413, f"field '{key}': {len(value)} texts; at most {limit} (serve.max_texts)")
     try:
-        return checked_texts(value), False
+        return checked_texts(value), single
     except UserError as e:  # "texts[3]: ..." -> "field 'q[3]': ..."
         index, message = str(e).split(": ", 1)
         raise Refused(400, f"field '{key}{index.removeprefix('texts')}': {message}") from None
@@ -152,54 +135,40 @@ def joined(lines: list[list[Translation]], k: int) -> str:
     return "\n".join(hyps[k].text if k < len(hyps) else best(hyps) for hyps in lines)
 
 
-# --- the application ------------------------------------------------------------------------
-
-
 class Service:
     """The endpoints over one translator and its batcher."""
 
-    def __init__(self, translator: Translator, config: ServeConfig, model: ModelThread):
-        self.translator, self.config, self.model = translator, config, model
-        self.batcher: Batcher | None = None  # made on the server's event loop
+    def __init__(self, translator: Translator, config: ServeConfig, batcher: Batcher):
+        self.translator, self.config, self.batcher = translator, config, batcher
+        self.src, self.tgt = translator.src_lang or "auto", translator.tgt_lang or "auto"
         self.started = time.monotonic()
 
-    def languages(self) -> tuple[str, str]:
-        return self.translator.src_lang or "auto", self.translator.tgt_lang or "auto"
-
     def check_pair(self, source: Any, target: Any) -> None:
-        src, tgt = self.languages()
-        for key, value, ours in (("source", source, src), ("target", target, tgt)):
+        for key, value, ours in (("source", source, self.src), ("target", target, self.tgt)):
             if value is not None and value not in (ours, "auto" if key == "source" else None):
-                raise Refused(
-                    400, f"field '{key}': this model translates {src} to {tgt}, got {short(value)}"
-                )
+                pair = f"this model translates {self.src} to {self.tgt}"
+                raise Refused(400, f"field '{key}': {pair}, got {short(value)}")
 
     def settings(self, beam_size: int | None, n_best: int | None, asked: str) -> SearchConfig:
-        """The model's search settings with a request's beam size and n-best (`asked`: the
-        field that asked for the n best, for messages)."""
-        changes = {}
+        """The search settings with a request's beam size and n-best (`asked`: n-best's field)."""
         if n_best is not None:
             beam_size = beam_size or max(n_best, self.translator.search.beam_size)
             if n_best > beam_size:
                 raise Refused(400, f"field 'n_best': expected at most beam_size ({beam_size})")
-            changes["n_best"] = n_best
-        if beam_size is not None:
-            vocabulary = self.translator.model.vocab.tgt_size
-            if beam_size > vocabulary:
-                field = asked if n_best == beam_size else "beam_size"
-                raise Refused(400, f"field '{field}': asks for more than the {vocabulary} pieces "
-                                   "of the model's vocabulary")  # fmt: skip
-            changes["beam_size"] = beam_size
-        return self.translator.settings(changes)
+        vocabulary = self.translator.model.vocab.tgt_size
+        if beam_size is not None and beam_size > vocabulary:
+            field = asked if n_best == beam_size else "beam_size"
+            message = f"asks for more than the {vocabulary} pieces of the model's vocabulary"
+            raise Refused(400, f"field '{field}': {message}")
+        changes = {"beam_size": beam_size, "n_best": n_best}
+        return self.translator.settings({k: v for k, v in changes.items() if v is not None})
 
     async def translate(self, request: Request, texts: list[str], settings: SearchConfig) -> list:
-        """The n best of each text, or 413 or 503 when the queue cannot take them. A client
-        that goes away meanwhile takes its texts out of the queue."""
-        if len(texts) > self.config.max_queue:  # could never be taken: not worth a retry
-            raise Refused(413, f"{len(texts)} texts; at most {self.config.max_queue} can wait")
+        """The n best of each text, or 503 when the queue is full. A client that goes away
+        meanwhile takes its texts out of the queue."""
         try:
             future = self.batcher.submit(texts, settings)
-        except QueueFull as full:
+        except queue.Full as full:
             message = f"busy: {full.args[0]} texts are waiting (serve.max_queue); retry later"
             raise Refused(503, message, {"Retry-After": "1"}) from None
 
@@ -217,40 +186,22 @@ class Service:
             raise ClientDisconnect()
         return future.result()
 
-    async def translate_lines(self, request, texts: list[str], settings: SearchConfig) -> list:
-        """Translations of texts that may hold several lines, each line translated alone."""
-        split = [text.split("\n") for text in texts]
-        lines = [line for parts in split for line in parts]
-        if len(lines) > self.config.max_texts:
-            raise Refused(
-                413, f"{len(lines)} lines; at most {self.config.max_texts} (serve.max_texts)"
-            )
-        results = await self.translate(request, lines, settings)
-        return split_by(results, [len(parts) for parts in split])
-
     async def v1_translate(self, request: Request) -> JSONResponse:
         fields = await read_fields(request, self.config)
-        unknown = set(fields) - {"texts", "beam_size", "n_best", "source", "target"}
+        unknown = sorted(set(fields) - set(V1_FIELDS.split(", ")))
         if unknown:
-            raise Refused(
-                400,
-                f"unknown field {short(sorted(unknown)[0])}; "
-                "expected texts, beam_size, n_best, source, target",
-            )
+            raise Refused(400, f"unknown field {short(unknown[0])}; expected {V1_FIELDS}")
         texts, _ = texts_field(fields, "texts", self.config.max_texts)
         self.check_pair(fields.get("source"), fields.get("target"))
         high = self.config.max_beam_size
         beam, n_best = (integer(fields, key, 1, high, None) for key in ("beam_size", "n_best"))
         settings = self.settings(beam, n_best, "n_best")
         results = await self.translate(request, texts, settings)
-        answer = {
-            "translations": [best(hyps) for hyps in results],
-            "scores": [finite(hyps[0].score) if hyps else None for hyps in results],
-        }
+        scored = [[{"text": t.text, "score": finite(t.score)} for t in hyps] for hyps in results]
+        answer = {"translations": [best(hyps) for hyps in results]}
+        answer["scores"] = [hyps[0]["score"] if hyps else None for hyps in scored]
         if settings.n_best > 1:
-            answer["n_best"] = [
-                [{"text": t.text, "score": finite(t.score)} for t in hyps] for hyps in results
-            ]
+            answer["n_best"] = scored
         return JSONResponse(answer)
 
     async def libretranslate(self, request: Request) -> JSONResponse:
@@ -261,47 +212,45 @@ class Service:
                 raise Refused(400, f"field '{key}': expected a language code")
         self.check_pair(fields["source"], fields["target"])
         if fields.get("format", "text") != "text":
-            raise Refused(
-                400, f"field 'format': only 'text' is translated, got {short(fields['format'])}"
-            )
+            got = short(fields["format"])
+            raise Refused(400, f"field 'format': only 'text' is translated, got {got}")
         alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)
         settings = self.settings(None, alternatives + 1 if alternatives else None, "alternatives")
-        results = await self.translate_lines(request, texts, settings)
-        texts = [[joined(lines, k) for k in range(alternatives + 1)] for lines in results]
+        split = [text.split("\n") for text in texts]  # each line is translated alone
+        lines, most = [line for parts in split for line in parts], self.config.max_texts
+        if len(lines) > most:
+            raise Refused(413, f"{len(lines)} lines; at most {most} (serve.max_texts)")
+        results = await self.translate(request, lines, settings)
+        paragraphs = split_by(results, [len(parts) for parts in split])
+        texts = [[joined(parts, k) for k in range(alternatives + 1)] for parts in paragraphs]
         answer: dict[str, Any] = {"translatedText": [t[0] for t in texts]}
         if alternatives:
             answer["alternatives"] = [t[1:] for t in texts]
         if single:
             answer = {key: value[0] for key, value in answer.items()}
         if fields["source"] == "auto":
-            detected = {"confidence": 100.0, "language": self.languages()[0]}
+            detected = {"confidence": 100.0, "language": self.src}
             answer["detectedLanguage"] = detected if single else [detected] * len(texts)
         return JSONResponse(answer)
 
     async def list_languages(self, request: Request) -> JSONResponse:
-        src, tgt = self.languages()
-        return JSONResponse(
-            [
-                {"code": src, "name": NAMES.get(src, src), "targets": [tgt]},
-                {"code": tgt, "name": NAMES.get(tgt, tgt), "targets": []},
-            ]
-        )
+        rows = [(self.src, [self.tgt]), (self.tgt, [])]  # LibreTranslate's: each with its targets
+        return JSONResponse([{"code": c, "name": NAMES.get(c, c), "targets": t} for c, t in rows])
 
     async def health(self, request: Request) -> JSONResponse:
         b, uptime = self.batcher, round(time.monotonic() - self.started, 1)
-        counts = {"queued": b.queued, "translating": b.working, "translated": b.served}
-        counts["failed"] = b.failed
+        counts = dict(queued=b.queued, translating=b.working, translated=b.served, failed=b.failed)
         return JSONResponse({"status": "ok", **counts, "batches": b.batches, "uptime_s": uptime})
 
 
 def answering(handler: Callable) -> Callable:
-    """An endpoint whose refusals become one-line JSON errors with their status."""
+    """An endpoint whose errors become one-line JSON errors too (refusals: http_error)."""
 
     async def endpoint(request: Request) -> JSONResponse:
         try:
             return await handler(request)
-        except Refused as e:
-            return JSONResponse({"error": str(e)}, e.status, headers=e.headers)
+        except Refused:
+            raise
         except ClientDisconnect:  # it went away: no one to answer
             return Response(status_code=499)
         except Exception as e:  # a bug, or the device out of memory: said, and logged
@@ -312,10 +261,9 @@ def answering(handler: Callable) -> Callable:
     return endpoint
 
 
-async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-    """Starlette's own refusals (no such path, wrong method) as one-line JSON too."""
-    path, code = short(request.url.path), error.status_code
-    method = short(request.method)
+async def http_error(request: Request, error: Refused) -> JSONResponse:
+    """Refusals, ours and Starlette's own (no such path, wrong method), as one-line JSON."""
+    path, method, code = short(request.url.path), short(request.method), error.status_code
     messages = {404: f"no endpoint {path}", 405: f"method {method} not allowed on {path}"}
     return JSONResponse({"error": messages.get(code, error.detail)}, code, error.headers)
 
@@ -323,7 +271,6 @@ async def http_error(request: Request, error: HTTPException) -> JSONResponse:
 def application(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.batcher = Batcher(service.translator, service.config, service.model)
         task = service.batcher.start()
         yield
         task.cancel()
@@ -334,9 +281,7 @@ def application(service: Service) -> Starlette:
         Route("/languages", answering(service.list_languages), methods=["GET"]),
         Route("/health", answering(service.health), methods=["GET"]),
     ]
-    app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
-    )
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Refused: http_error})
     app.router.redirect_slashes = False  # a redirect would name the Host the client sent
     return app
 
@@ -374,25 +319,20 @@ def serve(config: ServeConfig, load: Callable[[], Translator], log: Callable = p
         signals.append(signum)
         if server is None and len(signals) > 1:
             raise KeyboardInterrupt
-        if server is not None and server.should_exit:  # a second signal: no more waiting
-            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # (its traceback)
-            server.force_exit = True
         if server is not None:
+            if server.should_exit:  # a second signal: no more waiting
+                logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # (its traceback)
+                server.force_exit = True
             server.should_exit = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         translator, model = load(), ModelThread()
-        app = application(Service(translator, config, model))
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=config.shutdown_seconds,
-                limit_concurrency=config.max_connections,
-            )
-        )
+        app = application(Service(translator, config, Batcher(translator, config, model)))
+        options = {"log_level": "warning", "access_log": False}
+        options["timeout_graceful_shutdown"] = config.shutdown_seconds
+        options["limit_concurrency"] = config.max_connections
+        server = uvicorn.Server(uvicorn.Config(app, **options))
         server.should_exit = bool(signals)
         src, tgt, beam = translator.src_lang, translator.tgt_lang, translator.search.beam_size
         log(f"serve: {src} -> {tgt}, beam {beam}, {translator.precision_note}")
