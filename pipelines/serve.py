@@ -96,11 +96,12 @@ async def read_fields(request: Request, config: ServeConfig, forms: bool = False
 
 def integer(fields: dict, key: str, low: int, high: int, default: int | None) -> int | None:
     """An optional integer field within [low, high]; form fields arrive as strings."""
-    value = fields.get(key, default)
+    value = fields.get(key)
+    if value is None:  # absent, or JSON's null: the default
+        return default
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
         value = int(value)
-    wrong = isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-    if value is not None and wrong:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         expected = f"an integer from {low} to {high}, got {short(value)}"
         raise Refused(400, f"field '{key}': expected {expected}")
     return value
@@ -211,7 +212,7 @@ class Service:
             if not isinstance(fields.get(key), str):
                 raise Refused(400, f"field '{key}': expected a language code")
         self.check_pair(fields["source"], fields["target"])
-        if fields.get("format", "text") != "text":
+        if fields.get("format") not in (None, "text"):
             got = short(fields["format"])
             raise Refused(400, f"field 'format': only 'text' is translated, got {got}")
         alternatives = integer(fields, "alternatives", 0, self.config.max_beam_size - 1, 0)

@@ -53,12 +53,11 @@ class Int8Linear(nn.Module):
 class Int8RNN(nn.Module):
     """A stack of RNN, GRU or LSTM layers (time-major, unidirectional) with int8 weights:
     x (T, B, F), hidden (L, B, H) or (h, c) -> output (T, B, H), final hidden; the gates
-    as torch.nn.GRU / LSTM / RNN (tanh) compute them."""
+    as torch.nn.GRU / LSTM / RNN (tanh) compute them. (A decoder always has a first state.)"""
 
     def __init__(self, rnn: nn.RNNBase):
         super().__init__()
-        self.mode, self.layers = rnn.mode, rnn.num_layers
-        self.hidden_size = rnn.hidden_size
+        self.mode = rnn.mode
         weights = dict(rnn.named_parameters())
         self.pairs = [  # (input part, hidden part) of each layer
             tuple(
@@ -68,19 +67,15 @@ class Int8RNN(nn.Module):
             for k in range(rnn.num_layers)
         ]
 
-    def forward(self, x: Tensor, hidden=None):
+    def forward(self, x: Tensor, hidden):
         lstm = self.mode == "LSTM"
-        steps, batch = x.shape[:2]
-        if hidden is None:
-            zeros = x.new_zeros(self.layers, batch, self.hidden_size, dtype=torch.float32)
-            hidden = (zeros, zeros) if lstm else zeros
         h_all, c_all = (hidden[0].float(), hidden[1].float()) if lstm else (hidden.float(), None)
         finals_h, finals_c = [], []
         for k, (ih, hh) in enumerate(self.pairs):
             inputs = ih(x)  # (T, B, gates * H): the input's part of every step at once
             h, c, outputs = h_all[k], None if c_all is None else c_all[k], []
-            for t in range(steps):
-                h, c = self._cell(inputs[t], hh(h), h, c)
+            for gi in inputs:
+                h, c = self._cell(gi, hh(h), h, c)
                 outputs.append(h)
             x = torch.stack(outputs)
             finals_h.append(h)

@@ -129,6 +129,12 @@ def test_libretranslate_json_lists_and_alternatives(server, translator, lines):
     )
     assert answer["translatedText"] == [h[0].text for h in expected]
     assert answer["alternatives"] == [[t.text for t in h[1:]] for h in expected]
+    for optional in ({"alternatives": None}, {"format": None}):  # null: as if not sent
+        request = {"q": lines[0], "source": "en", "target": "de", **optional}
+        status, answer = server.post("/translate", request)
+        assert status == 200 and answer["translatedText"] == translator.translate(lines[0])
+    status, answer = server.post("/v1/translate", {"texts": lines[:1], "beam_size": None})
+    assert status == 200 and answer["translations"] == translator.translate(lines[:1])
 
 
 BAD_REQUESTS = [
