@@ -83,18 +83,12 @@ class SubwordConfig(Section):
     nbest_size: int = setting(-1, "unigram sampling from all (-1) or the n best (2 to 512)")
 
     def check(self):
-        _check(
-            self.sampling_alpha < 1 or self.model_type == "unigram",
-            "data.subwords.sampling_alpha",
-            "a dropout probability below 1 for a bpe model",
-            self.sampling_alpha,
-        )
-        _check(
-            self.nbest_size == -1 or 1 < self.nbest_size <= 512,
-            "data.subwords.nbest_size",
-            "-1 (all segmentations) or an integer from 2 to 512 (SentencePiece's n best)",
-            self.nbest_size,
-        )
+        _check(self.sampling_alpha < 1 or self.model_type == "unigram",
+               "data.subwords.sampling_alpha", "a dropout probability below 1 for a bpe model",
+               self.sampling_alpha)  # fmt: skip
+        _check(self.nbest_size == -1 or 1 < self.nbest_size <= 512, "data.subwords.nbest_size",
+               "-1 (all segmentations) or an integer from 2 to 512 (SentencePiece's n best)",
+               self.nbest_size)  # fmt: skip
 
 
 Source = Literal["local", "hub", "disk"]
@@ -152,12 +146,9 @@ class DataConfig(Section):
     subwords: SubwordConfig = section(SubwordConfig, "SentencePiece")
 
     def check(self):
-        _check(
-            self.src_lang != self.tgt_lang or self.src_column != self.tgt_column,
-            "data.tgt_lang",
-            "a language different from data.src_lang",
-            self.tgt_lang,
-        )
+        different = self.src_lang != self.tgt_lang or self.src_column != self.tgt_column
+        _check(different, "data.tgt_lang", "a language different from data.src_lang",
+               self.tgt_lang)  # fmt: skip
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -221,35 +212,18 @@ class ModelConfig(Section):
         size = enc.output_size
         if att.scoring in ("dot", "scaled_dot") or dec.init == "last":
             why = f"{att.scoring} attention" if dec.init != "last" else "init 'last'"
-            _check(
-                dec.hidden_size == size,
-                "model.decoder.hidden_size",
-                f"the encoder output size {size} for {why}"
-                + (
-                    "" if dec.init == "last" else " (or use general, additive or multihead scoring)"
-                ),
-                dec.hidden_size,
-            )
+            other = "" if dec.init == "last" else " (or use general, additive or multihead scoring)"
+            _check(dec.hidden_size == size, "model.decoder.hidden_size",
+                   f"the encoder output size {size} for {why}{other}", dec.hidden_size)  # fmt: skip
         if att.scoring == "multihead":
-            _check(
-                att.hidden_size % att.heads == 0,
-                "model.attention.hidden_size",
-                f"a multiple of attention.heads ({att.heads})",
-                att.hidden_size,
-            )
+            _check(att.hidden_size % att.heads == 0, "model.attention.hidden_size",
+                   f"a multiple of attention.heads ({att.heads})", att.hidden_size)  # fmt: skip
         if dec.init == "last":
-            _check(
-                dec.num_layers == enc.num_layers,
-                "model.decoder.num_layers",
-                f"encoder.num_layers ({enc.num_layers}) for init 'last'",
-                dec.num_layers,
-            )
-        _check(
-            not (att.scoring == "none" and dec.input_feeding),
-            "model.decoder.input_feeding",
-            "false when attention.scoring is none",
-            dec.input_feeding,
-        )
+            _check(dec.num_layers == enc.num_layers, "model.decoder.num_layers",
+                   f"encoder.num_layers ({enc.num_layers}) for init 'last'",
+                   dec.num_layers)  # fmt: skip
+        _check(not (att.scoring == "none" and dec.input_feeding), "model.decoder.input_feeding",
+               "false when attention.scoring is none", dec.input_feeding)  # fmt: skip
 
 
 # --- training -------------------------------------------------------------------------------
@@ -320,18 +294,10 @@ class SearchConfig(Section):
     cuda_graphs: bool = setting(False, "on a GPU, replay the decoder step as CUDA graphs")
 
     def check(self):
-        _check(
-            self.n_best <= self.beam_size,
-            "search.n_best",
-            f"an integer from 1 to beam_size ({self.beam_size})",
-            self.n_best,
-        )
-        _check(
-            self.max_len_a > 0 or self.max_len_b > 0,
-            "search.max_len_b",
-            "a positive limit when max_len_a is 0",
-            self.max_len_b,
-        )
+        _check(self.n_best <= self.beam_size, "search.n_best",
+               f"an integer from 1 to beam_size ({self.beam_size})", self.n_best)  # fmt: skip
+        _check(self.max_len_a > 0 or self.max_len_b > 0, "search.max_len_b",
+               "a positive limit when max_len_a is 0", self.max_len_b)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -379,12 +345,9 @@ class ServeConfig(Section):
     shutdown_seconds: float = setting(30.0, "after SIGTERM, time left to requests in flight", low=0)
 
     def check(self):
-        _check(
-            self.max_texts <= self.max_queue,
-            "serve.max_texts",
-            f"at most serve.max_queue ({self.max_queue}): a larger request could never wait",
-            self.max_texts,
-        )
+        _check(self.max_texts <= self.max_queue, "serve.max_texts",
+               f"at most serve.max_queue ({self.max_queue}): a larger request could never wait",
+               self.max_texts)  # fmt: skip
 
 
 # --- the tree -------------------------------------------------------------------------------
@@ -402,12 +365,8 @@ class Config(Section):
     serve: ServeConfig = section(ServeConfig, "the HTTP server")
 
     def check(self):
-        _check(
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
-            "name",
-            "letters, digits, '.', '_' or '-'",
-            self.name,
-        )
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
+               "letters, digits, '.', '_' or '-'", self.name)  # fmt: skip
 
 
 def config_keys(prefix: str = "", markdown: bool = False) -> str:
