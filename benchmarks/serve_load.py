@@ -150,11 +150,13 @@ def start_server(args, *extra: str) -> tuple[subprocess.Popen, int]:
     server = subprocess.Popen(
         [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
+    said = []
     for line in server.stdout:
         found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if found:
             return server, int(found[1])
-    sys.exit("the server did not start")
+        said.append(line)
+    sys.exit("the server did not start: " + "".join(said[-3:]))
 
 
 def file_rate(args, lines_file: Path, out: Path) -> float:
@@ -259,7 +261,7 @@ def main() -> None:
 
 def overload(args, lines: list[str]) -> None:
     queue = args.overload_queue
-    server, port = start_server(args, f"--serve.max_queue={queue}")
+    server, port = start_server(args, f"--serve.max_queue={queue}", f"--serve.max_texts={queue}")
     try:
         base = asyncio.run(drive(port, 32, lines, args.requests, server.pid))
         heavy = asyncio.run(drive(port, 10 * queue, lines, 2 * args.requests, server.pid))
