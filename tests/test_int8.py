@@ -4,6 +4,8 @@ line) without a warning; and int8 is refused where it cannot run, and never chos
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -75,9 +77,6 @@ def test_int8_translates_through_every_path_without_a_warning(trained_run, tmp_p
             assert sum(row) == pytest.approx(1.0, abs=1e-3)
         ensemble = Translator([trained_run, trained_run], "cpu", "int8")
         assert ensemble.translate(lines) == translator.translate(lines)
-    import subprocess
-    import sys
-
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = subprocess.run(
