@@ -287,12 +287,15 @@ class Decoder(nn.Module):
             self.output.weight = self.embed.weight
 
     def attend(self, rnn_output: Tensor, memory: Memory):
-        """rnn_output (B, T, H) -> attentional vectors (B, T, H), weights (B, T, S) or None."""
+        """rnn_output (B*K, T, H) -> attentional vectors (B*K, T, H), weights (B*K, T, S) or
+        None, for a memory of B rows: the K rows of a sentence (its beams) are next to each
+        other and query its memory row together, so the memory is never copied K times."""
         if self.attention is None:
             return self.output_dropout(rnn_output), None
-        context, weights = self.attention(
-            rnn_output, memory.keys, memory.values, memory.mask
-        )  # (B, T, C), (B, T, S)
+        query = rnn_output.reshape(memory.mask.size(0), -1, rnn_output.size(-1))  # (B, K*T, H)
+        context, weights = self.attention(query, memory.keys, memory.values, memory.mask)
+        rows, length = rnn_output.shape[:2]
+        context, weights = (x.reshape(rows, length, -1) for x in (context, weights))
         if self.combine_mode == "concat":
             out = torch.tanh(linear(self.combine_layer, torch.cat([rnn_output, context], dim=-1)))
         else:

@@ -99,12 +99,9 @@ class _Rules:
         return log_probs
 
 
-def _weights(weights: Tensor | None, mask: Tensor) -> Tensor:
-    """Attention weights of one step (N, S) in float32; zeros for a model without attention.
-    `mask` (N, S) is the source mask of the same rows."""
-    if weights is None:
-        return mask.new_zeros(mask.shape, dtype=torch.float)
-    return weights[:, 0].float()
+def _weights(weights: Tensor | None) -> Tensor | float:
+    """Attention weights of one step (N, S) in float32; zero for a model without attention."""
+    return 0.0 if weights is None else weights[:, 0].float()
 
 
 def _worth_compacting(running: int, rows: int, device: torch.device) -> bool:
@@ -228,7 +225,7 @@ def greedy_search(
         rows.tokens[:, step] = best
         rows.log_prob += best_log_prob
         if return_attention:
-            rows.attention[:, step] = _weights(weights, memory.mask) * rows.running[:, None]
+            rows.attention[:, step] = _weights(weights) * rows.running[:, None]
         rows.running &= best != vocab.eos_id  # the end is forced at max_len
         alive = int(rows.running.sum())  # the step's one wait for the device
         if alive == 0:
@@ -300,13 +297,10 @@ class _Beams:
             self.weights = self.weights[rows]
         self.scores = scores
 
-    def keep(self, keep: Tensor) -> Tensor:
-        """Keep only the sentences `keep` (A',), before `go_on` picks their rows; returns
-        the rows (A'*K,) they had: a*K + k for the K beams of each."""
+    def keep(self, keep: Tensor) -> None:
+        """Keep only the sentences `keep` (A',), before `go_on` picks their rows."""
         self.sentences, self.running = self.sentences[keep], self.running[keep]
         self.max_len = self.max_len[keep]
-        beam = self.scores.size(1)
-        return (keep[:, None] * beam + torch.arange(beam, device=keep.device)).view(-1)
 
 
 def _ending(beams: _Beams, top: tuple[Tensor, Tensor, Tensor], eos_id: int) -> Tensor:
@@ -370,7 +364,7 @@ def beam_search(
     beam, batch, device = config.beam_size, src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
     sentence_of_row = torch.arange(batch, device=device)[:, None].expand(-1, beam).reshape(-1)
-    state, memory = state.select(sentence_of_row), memory.select(sentence_of_row)  # B*K rows
+    state = state.select(sentence_of_row)  # B*K rows; the memory keeps B (see Decoder.attend)
     max_len = max_output_lengths(src_lengths, config)  # (B,)
     rules = _Rules(vocab, config, max_len)
     longest = rules.longest + 1
@@ -382,7 +376,7 @@ def beam_search(
         row_max_len = beams.max_len[:, None].expand(-1, beam).reshape(-1)  # (A*K,)
         log_probs = rules(log_probs[:, 0], step, row_max_len, beams.history[:, :step])
         if return_attention:
-            beams.weights[:, step] = _weights(weights, memory.mask)
+            beams.weights[:, step] = _weights(weights)
         top = beams.extensions(log_probs)  # (A, 2K) each
         new = _ending(beams, top, vocab.eos_id)  # (A, K)
         count = finished.count[beams.sentences] + new.sum(dim=1)  # (A,)
@@ -395,7 +389,8 @@ def beam_search(
         survivors = _survivors(top, beam, vocab.eos_id)  # scores, rows, tokens (A, K)
         if _worth_compacting(alive, beams.running.numel(), device):
             keep = beams.running.nonzero().squeeze(1)  # (A',)
-            memory = memory.select(beams.keep(keep))
+            beams.keep(keep)
+            memory = memory.select(keep)
             survivors = tuple(t[keep] for t in survivors)
         next_scores, next_rows, next_tokens = survivors
         beams.go_on(next_rows, next_tokens, next_scores, step)
