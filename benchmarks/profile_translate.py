@@ -4,8 +4,8 @@ Loads MODEL (a checkpoint, or a run folder for its best checkpoint) as `nmt tran
 splits INPUT into batches of `--batch-size` lines in input order (as JoeyNMT makes them;
 `--sorted` sorts the whole input by length first, as `translate`'s chunks are), translates
 `--warmup` batches, times `--timed` more, profiles `--profile` more, and prints the share of
-time in matrix products, in the elementwise tanh (additive attention's, mostly) and the
-costliest operators. Tokenizing and detokenizing are included, as in `translate`.
+time in matrix products, in tanh and in everything else, and the costliest operators.
+Tokenizing and detokenizing are included, as in `translate`.
 
     python benchmarks/profile_translate.py runs/vs_joeynmt runs/vs_joeynmt/data/test.de
 """
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.profile_train import MATRIX_OPS  # noqa: E402
+from benchmarks.profile_train import time_shares  # noqa: E402
 from pipelines.translator import Translator  # noqa: E402
 from seq2seq.io import read_lines  # noqa: E402
 
@@ -83,13 +83,7 @@ def main() -> None:
         for batch in batches[args.warmup + args.timed : needed]:
             translator.translate(batch)
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    matrix = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_OPS)
-    tanh = sum(e.self_cpu_time_total for e in events if e.key == "aten::tanh")
-    print(
-        f"matrix products (mm, addmm, bmm): {100 * matrix / total:.0f}% of self CPU time; "
-        f"tanh: {100 * tanh / total:.0f}%"
-    )
+    print(time_shares(events))
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
