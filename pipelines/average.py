@@ -27,9 +27,8 @@ from seq2seq.checkpoint import (
 from seq2seq.config import Config, load_config
 from seq2seq.device import resolve_device, resolve_precision
 from seq2seq.errors import UserError
-from seq2seq.io import check_destination, same_file
 
-from .layout import RunFolder, refuse_run_artifact
+from .layout import RunFolder, check_output
 from .train_state import METRIC_NAMES, dev_score
 from .validation import DevSet
 
@@ -72,10 +71,8 @@ def candidates(run: Path) -> dict[str, list[Path]]:
     found = {"best checkpoint": [folder.best]}
     latest = folder.kept_checkpoints("last")
     ranked = by_score(folder.kept_checkpoints("best"), folder)
-    for k in range(2, len(latest) + 1):
-        found[f"last {k}"] = latest[-k:]
-    for k in range(2, len(ranked) + 1):
-        found[f"best {k}"] = ranked[:k]
+    found.update({f"last {k}": latest[-k:] for k in range(2, len(latest) + 1)})
+    found.update({f"best {k}": ranked[:k] for k in range(2, len(ranked) + 1)})
     unique: dict[frozenset, tuple[str, list[Path]]] = {}  # the first name of each set
     for name, paths in found.items():
         unique.setdefault(frozenset(p.name for p in paths), (name, paths))
@@ -117,7 +114,6 @@ def average(
     picks = (best is not None) + (last is not None) + choose_by_dev
     if picks and (len(checkpoints) != 1 or picks > 1):
         raise UserError("--best K, --last K or --choose takes exactly one run folder (one of them)")
-    check_destination(output)
     if choose_by_dev:
         paths = [p for paths in candidates(checkpoints[0]).values() for p in paths]
     elif picks:
@@ -125,10 +121,7 @@ def average(
         paths = choose(checkpoints[0], kind, count)
     else:
         paths = list(checkpoints)
-    for path in paths:
-        if same_file(output, path):
-            raise UserError(f"{output}: is the input {path}; choose another output")
-    refuse_run_artifact(output)
+    check_output(output, reads=paths)
     if choose_by_dev:
         paths, averaged = choose_on_dev(checkpoints[0], log)
     else:

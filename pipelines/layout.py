@@ -18,13 +18,15 @@ runs/<name>/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import check_destination
+from seq2seq.io import check_destination, check_streams, hold
 
 SPLITS = ("train", "dev", "test")
 
@@ -88,20 +90,39 @@ class RunFolder:
         """Whether `path` is (or links to) a place preprocess writes: the manifest, a
         SentencePiece model, anything in data/."""
         path, root = Path(path).resolve(), self.root.resolve()
-        if path.parent == self.data.resolve():  # data/ may itself be a link
+        if self.data.resolve() in path.parents:  # data/ may itself be a link
             return True
         tokenizer = path.name.startswith("spm") and path.suffix == ".model"
         written = path.name == "manifest.json" or tokenizer
         return written and (path.parent == root or (root / path.name).resolve() == path)
 
-    def train_keeps(self, path: Path) -> bool:
-        """Whether `path` is a place training writes: its checkpoints and state in model/,
-        its log and learning curve."""
+    def keeps(self, path: Path) -> bool:
+        """Whether this run (one with a manifest) keeps `path` for later stages: what
+        preprocess wrote, training's checkpoints and state, its config, logs and records."""
+        if not self.manifest.is_file():  # not a run folder
+            return False
         path = Path(path).resolve()
         if path.parent == self.model_dir.resolve():
             return re.fullmatch(r"(best|last)(-\d+)?|train_state", path.stem) is not None
         files = (self.train_log, self.learning_curve, self.used_config, self.train_runs)
-        return path in [file.resolve() for file in (*files, self.train_text_log)]
+        kept = [file.resolve() for file in (*files, self.train_text_log)]
+        return self.preprocess_writes(path) or path in kept
+
+    @contextlib.contextmanager
+    def lock(self, reads: list[Path] = ()) -> Iterator[None]:
+        """Keep the run folder to this process (see `hold`), checked writable and not where
+        stdout goes (nor the stage's `reads`); one made for it goes again if left empty."""
+        self.check_writable()
+        made = [path for path in (self.root, *self.root.parents) if not path.exists()]
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with hold(self.root / ".lock", self.root):
+                check_streams([*reads, *(p for p in self.root.rglob("*") if self.keeps(p))])
+                yield
+        finally:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
 
     def read_manifest(self) -> dict:
         if not self.manifest.is_file():
@@ -119,17 +140,13 @@ def run_folder(name: str, run_dir: str | Path | None) -> RunFolder:
     return RunFolder(Path(run_dir) if run_dir is not None else Path("runs") / name)
 
 
-def refuse_run_artifact(path: str | Path) -> None:
-    """Refuse an output that would land on what a run folder's preprocess or training
-    keeps (a run folder is one with a manifest.json): another stage reads those."""
-    path = Path(path).resolve()
-    for root in (path.parent, path.parent.parent):
-        run = RunFolder(root)
-        if run.manifest.is_file() and (run.preprocess_writes(path) or run.train_keeps(path)):
-            raise UserError(
-                f"{path}: the run folder {root} keeps this file (preprocess or train wrote "
-                "it there); choose another output"
-            )
+def check_output(path: str | Path, reads=(), writes=(), folder=False, parents=False) -> None:
+    """`check_destination`, and refuse an output that would land on what a run folder (any
+    folder above it that holds a manifest) keeps for later stages."""
+    check_destination(path, folder, parents, reads, writes)
+    for root in {*Path(path).absolute().parents, *Path(path).resolve().parents}:
+        if RunFolder(root).keeps(path):
+            raise UserError(f"{path}: the run folder {root} keeps this file; write elsewhere")
 
 
 def resolve_checkpoint(model: str | Path) -> Path:

@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import WRITE_ERRORS, atomic_open, atomic_write_text, check_destination, same_file
+from seq2seq.io import WRITE_ERRORS, atomic_open, atomic_write_text, check_streams, same_file
 
-from .layout import refuse_run_artifact
+from .layout import check_output
 
 
 @dataclass
@@ -33,10 +33,9 @@ class Job:
     output: str
     alignments: str | None = None
 
-    def targets(self) -> list[Path]:
-        """The files written (not stdout), output first."""
-        names = [self.output] + ([self.alignments] if self.alignments else [])
-        return [Path(name) for name in names if name != "-"]
+    def targets(self) -> list[str]:
+        """The files written (not stdout), output first, as the user named them."""
+        return [name for name in (self.output, self.alignments) if name and name != "-"]
 
 
 @dataclass
@@ -92,14 +91,7 @@ def _files_of(inputs: list[str]) -> list[Path]:
     return files
 
 
-def plan_jobs(
-    inputs: list[str],
-    output: str,
-    alignments: str | None,
-    resume: bool,
-    models: list[Path],
-    world: int,
-) -> Plan:
+def plan_jobs(inputs: list[str], output: str, alignments, resume: bool, models, world) -> Plan:
     """One job for one input file; several files or a folder go to an output folder. Every
     pairing that cannot work is refused here, before anything is read or written."""
     if alignments == "-":
@@ -118,37 +110,45 @@ def plan_jobs(
         if len(set(names)) != len(names):
             raise UserError("two inputs have the same file name; their outputs would collide")
         folder = Path(output)
-        check_destination(folder, folder=True)
+        check_output(folder, folder=True)
         plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder, resume)
     _check_plan(plan, models, world)
     return plan
 
 
+def lock_of(target: str | Path) -> Path:
+    """The lock file that keeps an output to one process: hidden, beside it, removed after."""
+    return Path(target).with_name(f".{Path(target).name}.lock")
+
+
+def temporaries(target: str, world: int) -> list[Path]:
+    """What a run writes beside `target`: partial output and progress (each rank's), lock."""
+    tags = ["partial", *(f"rank{r}" for r in range(world if world > 1 else 0))]
+    names = [f"{target}.{tag}{end}" for tag in tags for end in ("", ".progress")]
+    return [*map(Path, names), lock_of(target)]
+
+
 def _check_plan(plan: Plan, models: list[Path], world: int) -> None:
-    sources = [Path(job.input) for job in plan.jobs if job.input != "-"]
-    for source in sources:
-        if not source.is_file():
+    reads = [job.input for job in plan.jobs] + models
+    for source in reads:
+        if source != "-" and not Path(source).exists():  # a pipe or device is read as a stream
             raise UserError(f"{source}: no such input file")
-    targets: list[Path] = []
+    check_streams(reads)
+    written: list[Path] = []
     for job in plan.jobs:
-        if job.input == "-" and plan.resume:
-            raise UserError("--resume needs an input file; stdin cannot be read again")
+        if plan.resume and not Path(job.input).is_file():
+            raise UserError("--resume needs an input file; a stream cannot be read again")
         if job.output == "-":
             if plan.resume:
                 raise UserError("--resume needs an output file, not stdout")
             if world > 1:
                 raise UserError("-o - (stdout) cannot take the output of several ranks; use a file")
         for target in job.targets():
-            if plan.folder is None or plan.folder.is_dir():  # else: made by this run
-                check_destination(target)
-            for other in [*sources, *models]:
-                if same_file(target, other):
-                    raise UserError(f"{target}: is the input {other}; choose another output")
-            for other in targets:
-                if same_file(target, other):
-                    raise UserError(f"{target}: named twice as an output")
-            refuse_run_artifact(target)
-            targets.append(target)
+            ours = [target, *temporaries(target, world)]
+            check_output(target, reads, ours[1:], parents=plan.folder is not None)
+            if any(same_file(mine, theirs) for mine in ours for theirs in written):
+                raise UserError(f"{target}: named twice as an output (or as its temporary file)")
+            written += ours
 
 
 def _new_file(path: Path, created: list[Path], size: int = 0):
@@ -206,16 +206,7 @@ class FileSink:
     progress file (replaced atomically) records the next chunk and the bytes written, so
     `--resume` truncates a half-written chunk and goes on after the last complete one."""
 
-    def __init__(
-        self,
-        job: Job,
-        plan: Plan,
-        ranks,
-        chunk_lines: int,
-        total: int | None,
-        fingerprint: dict | None,
-        log: Callable[[str], None],
-    ):
+    def __init__(self, job: Job, plan: Plan, ranks, chunk_lines: int, total, fingerprint, log):
         self.targets, self.ranks, self.chunk_lines = job.targets(), ranks, chunk_lines
         tag = "partial" if ranks.world == 1 else f"rank{ranks.rank}"
         self.paths = [Path(f"{t}.{tag}") for t in self.targets]
@@ -247,7 +238,7 @@ class FileSink:
             before = state.get("fingerprint") or {}
             changed = [k for k in self.fingerprint if before.get(k) != self.fingerprint[k]]
             raise UserError(
-                f"{self.progress_path}: cannot resume, {', '.join(changed)} changed "
+                f"{self.targets[0]}: cannot resume, {', '.join(changed)} changed "
                 "since; run without --resume to start over"
             )
         if any(not p.is_file() or p.stat().st_size < n for p, n in zip(self.paths, state["bytes"])):
@@ -259,7 +250,7 @@ class FileSink:
 
     def append(self, chunk: int, texts: list[str]) -> None:
         """Write one finished chunk to every output, then record it as done."""
-        for f, path, text in zip(self.files, self.paths, texts):
+        for f, path, text in zip(self.files, self.targets, texts):
             with _naming(path):
                 f.write(text.encode("utf-8"))
                 f.flush()
@@ -271,7 +262,7 @@ class FileSink:
 
     def close(self) -> None:
         with contextlib.ExitStack() as closing:  # every file closed, even after a failure
-            for f, path in zip(self.files, self.paths):
+            for f, path in zip(self.files, self.targets):
                 closing.enter_context(_naming(path))  # closing flushes what a full disk refused
                 closing.callback(f.close)
 

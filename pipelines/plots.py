@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_bytes, check_destination, read_lines, same_file
+from seq2seq.io import atomic_write_bytes, read_lines
+
+from .layout import check_output
 
 
 def _pyplot():
@@ -31,8 +33,7 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
     loss and the plain dev loss each on its own axis (they are not comparable), dev BLEU and
     chrF, and the learning rate."""
     plt = _pyplot()
-    lines = log_path.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = [json.loads(x) for x in log_path.read_text(encoding="utf-8").split("\n") if x.strip()]
     train = [r for r in records if "train_loss" in r]
     dev = [r for r in records if "dev_loss" in r]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
@@ -77,9 +78,7 @@ def draw_attention(record: dict, png_path: Path) -> None:
 
 def plot_attention(alignments: Path, line: int, png_path: Path) -> None:
     """The stage behind `nmt plot-attention`: one line of an alignments file as a PNG."""
-    check_destination(png_path)
-    if same_file(png_path, alignments):
-        raise UserError(f"{png_path}: is the input {alignments}; choose another output")
+    check_output(png_path, reads=[alignments])
     draw_attention(read_alignment(alignments, line), png_path)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from seq2seq.config import ScoreConfig
 from seq2seq.errors import UserError
-from seq2seq.io import read_lines
+from seq2seq.io import check_streams, read_lines
 
 NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}
 
@@ -78,6 +78,7 @@ def read_texts(paths: list[str | Path], what: str) -> list[list[str]]:
     """The lines of each file (at most one of them "-"), all as many."""
     if sum(str(p) == "-" for p in paths) > 1:
         raise UserError("stdin ('-') can be read once; name it at most once")
+    check_streams(paths)  # the JSON or table printed on the end of an input
     texts = [list(read_lines(path)) for path in paths]
     for path, lines in zip(paths, texts):
         if len(lines) != len(texts[0]):
@@ -120,17 +121,11 @@ def paired_test(
         tested = PairedTest(named, chosen, texts[len(systems) :], test_type=test, n_samples=n)
         signatures, scores = tested()
     if as_json:  # sacreBLEU's own JSON of these results fails on numpy numbers
-        rows = []
-        for i, name in enumerate(scores["System"]):
-            results = {
-                metric: scores[metric][i].__dict__ for metric in scores if metric != "System"
-            }
-            plain = {
-                m: {k: None if v is None else float(v) for k, v in r.items()}
-                for m, r in results.items()
-            }
-            rows.append({"system": name, **plain})
-        return json.dumps(rows, indent=2)
+        rows = [
+            {"system": name, **{m: scores[m][i].__dict__ for m in scores if m != "System"}}
+            for i, name in enumerate(scores["System"])
+        ]
+        return json.dumps(rows, indent=2, default=float)
     options = {"paired_bs": test == "bs", "paired_ar": test == "ar"}
     args = Namespace(format="text", width=2, **options)
     args.paired_bs_n = args.paired_ar_n = tested.n_samples

@@ -33,6 +33,7 @@ if a run fails on bad input anyway, what it created is removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -43,11 +44,11 @@ from typing import Any
 
 from seq2seq.config import TranslateConfig, to_dict
 from seq2seq.errors import UserError, out_of_memory
-from seq2seq.io import StreamLines, count_lines, read_lines
+from seq2seq.io import StreamLines, count_lines, hold, is_stream, read_lines, stream_lines
 
 from .background import Behind, ahead, worth_it
 from .distributed import Ranks
-from .outputs import FileSink, Job, Plan, StdoutSink, commit, plan_jobs
+from .outputs import FileSink, Job, Plan, StdoutSink, commit, lock_of, plan_jobs
 from .progress import Progress, is_terminal
 from .translator import Encoded, Translation, Translator, model_paths
 
@@ -106,17 +107,18 @@ def _prompted(lines: StreamLines) -> Iterator[list[str]]:
 
 
 def input_chunks(path: str, size: int, errors: str) -> Iterator[list[str]]:
-    if path != "-":
+    if not is_stream(path):  # stdin, a pipe (-i <(zcat a.gz)): read once, as lines arrive
         return _chunks(read_lines(path, errors=errors), size, lambda: False)
-    stream = StreamLines(sys.stdin.buffer, "stdin", errors)
-    return _prompted(stream) if is_terminal(sys.stdin) else _chunks(stream, size, stream.waiting)
+    stream = stream_lines(path, errors)
+    typed = is_terminal(stream.stream)
+    return _prompted(stream) if typed else _chunks(stream, size, stream.waiting)
 
 
 def check_inputs(jobs: list[Job], errors: str) -> None:
     """Read every input file once, so that bad text stops the run before anything is
     written (stdin can only be read once, as it is translated)."""
     for job in jobs:
-        if job.input != "-":
+        if not is_stream(job.input):
             for _ in read_lines(job.input, errors=errors):
                 pass
 
@@ -149,8 +151,8 @@ class Session:
     def sink(self, job: Job):
         if job.output == "-":
             return StdoutSink(job.alignments, self.plan.created)
-        fingerprint = None if job.input == "-" else self.fingerprint(job)
-        total = None if job.input == "-" else count_lines(job.input)
+        fingerprint = None if is_stream(job.input) else self.fingerprint(job)
+        total = None if is_stream(job.input) else count_lines(job.input)
         chunk_lines = self.config.chunk_lines
         return FileSink(job, self.plan, self.ranks, chunk_lines, total, fingerprint, self.log)
 
@@ -158,10 +160,7 @@ class Session:
 def _run_job(session: Session, job: Job) -> tuple[int, int]:
     """Translate this rank's share of one input into its sink; returns sentences, tgt tokens."""
     translator, config = session.translator, session.config
-    sink = session.sink(job)
-    with_alignments = job.alignments is not None
-    size = config.chunk_lines
-    n_best = translator.search.n_best
+    sink, size, with_alignments = session.sink(job), config.chunk_lines, job.alignments is not None
     # No progress redrawn over what a person types.
     quiet = job.input == "-" and is_terminal(sys.stdin)
     progress = Progress("translate", sink.total, "sent", done=sink.done_lines, enabled=not quiet)
@@ -169,11 +168,9 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
 
     def finish(k: int, chunk: Encoded, hypotheses: list) -> None:
         results = translator.decode(chunk, hypotheses, with_alignments)
-        first = k * size if job.input != "-" else counts[0]  # stdin's chunks vary in size
-        lines = (
-            output_lines(t, n_best, config.n_best_format, first + i) for i, t in enumerate(results)
-        )
-        texts = ["".join(lines)]
+        first = counts[0] if is_stream(job.input) else k * size  # a stream's chunks vary
+        form, n_best = config.n_best_format, translator.search.n_best
+        texts = ["".join(output_lines(t, n_best, form, first + i) for i, t in enumerate(results))]
         if with_alignments:
             texts.append("".join(alignment_line(first + i + 1, t) for i, t in enumerate(results)))
         sink.append(k, texts)
@@ -181,13 +178,10 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
         counts[1] += sum(len(t[0].tokens) + 1 for t in results if t)
         progress.update(len(chunk.lines))
 
-    chunks = (
-        (k, lines)
-        for k, lines in enumerate(input_chunks(job.input, size, config.errors))
-        if sink.wants(k)
-    )
+    read = enumerate(input_chunks(job.input, size, config.errors))
+    chunks = ((k, lines) for k, lines in read if sink.wants(k))
     # Not for stdin: a thread waiting there for a line could not be stopped.
-    overlap = worth_it(translator.device) and job.input != "-"
+    overlap = worth_it(translator.device) and not is_stream(job.input)
     try:
         with Behind(enabled=overlap) as behind:
             for k, chunk in ahead(
@@ -221,24 +215,28 @@ def translate_files(
     start = time.monotonic()
     plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), ranks.world)
     check_inputs(plan.jobs, config.errors)
-    translator = Translator(model, ranks.device(config.device), config.precision, **search)
-    session = Session(translator, config, search, ranks, plan, log)
-    if ranks.main:
-        log(f"translate: {translator.precision_note}")
-    ranks.start(translator.device)
-    loaded = time.monotonic()
-    sentences = tokens = 0
-    try:
-        plan.create_folder()
-        for job in plan.jobs:
-            done, produced = _run_job(session, job)
-            sentences, tokens = sentences + done, tokens + produced
+    outputs = [plan.folder] if plan.folder else [t for job in plan.jobs for t in job.targets()]
+    with contextlib.ExitStack() as held:  # each output kept to this run, by rank 0 for all
+        for target in outputs if ranks.main else []:
+            held.enter_context(hold(lock_of(target), target))
+        translator = Translator(model, ranks.device(config.device), config.precision, **search)
+        session = Session(translator, config, search, ranks, plan, log)
         if ranks.main:
-            commit(plan)
-    except (UserError, MemoryError, RuntimeError) as e:
-        if isinstance(e, UserError) or out_of_memory(e):  # not a bug: leave nothing new
-            plan.remove_created()
-        raise
+            log(f"translate: {translator.precision_note}")
+        ranks.start(translator.device)
+        loaded = time.monotonic()
+        sentences = tokens = 0
+        try:
+            plan.create_folder()
+            for job in plan.jobs:
+                done, produced = _run_job(session, job)
+                sentences, tokens = sentences + done, tokens + produced
+            if ranks.main:
+                commit(plan)
+        except (UserError, MemoryError, RuntimeError) as e:
+            if isinstance(e, UserError) or out_of_memory(e):  # not a bug: leave nothing new
+                plan.remove_created()
+            raise
     seconds = time.monotonic() - loaded
     ranks.stop()
     if translator.truncated:

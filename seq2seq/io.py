@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gzip
 import hashlib
 import itertools
 import os
 import select
+import stat
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -23,8 +25,31 @@ from .errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = "\ufeff"
-# Failures to write that the user can fix: permissions, a read-only or full disk.
-WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+# Failures to write that the user can fix: permissions; a read-only, full or failing disk; a
+# quota; a file size limit (`ulimit -f`); too many open files.
+WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                errno.EIO, errno.EMFILE, errno.ENFILE}  # fmt: skip
+
+
+def write_error(error: BaseException | None) -> OSError | None:
+    """The failure to write (one of WRITE_ERRORS) behind `error`, however a library wrapped
+    it (`datasets` raises its own types from it); None when there is none."""
+    while error is not None and not (isinstance(error, OSError) and error.errno in WRITE_ERRORS):
+        hidden = error.__suppress_context__ and error.__cause__ is None
+        error = error.__cause__ or (None if hidden else error.__context__)
+    return error
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """A failure to write in the block as one line naming `path`: the error of a write to
+    an open file names no file, and libraries wrap theirs."""
+    try:
+        yield
+    except Exception as e:
+        if (error := write_error(e)) is None:
+            raise
+        raise UserError(f"{path}: cannot write ({error.strerror})") from None
 
 
 @contextlib.contextmanager
@@ -35,15 +60,12 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise UserError(f"{path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS:
-            raise
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+        with writing(path):
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -58,6 +80,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def append_text(path: str | Path, text: str) -> None:
+    """Add `text` to the end of a file (a log), whole or not at all."""
+    with writing(path), open(path, "ab", buffering=0) as f:
+        end, data = f.tell(), memoryview(text.encode("utf-8"))
+        try:
+            while data:  # a write may take part of it, and fail on the rest
+                data = data[f.write(data) :]
+        except OSError:
+            f.truncate(end)
+            raise
+
+
 def open_binary(path: str | Path) -> IO[bytes]:
     """Open a file for reading bytes, decompressing gzip (by its magic bytes) on the fly."""
     path = Path(path)
@@ -65,10 +99,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected a file")
-    try:
-        f = open(path, "rb")
-    except PermissionError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    f = open(path, "rb")  # no right to read it: one line, from the command line's rule
     if f.read(2) == GZIP_MAGIC:
         f.close()
         return gzip.open(path, "rb")
@@ -95,19 +126,39 @@ def decode_line(raw: bytes, where: str, number: int, errors: str = "strict") -> 
     return line.rstrip("\n").rstrip("\r")
 
 
+@contextlib.contextmanager
+def _gzip_errors(path: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: corrupt gzip data ({e})") from None
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether an input is read once, as it arrives: "-" (standard input), or a pipe or a
+    device named by a path (/dev/stdin; /dev/fd/63 for `<(zcat corpus.gz)`)."""
+    named = os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+    return str(path) == "-" or named
+
+
+def stream_lines(path: str | Path, errors: str = "strict") -> StreamLines:
+    """The lines of a stream input (see `is_stream`), by the rules of `decode_line`."""
+    if str(path) != "-":
+        return StreamLines(open(path, "rb", buffering=0), str(path), errors)
+    if sys.stdin is None:
+        raise UserError("stdin: is closed; give the input on it or as -i FILE")
+    return StreamLines(sys.stdin.buffer, "stdin", errors)
+
+
 def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (gzip or plain; "-" for standard input) by the
-    rules of `decode_line`."""
-    if str(path) == "-":
-        yield from StreamLines(sys.stdin.buffer, "stdin", errors)
+    """Yield the lines of a UTF-8 text file (gzip or plain) or stream by the rules of
+    `decode_line`."""
+    if is_stream(path):
+        yield from stream_lines(path, errors)
         return
-    path = Path(path)
-    with open_binary(path) as f:
-        try:
-            for number, raw in enumerate(f, start=1):
-                yield decode_line(raw, str(path), number, errors)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise UserError(f"{path}: corrupt gzip data ({e})") from None
+    with open_binary(path) as f, _gzip_errors(path):
+        for number, raw in enumerate(f, start=1):
+            yield decode_line(raw, str(path), number, errors)
 
 
 class StreamLines:
@@ -150,16 +201,14 @@ class StreamLines:
     def _decompress(self, data: bytes) -> bytes:
         """Decompressed bytes of the next compressed `data`, member after member."""
         out = b""
-        while data:
-            try:
+        # Zeros between members are padding, which `gzip` skips, in whichever read they come.
+        while data := data if self.fed else data.lstrip(b"\x00"):
+            with _gzip_errors(self.where):
                 out += self.inflate.decompress(data)
-            except zlib.error as e:
-                raise UserError(f"{self.where}: corrupt gzip data ({e})") from None
             data = self.inflate.unused_data
             self.fed = not self.inflate.eof
             if self.inflate.eof:
                 self.inflate = zlib.decompressobj(wbits=31)
-                data = data.lstrip(b"\x00")  # padding after a member, as `gzip` skips it
         return out
 
     def waiting(self) -> bool:
@@ -169,7 +218,8 @@ class StreamLines:
 
     def __iter__(self) -> Iterator[str]:
         for number in itertools.count(1):
-            while b"\n" not in self.buffer and not self.ended:
+            # A NUL byte ends the wait too: binary input (/dev/zero) may hold no newline.
+            while b"\n" not in self.buffer and b"\x00" not in self.buffer and not self.ended:
                 self._fill()
             if not self.buffer:
                 return
@@ -178,7 +228,7 @@ class StreamLines:
 
 
 def count_lines(path: str | Path) -> int:
-    with open_binary(path) as f:
+    with open_binary(path) as f, _gzip_errors(path):
         return sum(1 for _ in f)
 
 
@@ -193,23 +243,37 @@ def file_sha256(path: str | Path) -> str:
 # --- destinations ---------------------------------------------------------------------------
 
 SPECIAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+STREAMS = {"-": "the file on stdin (-i -)", 0: "the file on stdin", 1: "the file on stdout"}
 
 
-def same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths name one file: the same spelling after links and `..` are resolved,
-    or (when both exist) the same file on disk, hard links included."""
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+def same_file(a: str | Path | int, b: str | Path | int) -> bool:
+    """Whether two paths, or a path and a standard stream ("-" or 0: stdin, 1: stdout), name
+    one regular file: on disk (hard links too), or once resolved for a file yet to be made."""
+    a, b = (0 if str(name) == "-" else name for name in (a, b))
+    try:
+        found = [os.fstat(n) if isinstance(n, int) else os.stat(n) for n in (a, b)]
+        return all(stat.S_ISREG(f.st_mode) for f in found) and os.path.samestat(*found)
+    except OSError:
+        named = not isinstance(a, int) and not isinstance(b, int)
+        return named and Path(a).resolve() == Path(b).resolve()
 
 
-def check_destination(path: str | Path, folder: bool = False, parents: bool = False) -> None:
+def check_streams(reads: Iterable[str | Path]) -> None:
+    """Refuse a run whose standard output goes to a file it reads (`>> input`)."""
+    for other in reads:
+        if same_file(1, other):
+            named = STREAMS.get(str(other), f"{other}, which this command reads or keeps")
+            raise UserError(f"standard output goes to {named}; send it elsewhere")
+
+
+def check_destination(path: str | Path, folder=False, parents=False, reads=(), writes=()) -> None:
     """Refuse, before any work is done, a destination that cannot take the output: a file
-    name that is a folder or a special file, a folder name that is a file, a missing or
-    unwritable parent folder, or a place on a special file system (/proc, /sys, /dev).
-    With `parents`, missing folders on the way will be made: the nearest existing one is
-    checked instead."""
+    name that is a folder (or ends in "/") or a special file, a folder name that is a file,
+    a missing or unwritable parent folder, a place on /proc, /sys or /dev; and, for `path` or
+    the temporary files it `writes` beside it, a file the command `reads` or a stream's. With
+    `parents`, missing folders on the way will be made: the nearest existing one is checked."""
+    if not folder and str(path).endswith("/"):
+        raise UserError(f"{path}: names a folder (it ends in '/'); expected a file name")
     path = Path(path)
     if path.exists() and folder and not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder; expected a folder")
@@ -227,3 +291,41 @@ def check_destination(path: str | Path, folder: bool = False, parents: bool = Fa
         raise UserError(f"{path}: {resolved} is a special file system; write to a normal folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{path}: cannot write in folder {parent} (permission denied)")
+    check_streams(reads)
+    for written, other in itertools.product([path, *writes], [*reads, 0, 1]):
+        if same_file(written, other):
+            what = "is" if written == path else f"would write {written} over"
+            named = STREAMS.get(other, f"the input {other}")  # a file, "-", a stream's file
+            raise UserError(f"{path}: {what} {named}; choose another output")
+
+
+HELD: set[Path] = set()  # the locks this process holds: a stage inside `pipeline` nests
+
+
+@contextlib.contextmanager
+def hold(lock: Path, name: str | Path) -> Iterator[None]:
+    """Keep `name` (a run folder, an output) to this process for the block by an advisory lock
+    on the file `lock`, which names the holder, removed at the end (the kernel drops the lock
+    of a process killed); another process is refused naming it, this one may take it again."""
+    lock = Path(lock).absolute()
+    if lock in HELD:
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not same_file(lock, fd):  # its holder removed it as it finished: one more is due
+            raise BlockingIOError
+    except BlockingIOError:
+        holder = os.read(fd, 1000).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{name}: in use by {holder}; wait for it or stop it") from None
+    command = " ".join(["nmt", *sys.argv[1:]])
+    os.ftruncate(fd, os.write(fd, f"process {os.getpid()} ({command})".encode()))  # no stale tail
+    HELD.add(lock)
+    try:
+        yield
+    finally:
+        HELD.discard(lock)
+        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -61,29 +61,23 @@ def _log1mexp(x: float) -> float:
 class Tokenizer:
     """A trained SentencePiece model, held as its serialized bytes so checkpoints can carry it."""
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, source: str = "the SentencePiece model"):
         self.proto = bytes(model_proto)
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except (RuntimeError, OSError) as e:
-            raise UserError(f"not a valid SentencePiece model ({e})") from None
+            raise UserError(f"{source}: not a valid SentencePiece model ({e})") from None
         self.pad_id = self.sp.pad_id()
         self.unk_id = self.sp.unk_id()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
-            raise UserError(
-                "the SentencePiece model lacks a pad, unk, bos or eos piece; "
-                "train it with `nmt preprocess`"
-            )
+            raise UserError(f"{source}: has no pad, unk, bos or eos piece; use `nmt preprocess`")
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
         """A SentencePiece model file; a broken one is an error naming it."""
-        try:
-            return cls(Path(path).read_bytes())
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
+        return cls(Path(path).read_bytes(), str(path))
 
     @classmethod
     def train(cls, sentences: Iterable[str], config: SubwordConfig, seed: int = 1) -> Tokenizer:

@@ -1,10 +1,13 @@
 """Where outputs go: cases generated for every command that writes.
 
-- an output that is, or resolves to, an input (or a file a run folder keeps, or a folder
-  inside the input folder)
+- an output that is, or resolves to, an input (or a file a run folder keeps, a temporary
+  file of the same run, the file a standard stream is connected to, or a folder inside the
+  input folder), and standard output appended to an input
 - destinations that cannot be written (a file for a folder, a missing or read-only folder,
   a special file system, a disk that fills up)
 - a failed run leaves nothing new (one bad input among many, sizes beyond memory)
+- messages that name the user's path (a name ending in "/", a damaged tokenizer inside a
+  checkpoint, a staging folder)
 
 Shared workspace: the `world` fixture in conftest.py; helpers in workspace.py.
 
@@ -13,18 +16,22 @@ the workspace as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import seq2seq.io as io_module
+from seq2seq.checkpoint import read_safetensors, write_safetensors
 
-from .conftest import TINY_CONFIG, copy_run
+from .conftest import ROOT, TINY_CONFIG, copy_run
 from .workspace import (
     HERE,
     SENTENCES,
@@ -102,25 +109,220 @@ def test_preprocess_refuses_a_run_whose_data_folder_links_to_the_corpus(world, t
         )
 
 
+KEPT = ["spm.model", "manifest.json", "data/test.de", "model/train_state.safetensors",
+        "model/best-6.safetensors", "model/last.safetensors", "train_log.jsonl", "config.yaml",
+        "train_runs.jsonl", "train.log", "learning_curve.png"]  # fmt: skip
+WRITERS = {
+    "translate": ["translate", "-m", "one.safetensors", "-i", "in.en", "-o"],
+    "average": ["average", "one.safetensors", "two.safetensors", "-o"],
+    "plot-attention": ["plot-attention", "in.align", "-o"],
+}
+
+
+@pytest.mark.parametrize("run", [f"{HERE}/run", "run", "inbox/../run/data/..", "linked_run"])
+@pytest.mark.parametrize("command", list(WRITERS))
+@pytest.mark.parametrize("kept", KEPT)
+def test_no_output_lands_on_what_a_run_folder_keeps(world, kept, command, run, monkeypatch):
+    """A run folder's manifest, SentencePiece model, data, checkpoints, training state,
+    config, logs and records are read or kept by later stages: no command writes over them,
+    however named (through a link to the run folder too)."""
+    monkeypatch.chdir(world)
+    if not (world / "linked_run").exists():
+        (world / "linked_run").symlink_to(world / "run")
+    args = resolve([*WRITERS[command], f"{run}/{kept}"], world)
+    refused_and_untouched(world, args, r"the run folder .* keeps this file")
+
+
 @pytest.mark.parametrize(
-    "kept",
-    ["spm.model", "manifest.json", "data/test.de", "model/train_state.safetensors",
-     "model/best-6.safetensors", "model/last.safetensors", "train_log.jsonl"],
+    "command, output",
+    [("average", "model/averaged.safetensors"), ("translate", "translations/test.de"),
+     ("plot-attention", "attention.png")],
 )  # fmt: skip
-def test_no_output_lands_on_what_a_run_folder_keeps(world, kept):
-    """A run folder's manifest, SentencePiece model, data and training files are read by
-    later stages: translate and average refuse to write over them, however named."""
-    target = world / "run" / kept
-    refused_and_untouched(
-        world,
-        ["translate", "-m", world / "one.safetensors", "-i", world / "in.en", "-o", target],
-        r"the run folder .* keeps this file",
-    )
-    refused_and_untouched(
-        world,
-        ["average", world / "one.safetensors", world / "two.safetensors", "-o", target],
-        r"the run folder .* keeps this file",
-    )
+def test_what_a_run_folder_is_meant_to_take_is_written(world, tmp_path, command, output):
+    """The documented places: an average beside the checkpoints, a translation, a plot."""
+    run = copy_run(world / "run", tmp_path / "run")
+    (run / "translations").mkdir(exist_ok=True)
+    args = [str(world / a) if "." in a else a for a in WRITERS[command]]
+    result = invoke([*args, run / output])
+    assert result.exit_code == 0, result.output
+    assert (run / output).stat().st_size > 0
+
+
+def temporary_cases() -> list[tuple[str, list]]:
+    """Inputs and outputs that are the temporary files (`.partial`, its progress, the lock)
+    of an output of the same run, however spelled."""
+    cases = []
+    for out in ["out.de", f"{HERE}/out.de", "./out.de", "inbox/../out.de"]:
+        for temporary in ["out.de.partial", "out.de.partial.progress", ".out.de.lock"]:
+            cases.append((f"-i {temporary} -o {out}", ["-i", temporary, "-o", out]))
+        cases += [
+            (f"--alignments {out}.partial", ["-i", "in.en", "-o", "out.de", "--alignments",
+                                             f"{out}.partial"]),
+            (f"-o {out}.partial --alignments out.de", ["-i", "in.en", "-o", f"{out}.partial",
+                                                       "--alignments", "out.de"]),
+        ]  # fmt: skip
+    return cases
+
+
+TEMPORARIES = temporary_cases()
+
+
+@pytest.mark.parametrize("args", [a for _, a in TEMPORARIES], ids=[n for n, _ in TEMPORARIES])
+def test_an_output_whose_temporary_files_are_inputs_or_outputs_is_refused(
+    world, tmp_path, args, monkeypatch
+):
+    for name in ["in.en", "out.de.partial", "out.de.partial.progress", ".out.de.lock"]:
+        shutil.copy(world / "in.en", tmp_path / name)
+    (tmp_path / "inbox").mkdir()
+    monkeypatch.chdir(tmp_path)
+    model = ["translate", "-m", world / "run"]
+    refused_and_untouched(tmp_path, model + resolve(args, tmp_path), r"over the input|named twice")
+
+
+@contextlib.contextmanager
+def connected(fd: int, path: Path):
+    """This process's standard input (0) or output (1) connected to `path` for the block, as
+    a shell's `< path` or `>> path` does."""
+    saved, opened = os.dup(fd), os.open(path, os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_APPEND)
+    os.dup2(opened, fd)
+    os.close(opened)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def stream_cases() -> list[tuple[str, list, dict]]:
+    """A command, and the files its standard streams are connected to: an input it reads, its
+    own output (or both streams on one file), named by one of the file's spellings."""
+    translate = ["translate", "-m", "run"]
+    cases = []
+    for f in ["f.en", "hard.en", "link.en"]:  # links to f.en
+        cases += [
+            (f"translate -o - >> {f}", [*translate, "-i", "f.en", "-o", "-"], {1: f}),
+            (f"translate -o out.de >> {f}", [*translate, "-i", "f.en", "-o", "out.de"], {1: f}),
+            (f"translate -i - < {f} -o f.en", [*translate, "-i", "-", "-o", "f.en"], {0: f}),
+            (f"translate -i - -o - < {f} >> {f}", [*translate, "-i", "-", "-o", "-"], {0: f, 1: f}),
+            (f"translate -o f.en >> {f}", [*translate, "-i", "in.en", "-o", "f.en"], {1: f}),
+            (f"score -H f.en >> {f}", ["score", "-H", "f.en", "-r", "in.en", "--json"], {1: f}),
+            (f"score -H - < {f} >> {f}", ["score", "-H", "-", "-r", "in.en"], {0: f, 1: f}),
+        ]
+    cases += [
+        ("translate >> the model", [*translate, "-i", "in.en", "-o", "x.de"],
+         {1: "run/model/best.safetensors"}),
+        ("average >> an input", ["average", "one.safetensors", "two.safetensors", "-o", "a.st"],
+         {1: "two.safetensors"}),
+        ("plot-attention >> its input", ["plot-attention", "in.align", "-o", "a.png"],
+         {1: "in.align"}),
+        ("plot-attention < its output", ["plot-attention", "in.align", "-o", "f.en"], {0: "f.en"}),
+        ("train >> run/train.log", ["train", "tiny.yaml", "--run-dir", "run"],
+         {1: "run/train.log"}),
+        ("train >> run/data/train.en", ["train", "tiny.yaml", "--run-dir", "run"],
+         {1: "run/data/train.en"}),
+        ("preprocess >> its corpus", ["preprocess", "tiny.yaml", "--run-dir", "new"],
+         {1: "corpus/train.en"}),
+    ]  # fmt: skip
+    return cases
+
+
+STREAMS = stream_cases()
+
+
+@pytest.fixture(scope="module")
+def desk(world, tmp_path_factory):
+    """A copy of the workspace's files that the stream cases name (links to f.en too)."""
+    root = tmp_path_factory.mktemp("desk")
+    for name in ["in.en", "in.align", "one.safetensors", "two.safetensors"]:
+        shutil.copy(world / name, root / name)
+    shutil.copy(world / "in.en", root / "f.en")
+    os.link(root / "f.en", root / "hard.en")
+    (root / "link.en").symlink_to(root / "f.en")
+    copy_run(world / "run", root / "run")
+    corpus = shutil.copytree(world / "corpus", root / "corpus")
+    (root / "tiny.yaml").write_text(TINY_CONFIG.format(corpus=corpus))
+    return root
+
+
+@pytest.mark.parametrize("args, streams", [c[1:] for c in STREAMS], ids=[c[0] for c in STREAMS])
+def test_a_standard_stream_on_an_input_or_the_output_is_refused(desk, args, streams, monkeypatch):
+    """`-o - >> input` would translate its own output forever; `-i - < output` would replace
+    its input; a log line appended to a checkpoint would break it."""
+    monkeypatch.chdir(desk)
+    with contextlib.ExitStack() as redirected:
+        for fd, name in streams.items():
+            redirected.enter_context(connected(fd, desk / name))
+        before = snapshot(desk)
+        result = invoke(args)
+    assert_refused(result, r"standard output goes to|the file on std(in|out)")
+    assert snapshot(desk) == before
+
+
+def test_the_shell_redirections_of_the_issue_are_refused(world, tmp_path):
+    """As a shell runs them: `-o - >> f.en` and `-i - < f.en -o f.en`."""
+    f = shutil.copy(world / "in.en", tmp_path / "f.en")
+    nmt = [sys.executable, str(ROOT / "cli.py"), "translate", "-m", str(world / "run")]
+    with open(f, "ab") as appended:
+        result = subprocess.run([*nmt, "-i", f, "-o", "-"], stdout=appended, stderr=subprocess.PIPE,
+                                text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and f"standard output goes to {f}, which" in result.stderr
+    with open(f, "rb") as read:
+        result = subprocess.run([*nmt, "-i", "-", "-o", f], stdin=read, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "is the file on stdin" in result.stderr
+    assert f.read_bytes() == (world / "in.en").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.en"]
+
+
+# --- messages that name the user's path -----------------------------------------------------
+
+SLASHED = [  # a name ending in "/" is a folder: never a file of that name
+    ["translate", "-m", "run", "-i", "in.en", "-o", "new/"],
+    ["translate", "-m", "run", "-i", "-", "-o", "new/"],
+    ["translate", "-m", "run", "-i", "in.en", "-o", "x.de", "--alignments", "new/"],
+    ["average", "one.safetensors", "two.safetensors", "-o", "new/"],
+    ["plot-attention", "in.align", "-o", "new/"],
+]
+
+
+@pytest.mark.parametrize("name", ["new/", "a_file/", f"{HERE}/new/", "inbox/../new/"])
+@pytest.mark.parametrize("args", SLASHED, ids=lambda a: " ".join(a[:1] + a[3:]))
+def test_a_name_ending_in_a_slash_names_a_folder(world, args, name, monkeypatch):
+    monkeypatch.chdir(world)
+    args = resolve([name if a == "new/" else a for a in args], world)
+    refused_and_untouched(world, args, re.escape(args[-1].rstrip("/")), input="The dog.\n")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_tokenizer_inside_a_checkpoint_names_the_checkpoint(world, tmp_path, damage):
+    tensors, metadata = read_safetensors(world / "one.safetensors")
+    proto = bytes(tensors["tokenizer.src"].numpy())
+    bad = {"garbage": b"\x07not a model" * 9, "truncated": proto[: len(proto) // 3], "empty": b""}
+    tensors["tokenizer.src"] = torch.tensor(list(bad[damage]), dtype=torch.uint8)
+    checkpoint = tmp_path / "bad.safetensors"
+    write_safetensors(checkpoint, tensors, metadata)
+    for args in (
+        ["translate", "-m", checkpoint, "-i", world / "in.en", "-o", tmp_path / "x.de"],
+        ["average", world / "one.safetensors", checkpoint, "-o", tmp_path / "avg.safetensors"],
+    ):
+        where = re.escape(f"{checkpoint} (its SentencePiece model): ")
+        assert_refused(invoke(args), rf"^error: {where}(not a valid SentencePiece|has no pad)")
+
+
+def test_a_failed_preprocess_names_the_run_folder_not_its_staging_folder(
+    world, tmp_path, monkeypatch
+):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    run = tmp_path / "runs" / "new"
+    line = assert_refused(invoke(["preprocess", world / "tiny.yaml", "--run-dir", run]))
+    assert line.startswith(f"error: {run}/") and "No space left" in line, line
+    assert ".preprocess." not in line
+    assert list(tmp_path.iterdir()) == []  # nor the folders made for it
 
 
 def test_a_folder_translates_into_a_folder_inside_it_without_touching_itself(world, tmp_path):
@@ -236,7 +438,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(world, tmp_p
     out.mkdir()
     for args in (["-o", out / "one.de"], ["--alignments", out / "a.json", "-o", out / "two.de"]):
         result = invoke(["translate", "-m", world / "run", "-i", world / "in.en", *args])
-        assert_refused(result, rf"{re.escape(str(out))}/\S+: cannot write \(No space left")
+        assert_refused(result, rf"{re.escape(str(out))}/(one\.de|two\.de): cannot write \(No space")
     assert list(out.iterdir()) == []
 
 
