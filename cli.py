@@ -10,6 +10,7 @@ stderr holds progress bars and, for a problem the user can fix, one line and exi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from errno import EEXIST, EISDIR, ENAMETOOLONG, ENOENT, ENOTDIR
 from functools import partial
@@ -22,7 +23,8 @@ from pipelines.layout import run_folder
 from seq2seq import __version__
 from seq2seq.config import load_config, parse_override
 from seq2seq.errors import UserError, out_of_memory
-from seq2seq.io import WRITE_ERRORS
+from seq2seq.io import WRITE_ERRORS, write_error
+from seq2seq.typed import short
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -34,6 +36,19 @@ ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 # Failures of the file system that the user can fix; anything else is a bug and keeps its
 # traceback.
 FILE_SYSTEM_ERRORS = WRITE_ERRORS | {ENOTDIR, EISDIR, ENOENT, EEXIST, ENAMETOOLONG}
+
+
+def _standard_streams() -> None:
+    """Hold a closed standard stream (`<&-`, `>&-`, `2>&-`) open on /dev/null, so that no
+    file opened later takes its number: stderr then writes nowhere, stdin and stdout stay
+    None, refused where they are needed. Text goes out as UTF-8, whatever the locale says."""
+    while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:
+        pass
+    os.close(fd)
+    sys.stderr = sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
 
 
 def fail(message: str, code: int = 2, where: str = ""):
@@ -73,7 +88,15 @@ class OneLineErrors(TyperGroup):
             raise UsageError(f"option '{repeated}' is given twice; it takes one value", ctx)
         return name, command, rest
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # the reader went away (`| head`): end quietly, as tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the last flush
+            return 141  # 128 + SIGPIPE
+
     def main(self, *args, standalone_mode: bool = True, **kwargs):
+        _standard_streams()
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except UserError as e:
@@ -85,19 +108,16 @@ class OneLineErrors(TyperGroup):
             fail(e.format_message(), where=where)
         except ClickException as e:
             fail(e.format_message(), e.exit_code)
-        except OSError as e:
-            if e.errno not in FILE_SYSTEM_ERRORS:
-                raise
-            where = f"{e.filename}: " if e.filename else ""
-            fail(f"{where}{e.strerror or e}")
-        except (MemoryError, RuntimeError) as e:
-            message = out_of_memory(e)
-            if message is None:
-                raise
-            fail(message)
         except typer.Abort:
             typer.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # the file system's, however a library wrapped it, or memory's
+            found = write_error(e) or e
+            if isinstance(found, OSError) and found.errno in FILE_SYSTEM_ERRORS:
+                fail(f"{found.filename}: {found.strerror}" if found.filename else found)
+            if out_of_memory(e) is None:
+                raise  # a bug keeps its traceback
+            fail(out_of_memory(e))
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else 0)
@@ -134,9 +154,7 @@ def _run(path: Path, ctx: typer.Context, run_dir: Path | None, extra: list[str] 
     """The config, with the overrides given, and the run folder it names."""
     for arg in ctx.args:
         if not arg.startswith("--") or "=" not in arg or "." not in arg.split("=")[0]:
-            raise UsageError(
-                f"unexpected argument '{arg}'; config overrides look like --section.key=value", ctx
-            )
+            raise UsageError(f"unexpected argument {short(arg)}; expected --section.key=value", ctx)
     given = {arg.split("=", 1)[0] for arg in ctx.args}
     for arg in extra:
         if arg.split("=", 1)[0] in given:
@@ -226,6 +244,8 @@ def translate(
                    "chunk_lines": chunk_lines},
     )  # fmt: skip
     config = from_dict(TranslateConfig, changes["translate"], "translate")
+    if output == "-" and sys.stdout is None:
+        raise UserError("-o -: stdout is closed; give -o FILE, or leave stdout open")
     log = partial(typer.echo, err=output == "-")
     result = translate_files(
         model, input, output, config, changes["search"], log, alignments, resume
@@ -277,7 +297,7 @@ def _sections(ctx: typer.Context, **aliases: dict) -> dict[str, dict]:
         path, value = parse_override(arg)
         if len(path) != 2 or path[0] not in changes:
             allowed = " or ".join(f"--{section}.KEY=VALUE" for section in changes)
-            raise UsageError(f"unexpected argument '{arg}'; this command takes {allowed}", ctx)
+            raise UsageError(f"unexpected argument {short(arg)}; this command takes {allowed}", ctx)
         if path[1] in changes[path[0]]:
             raise UsageError(f"--{'.'.join(path)} is set twice, by it and by its alias", ctx)
         changes[path[0]][path[1]] = value
@@ -323,7 +343,7 @@ def score(
 @app.command()
 def average(
     checkpoints: list[Path] = typer.Argument(..., help="Checkpoints, or a run with --best/--last."),
-    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint file to write."),
+    output: str = typer.Option(..., "-o", "--output", help="Checkpoint file to write."),
     best: int | None = typer.Option(None, help="Average the run's best K kept checkpoints."),
     last: int | None = typer.Option(None, help="Average the run's latest K kept checkpoints."),
     choose: bool = typer.Option(
@@ -354,7 +374,7 @@ def keys(
 def plot_attention(
     alignments: Path = typer.Argument(..., help="A file written by translate --alignments."),
     line: int = typer.Option(1, help="Which input line to draw (1 is the first)."),
-    output: Path = typer.Option(..., "-o", "--output", help="PNG file to write."),
+    output: str = typer.Option(..., "-o", "--output", help="PNG file to write."),
 ):
     """Draw one sentence's attention weights as a heatmap with the pieces on the axes."""
     from pipelines.plots import plot_attention as run_plot

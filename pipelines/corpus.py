@@ -24,7 +24,7 @@ from pathlib import Path
 
 from seq2seq.config import DataConfig
 from seq2seq.errors import UserError
-from seq2seq.io import count_lines, file_sha256, read_lines
+from seq2seq.io import count_lines, file_sha256, read_lines, write_error
 
 
 def _datasets():
@@ -156,6 +156,8 @@ def _load_table(data: DataConfig, name: str, cache_dir: Path):
             **options,
         )  # fmt: skip
     except Exception as e:  # the readers raise many types; all mean "cannot parse"
+        if write_error(e):  # but a full disk: for the caller to name
+            raise
         message = "invalid UTF-8" if isinstance(e.__cause__, UnicodeDecodeError) else _first_line(e)
         raise UserError(f"{path}: cannot read as {data.format} ({message})") from None
     return _select_columns(dataset, data, str(path)), _file_origin(path)

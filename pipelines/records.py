@@ -22,7 +22,7 @@ import yaml
 import seq2seq
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_text
+from seq2seq.io import append_text, atomic_write_text
 
 from .layout import RunFolder
 
@@ -77,8 +77,7 @@ class Record:
         if self.pending is not None:
             self.pending.append(line)
         elif self.write:
-            with open(self.run.train_text_log, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            append_text(self.run.train_text_log, line + "\n")
 
     def begin(self, device: torch.device, precision: str, step: int) -> None:
         """Write config.yaml and this invocation's record; say what changed since the last."""
@@ -112,8 +111,7 @@ class Record:
         )
         body = yaml.safe_dump(used, sort_keys=False, allow_unicode=True)
         atomic_write_text(self.run.used_config, header + body)
-        with open(self.run.train_runs, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        append_text(self.run.train_runs, json.dumps(record, ensure_ascii=False) + "\n")
 
     def previous_config(self) -> dict | None:
         """The config of the last recorded invocation (None for a run's first)."""

@@ -72,7 +72,7 @@ class SubwordConfig(Section):
     KEY = "data.subwords"
     model: str | None = setting(None, "reuse this .model file, or a checkpoint's or run's models")
     model_type: Literal["unigram", "bpe"] = setting("unigram", "SentencePiece's model type")
-    vocab_size: int = setting(8000, "pieces per SentencePiece model", low=8)
+    vocab_size: int = setting(8000, "pieces per SentencePiece model", low=8, high=1_000_000)
     joint: bool = setting(True, "one model for both languages (model.tie_embeddings needs it)")
     character_coverage: float = setting(1.0, "characters covered", above=0, high=1)
     byte_fallback: bool = setting(False, "spell unknown characters as bytes, not <unk>")
@@ -159,7 +159,7 @@ class EncoderConfig(Section):
     KEY = "model.encoder"
     cell: Cell = setting("gru", "rnn (h_t = tanh(W [h_{t-1}; x_t] + b)), gru or lstm")
     hidden_size: int = setting(256, "per direction (the states are twice this both ways)", low=1)
-    num_layers: int = setting(1, "stacked layers", low=1)
+    num_layers: int = setting(1, "stacked layers", low=1, high=100)
     bidirectional: bool = setting(True, "read the source both ways")
     dropout: float = setting(0.2, "between layers", low=0, below=1)
 
@@ -186,7 +186,7 @@ class DecoderConfig(Section):
     KEY = "model.decoder"
     cell: Cell = setting("gru", "rnn, gru or lstm")
     hidden_size: int = setting(512, "state size (dot, scaled_dot: the encoder's output)", low=1)
-    num_layers: int = setting(1, "stacked layers", low=1)
+    num_layers: int = setting(1, "stacked layers", low=1, high=100)
     dropout: float = setting(0.2, "between layers", low=0, below=1)
     input_feeding: bool = setting(False, "feed the last attentional vector back (Luong)")
     # initial state: a learned projection of the final encoder states, zeros, or the final
@@ -237,7 +237,7 @@ class TrainConfig(Section):
     seed: int = setting(1, "seed for initialization, dropout and data order", low=0)
     device: str = setting("auto", Device)
     precision: Precision = setting("auto", "auto: bf16 where faster, else fp32; fp16: GPU only")
-    threads: int = setting(0, "CPU threads for torch; 0: torch's default", low=0)
+    threads: int = setting(0, "CPU threads for torch; 0: torch's default", low=0, high=4096)
     init_from: str | None = setting(None, "fine-tune: start from this checkpoint's weights")
     init_optimizer: bool = setting(False, "with init_from a run: also its optimizer and step")
     batch_type: Literal["tokens", "sentences"] = setting("tokens", "what batch_size counts")
@@ -365,8 +365,8 @@ class Config(Section):
     serve: ServeConfig = section(ServeConfig, "the HTTP server")
 
     def check(self):
-        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
-               "letters, digits, '.', '_' or '-'", self.name)  # fmt: skip
+        _check(re.fullmatch(r"\w[\w .-]*", self.name) is not None, "name",  # one folder name
+               "letters, digits, spaces, '.', '_' or '-'", self.name)  # fmt: skip
 
 
 def config_keys(prefix: str = "", markdown: bool = False) -> str:

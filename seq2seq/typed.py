@@ -40,16 +40,14 @@ def section(cls: type, meaning: str) -> Any:
 
 def _range_text(meta: dict, integer: bool) -> str:
     kind = "an integer" if integer else "a number"
-    low, high, above, below = (meta.get(k) for k in BOUNDS)
-    if low is not None and high is not None:
-        return f"{kind} from {low} to {high}"
-    if low is not None and below is not None:
-        return f"{kind} in [{low}, {below})"
-    if above is not None and below is not None:
-        return f"{kind} in ({above}, {below})"
-    if low is not None:
-        return f"{kind} >= {low}"
-    return f"{kind} > {above}" if above is not None else f"{kind} <= {high}"
+    signs = {"low": ">=", "above": ">", "high": "<=", "below": "<"}  # lower bounds first
+    (first, a), *upper = [(signs[k], meta[k]) for k in signs if meta.get(k) is not None]
+    if not upper:
+        return f"{kind} {first} {a}"
+    second, b = upper[0]
+    if (first, second) == (">=", "<="):
+        return f"{kind} from {a} to {b}"
+    return f"{kind} in {'[' if first == '>=' else '('}{a}, {b}{']' if second == '<=' else ')'}"
 
 
 def _in_range(value: Any, meta: dict) -> bool:
@@ -135,6 +133,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp in (int, float):
         return _number(tp, value, key)
+    if tp is bool and isinstance(value, str):  # as YAML 1.1 spells them
+        value = {"true": True, "yes": True, "on": True, "false": False, "no": False,
+                 "off": False}.get(value.lower(), value)  # fmt: skip
     ok = {bool: isinstance(value, bool), str: isinstance(value, str)}.get(tp)
     if ok is None:
         raise TypeError(f"unsupported config annotation {tp!r} at {key}")
@@ -146,7 +147,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 # dot ("1e-3") as a string, so strings are parsed here; nan and infinity never make sense.
 NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
 NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
-LARGEST_INT = 2**62  # beyond any sensible size; past 2**63 torch overflows
+LARGEST_INT = 2**31  # beyond any sensible size; what C ints (SentencePiece), seeds hold
 
 
 def _number(tp: type, value: Any, key: str) -> int | float:
@@ -166,7 +167,7 @@ def _number(tp: type, value: Any, key: str) -> int | float:
     if isinstance(value, float):
         _check(value.is_integer(), key, "an integer", given)
         value = int(value)
-    _check(abs(value) < LARGEST_INT, key, "an integer below 2**62", given)
+    _check(abs(value) < LARGEST_INT, key, "an integer below 2**31", given)
     return value
 
 
@@ -205,9 +206,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     body = text[2:] if text.startswith("--") else text
     key, equals, value = body.partition("=")
     if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise UserError(f"override '{text}': expected --section.key=value")
+        raise UserError(f"override {short(text)}: expected --section.key=value")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.load(value, Loader=_Reader) if value != "" else ""
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -220,15 +221,45 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"override '{text}': '{part}' is not a section")
+                raise UserError(f"override {short(text)}: '{part}' is not a section")
             node = child
         node[path[-1]] = value
     return raw
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML would
-    keep the last one without a word, and the user would not know which value counts."""
+ALIASED_VALUES = 10_000  # what aliases (*name) may add to a config once copied out
+
+
+def _expanded(node: yaml.Node, sizes: dict) -> float:
+    """How many values `node` stands for once every alias in it is copied out; `sizes`
+    gathers each node once (an alias inside the node it names never ends: infinity)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = math.inf
+        inside = node.value if isinstance(node, yaml.CollectionNode) else []
+        if isinstance(node, yaml.MappingNode):
+            inside = [n for pair in inside for n in pair]
+        sizes[id(node)] = 1 + sum(_expanded(child, sizes) for child in inside)
+    return sizes[id(node)]
+
+
+class _Reader(yaml.SafeLoader):
+    """YAML's safe loader, read as a person means it. Plain values other than null stay the
+    text typed, which each key converts by its type (YAML 1.1 reads `no` as false, `010` as
+    8 and `2016-01-01` as a date). A key given twice in one mapping is an error (PyYAML
+    would keep the last without a word), and so are aliases that copy out more than
+    ALIASED_VALUES values: nested ones double at each level (a "billion laughs")."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag.endswith(("null", "merge"))]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_document(self, node):
+        sizes: dict = {}
+        if _expanded(node, sizes) - len(sizes) > ALIASED_VALUES:
+            problem = f"aliases copy out more than {ALIASED_VALUES:,} values; write them out"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -250,10 +281,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a YAML config file")
-    if not path.is_file():
+    if not path.exists():  # a pipe is fine: <(sed ... config.yaml)
         raise UserError(f"{path}: no such config file")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Reader)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; expected a YAML config") from None
     except yaml.MarkedYAMLError as e:

@@ -58,7 +58,7 @@ CASES = [
     ("config binary", "preprocess {root}/binary.bin", r"binary\.bin: not UTF-8"),
     ("unknown section", "preprocess {root}/typo.yaml", r"unknown config key 'modle'"),
     ("wrong type", "preprocess {config} --train.lr=fast", r"'train\.lr': expected a number"),
-    ("out of range", "preprocess {config} --data.subwords.vocab_size=2", r"vocab_size.*>= 8"),
+    ("out of range", "preprocess {config} --data.subwords.vocab_size=2", r"vocab_size.*from 8 to"),
     ("bad choice", "preprocess {config} --model.encoder.cell=cnn", r"'cnn' is not allowed"),
     (
         "corpus folder missing",

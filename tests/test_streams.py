@@ -5,6 +5,8 @@
 - every text input read the same way (byte-order mark, CRLF, no final newline, gzip), corpora,
   config files and alignments files included
 - what an input folder, a corpus or an alignments file may not hold
+- pipes and devices named by a path (read once, as streams; an endless binary one refused),
+  closed standard streams, an ASCII locale, and a reader that goes away (`| head -1`)
 
 Shared workspace: the `world` fixture in conftest.py; helpers in workspace.py.
 
@@ -18,16 +20,22 @@ import gzip
 import io
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from seq2seq.config import load_config
+from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.config import load_config, to_dict
+from seq2seq.errors import UserError
+from seq2seq.io import StreamLines, count_lines
 
 from .conftest import ROOT, TINY_CONFIG
 from .workspace import SENTENCES, invoke, refused_and_untouched
@@ -286,3 +294,158 @@ def test_plot_attention_refuses_weights_that_do_not_fit_the_pieces(world, tmp_pa
     (tmp_path / "a.jsonl").write_text(json.dumps(record) + "\n")
     args = ["plot-attention", tmp_path / "a.jsonl", "-o", tmp_path / "a.png"]
     refused_and_untouched(tmp_path, args, r"a\.jsonl:1: attention")
+
+
+# --- pipes and devices named by a path; closed standard streams; a reader that goes away ----
+
+
+def named_stream(tmp_path: Path, how: str, data: bytes) -> str:
+    """A path that gives `data` once, as it is written: a named pipe, or a pipe as
+    /dev/fd/N (what the shell names `<(zcat corpus.gz)`)."""
+    if how == "named pipe":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        threading.Thread(target=path.write_bytes, args=(data,), daemon=True).start()
+        return str(path)
+    read, write = os.pipe()
+    threading.Thread(target=lambda: (os.write(write, data), os.close(write)), daemon=True).start()
+    return f"/dev/fd/{read}"
+
+
+READERS = ["translate", "score", "plot-attention", "config"]
+
+
+@pytest.mark.parametrize("how", ["named pipe", "/dev/fd"])
+@pytest.mark.parametrize("reader", READERS)
+def test_a_pipe_named_by_a_path_is_read_once_as_a_stream(world, tmp_path, reader, how):
+    """Gzipped too, as `-i <(cat corpus.gz)` gives it; nothing counts its lines first."""
+    source = {"translate": "in.en", "score": "in.de", "plot-attention": "in.align",
+              "config": "tiny.yaml"}[reader]  # fmt: skip
+    data = (world / source).read_bytes()
+    path = named_stream(tmp_path, how, data if reader == "config" else gzip.compress(data))
+    try:
+        if reader == "config":
+            got, want = to_dict(load_config(path)), to_dict(load_config(world / source))
+            assert {**got, "name": "x"} == {**want, "name": "x"}
+            return
+        args = {
+            "translate": ["translate", "-m", world / "run", "-i", path, "-o", tmp_path / "o.de"],
+            "score": ["score", "-H", path, "-r", world / "in.de", "--json"],
+            "plot-attention": ["plot-attention", path, "--line", 2, "-o", tmp_path / "a.png"],
+        }[reader]
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        if reader == "translate":
+            assert (tmp_path / "o.de").read_text() == (world / "in.de").read_text()
+        if reader == "score":
+            plain = invoke(["score", "-H", world / source, "-r", world / "in.de", "--json"])
+            assert json.loads(result.stdout) == json.loads(plain.stdout)
+    finally:
+        if how == "/dev/fd":
+            os.close(int(path.rsplit("/", 1)[1]))
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+@pytest.mark.parametrize("reader", READERS)
+def test_an_endless_binary_device_is_refused_after_a_bounded_read(world, tmp_path, reader, device):
+    args = {
+        "translate": ["translate", "-m", world / "run", "-i", device, "-o", tmp_path / "o.de"],
+        "score": ["score", "-H", device, "-r", world / "in.de"],
+        "plot-attention": ["plot-attention", device, "-o", tmp_path / "a.png"],
+        "config": ["preprocess", world / "tiny.yaml", "--run-dir", tmp_path / "run",
+                   f"--data.path={tmp_path}", "--data.train=zero"],
+    }[reader]  # fmt: skip
+    if reader == "config":  # the corpus: train.en is the device
+        os.symlink(device, tmp_path / "zero.en")
+        shutil.copy(world / "corpus" / "train.de", tmp_path / "zero.de")
+        for split in ("dev", "test"):
+            for lang in ("en", "de"):
+                shutil.copy(world / "corpus" / f"{split}.{lang}", tmp_path)
+    refused_and_untouched(tmp_path, args, rf"{device}:\d+: (NUL byte|invalid UTF-8)|zero\.en")
+
+
+def run_nmt(args: list, cwd: Path, closed: int | None = None, **kwargs):
+    """`nmt` in its own process, with one standard stream closed (`<&-`, `>&-`, `2>&-`) and
+    an encoding that cannot spell the translations (PYTHONIOENCODING=ascii)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, timeout=120,
+        preexec_fn=None if closed is None else lambda: os.close(closed),
+        env={**os.environ, "PYTHONIOENCODING": "ascii"}, **kwargs,
+    )  # fmt: skip
+
+
+STREAM_CASES = {  # stream closed, -i, -o, exit code, what stderr says
+    "stdin closed, -i -": (0, "-", "o.de", 2, r"^error: stdin: is closed"),
+    "stdout closed, -o -": (1, "test.en", "-", 2, r"^error: -o -: stdout is closed"),
+    "stdout closed, -o FILE": (1, "test.en", "o.de", 0, ""),
+    "stderr closed": (2, "test.en", "-", 0, None),
+    "-i /dev/stdin": (None, "/dev/stdin", "-", 0, ""),
+}
+
+
+def umlaut_model(world: Path, path: Path) -> Path:
+    """The world's model with its output bias pushed to a piece spelled beyond ASCII, so
+    that every translation is (Mädchen Mädchen ...)."""
+    checkpoint = load_checkpoint(world / "run" / "model" / "best.safetensors")
+    pieces = checkpoint.tgt_tokenizer.sp
+    umlaut = next(i for i in range(pieces.get_piece_size()) if "ä" in pieces.id_to_piece(i))
+    with torch.no_grad():
+        checkpoint.model.decoder.output.bias[umlaut] += 50
+    save_checkpoint(path, checkpoint.model, checkpoint.src_tokenizer, checkpoint.tgt_tokenizer,
+                    checkpoint.search, checkpoint.info)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("case", list(STREAM_CASES))
+def test_closed_standard_streams_and_an_ascii_locale(world, tmp_path, case):
+    closed, source, output, code, said = STREAM_CASES[case]
+    shutil.copy(world / "in.en", tmp_path / "test.en")
+    model = umlaut_model(world, tmp_path / "m.safetensors")
+    expected = invoke(["translate", "-m", model, "-i", tmp_path / "test.en", "-o", "-"])
+    assert "ä" in expected.stdout
+    stdin = (tmp_path / "test.en").open("rb") if source == "/dev/stdin" else subprocess.DEVNULL
+    args = ["translate", "-m", model, "-i", source, "-o", output, "--device", "cpu"]
+    result = run_nmt(args, tmp_path, closed, stdin=stdin, capture_output=True)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr.decode()
+    if said is not None:
+        assert re.search(said, result.stderr.decode()), result.stderr
+    if code == 0:
+        written = result.stdout if output == "-" else (tmp_path / output).read_bytes()
+        assert written == expected.stdout.encode("utf-8")
+    else:
+        assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "test.en"]
+
+
+def test_a_reader_that_goes_away_ends_translation_quietly(world, tmp_path):
+    """`nmt translate ... | head -1`: exit status 141, as a process that SIGPIPE ends."""
+    (tmp_path / "many.en").write_text((world / "corpus" / "test.en").read_text() * 20)
+    args = ["translate", "-m", world / "run", "-i", "many.en", "-o", "-", "--chunk-lines", 1]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout.readline()
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr and "error" not in stderr, stderr
+
+
+def test_gzip_padding_that_arrives_in_a_later_read_is_skipped():
+    """Zeros after a member, as `gzip` skips them, though the read that brings them comes
+    after the one that ended the member."""
+    member = gzip.compress(b"a\nb\n")
+    parts = [member, bytes(512), gzip.compress(b"c\n"), bytes(10)]
+
+    class Reads:  # a pipe: each read brings what one write put in
+        read = staticmethod(lambda _, parts=iter(parts): next(parts, b""))
+
+    assert list(StreamLines(Reads())) == ["a", "b", "c"]
+
+
+def test_counting_lines_of_corrupt_gzip_names_the_file(tmp_path):
+    path = tmp_path / "broken.en.gz"
+    path.write_bytes(gzip.compress(b"a line\n" * 1000)[:-30])
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: corrupt gzip data"):
+        count_lines(path)
