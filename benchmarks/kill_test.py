@@ -1,13 +1,16 @@
-"""Kill test: SIGKILL `nmt train` and `nmt translate --resume` at random moments, resume,
-and compare with an uninterrupted run: identical weights, log and translations.
+"""Kill test: stop `nmt train`, `nmt translate --resume` and `nmt preprocess` at random
+moments, run them again, and compare with an uninterrupted run: identical weights, log,
+translations and preprocessed files, and nothing left behind.
 
-Each trial starts the real command line on a fresh copy of the same work, kills it at a
-moment drawn uniformly from the length of an uninterrupted run (seeded), then runs the same
-command again until it finishes. A kill can land anywhere: while Python starts, in a
-training step, in validation, in the middle of a checkpoint write, between a chunk's write
-and its progress record.
+Each trial starts the real command line on a fresh copy of the same work, stops it at a
+moment drawn uniformly from the length of an uninterrupted run (seeded) with a signal drawn
+from SIGKILL, SIGINT, SIGTERM and SIGINT twice (`--signals kill` for SIGKILL only), then
+runs the same command again until it finishes. A stop can land anywhere: while Python
+starts, in a training step (log lines average 4 steps, so most stops fall inside one), in
+validation (every 6 steps), in the middle of a checkpoint write, between a chunk's write and
+its progress record, while preprocess stages or moves its files.
 
-    python benchmarks/kill_test.py                     # 30 kills of each, about 10 minutes
+    python benchmarks/kill_test.py                     # 30 trials of each, about 15 minutes
     python benchmarks/kill_test.py --kills 5 --seed 3
     python benchmarks/kill_test.py --only train --sampling-alpha 0.3
 
@@ -46,7 +49,7 @@ train:
   batch_size: 600
   max_steps: 48
   validate_every: 6
-  log_every: 2
+  log_every: 4
   threads: 1
   keep_best: 2
   keep_last: 2
@@ -67,15 +70,26 @@ def make_corpus(folder: Path, pairs: int) -> Path:
     return folder
 
 
-def run_killed(command: list[str], after: float | None) -> bool:
-    """Run `command`; SIGKILL it `after` seconds in (None: never). True if it finished."""
+SIGNALS = {
+    "SIGKILL": [signal.SIGKILL],
+    "SIGINT": [signal.SIGINT],
+    "SIGTERM": [signal.SIGTERM],
+    "SIGINT twice": [signal.SIGINT, signal.SIGINT],
+}
+
+
+def run_killed(command: list[str], after: float | None, signals=SIGNALS["SIGKILL"]) -> bool:
+    """Run `command`; send it `signals` `after` seconds in (None: never). True if it
+    finished before."""
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         process.wait(timeout=after)
     except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
+        for signum in signals:
+            process.send_signal(signum)
+            time.sleep(0.05)
         process.wait()
         return False
     if process.returncode != 0:
@@ -90,16 +104,16 @@ def timed(command: list[str]) -> float:
 
 
 def kill_at(
-    command: list[str], fraction: float, seconds: float, fresh
+    command: list[str], fraction: float, seconds: float, fresh, signals
 ) -> tuple[float, bool, float]:
-    """Start `command` on fresh work (`fresh()`) and SIGKILL it at `fraction` of its length
-    `seconds`. A run that finishes first shows that the length was timed on a busier machine:
-    the length becomes that run's and the trial starts again (3 tries). Returns the moment,
-    whether the kill interrupted the run, and the length."""
+    """Start `command` on fresh work (`fresh()`) and send it `signals` at `fraction` of its
+    length `seconds`. A run that finishes first shows that the length was timed on a busier
+    machine: the length becomes that run's and the trial starts again (3 tries). Returns the
+    moment, whether the signals interrupted the run, and the length."""
     for _ in range(3):
         fresh()
         moment, start = fraction * seconds, time.monotonic()
-        if not run_killed(command, moment):
+        if not run_killed(command, moment, SIGNALS[signals]):
             return moment, True, seconds
         seconds = min(seconds, time.monotonic() - start)
     return moment, False, seconds
@@ -136,15 +150,15 @@ def same_training(a: dict, b: dict) -> bool:
     )
 
 
-def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float], say) -> int:
-    """Kill training at each moment (seconds), resume, compare; returns the trials that
-    matched the uninterrupted run."""
+def train_trials(config: Path, preprocessed: Path, work: Path, trials: list, say) -> int:
+    """Stop training at each (moment, signals) of `trials`, resume, compare; returns the
+    trials that matched the uninterrupted run."""
     straight = work / "train-straight"
     shutil.copytree(preprocessed, straight)
     seconds = timed([*CLI, "train", str(config), "--run-dir", str(straight)])
     expected = training_record(straight)
     matched = 0
-    for i, fraction in enumerate(kills):
+    for i, (fraction, signals) in enumerate(trials):
         run = work / f"train-{i}"
         command = [*CLI, "train", str(config), "--run-dir", str(run)]
 
@@ -152,7 +166,7 @@ def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(preprocessed, run)
 
-        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh)
+        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh, signals)
         if interrupted:
             run_killed(command, None)
         same = same_training(training_record(run), expected)
@@ -160,7 +174,7 @@ def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float
         ok = same and not leftovers
         matched += ok
         say(
-            f"train trial {i + 1}: killed at {moment:.2f} s of {seconds:.1f} s"
+            f"train trial {i + 1}: {signals} at {moment:.2f} s of {seconds:.1f} s"
             + ("" if interrupted else " (had finished)")
             + f": {'identical' if same else 'DIFFERENT'}"
             + (f", {len(leftovers)} temporary files left" if leftovers else "")
@@ -169,17 +183,60 @@ def train_trials(config: Path, preprocessed: Path, work: Path, kills: list[float
     return matched
 
 
+# --- preprocessing --------------------------------------------------------------------------
+
+
+def preprocessed_files(run: Path) -> dict:
+    """Every file preprocess wrote, by name; the manifest without its time of creation."""
+    files = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    manifest = json.loads(files.pop(Path("manifest.json")))
+    files.pop(Path(".lock"), None)
+    return {**files, "manifest": {k: v for k, v in manifest.items() if k != "created"}}
+
+
+def preprocess_trials(config: Path, work: Path, trials: list, say) -> int:
+    """Stop preprocess at each (moment, signals), run it again, compare the run folder with
+    an uninterrupted one's; nothing (a staging folder) may be left beside it."""
+    straight = work / "preprocess-straight" / "run"
+    seconds = timed([*CLI, "preprocess", str(config), "--run-dir", str(straight)])
+    expected = preprocessed_files(straight)
+    matched = 0
+    for i, (fraction, signals) in enumerate(trials):
+        run = work / f"preprocess-{i}" / "run"
+        command = [*CLI, "preprocess", str(config), "--run-dir", str(run)]
+
+        def fresh(run=run) -> None:
+            shutil.rmtree(run.parent, ignore_errors=True)
+            run.parent.mkdir()
+
+        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh, signals)
+        if interrupted:
+            run_killed(command, None)
+        same = preprocessed_files(run) == expected
+        leftovers = [p.name for p in run.parent.iterdir() if p != run]
+        matched += same and not leftovers
+        say(
+            f"preprocess trial {i + 1}: {signals} at {moment:.2f} s of {seconds:.1f} s"
+            + ("" if interrupted else " (had finished)")
+            + f": {'identical' if same else 'DIFFERENT'}"
+            + (f", left {leftovers}" if leftovers else "")
+        )
+        shutil.rmtree(run.parent)
+    return matched
+
+
 # --- translation ----------------------------------------------------------------------------
 
 
-def translate_trials(model: Path, source: Path, work: Path, kills: list[float], say) -> int:
-    """Kill `translate --resume` at each moment, run it again, compare the output bytes."""
+def translate_trials(model: Path, source: Path, work: Path, trials: list, say) -> int:
+    """Stop `translate --resume` at each (moment, signals), run it again, compare the output
+    bytes."""
     common = ["-m", str(model), "-i", str(source), "--chunk-lines", "16", "--device", "cpu"]
     straight = work / "straight.de"
     seconds = timed([*CLI, "translate", *common, "-o", str(straight)])
     expected = straight.read_bytes()
     matched = 0
-    for i, fraction in enumerate(kills):
+    for i, (fraction, signals) in enumerate(trials):
         out = work / f"trial-{i}.de"
         command = [*CLI, "translate", *common, "-o", str(out), "--resume"]
 
@@ -187,7 +244,7 @@ def translate_trials(model: Path, source: Path, work: Path, kills: list[float], 
             for path in work.glob(f"trial-{i}.de*"):
                 path.unlink()
 
-        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh)
+        moment, interrupted, seconds = kill_at(command, fraction, seconds, fresh, signals)
         # the final name comes last: if it is there, the work must be complete
         early = interrupted and out.exists() and out.read_bytes() != expected
         if interrupted:
@@ -197,7 +254,7 @@ def translate_trials(model: Path, source: Path, work: Path, kills: list[float], 
         ok = same and not early and not leftovers
         matched += ok
         say(
-            f"translate trial {i + 1}: killed at {moment:.2f} s of {seconds:.1f} s"
+            f"translate trial {i + 1}: {signals} at {moment:.2f} s of {seconds:.1f} s"
             + ("" if interrupted else " (had finished)")
             + f": {'identical' if same else 'DIFFERENT'}"
             + (", a final name on unfinished work" if early else "")
@@ -213,7 +270,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "kill_test")
     parser.add_argument("--lines", type=int, default=1500, help="lines translated per trial")
-    parser.add_argument("--only", choices=["train", "translate"], help="one command's trials")
+    parser.add_argument("--only", choices=["train", "translate", "preprocess"])
+    parser.add_argument("--signals", choices=["all", "kill"], default="all")
     parser.add_argument(
         "--sampling-alpha", type=float, default=0.0, help="train with subword sampling"
     )
@@ -222,7 +280,11 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     rng = random.Random(args.seed)
-    moments = {name: [rng.random() for _ in range(args.kills)] for name in ("train", "translate")}
+    kinds = list(SIGNALS) if args.signals == "all" else ["SIGKILL"]
+    trials = {
+        name: [(rng.random(), rng.choice(kinds)) for _ in range(args.kills)]
+        for name in ("train", "translate", "preprocess")
+    }
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -235,7 +297,7 @@ def main() -> None:
     run_killed([*CLI, "preprocess", str(config), "--run-dir", str(preprocessed)], None)
     tally = {}
     if args.only in (None, "train"):
-        tally["train"] = train_trials(config, preprocessed, args.work, moments["train"], say)
+        tally["train"] = train_trials(config, preprocessed, args.work, trials["train"], say)
     if args.only in (None, "translate"):
         model = args.work / "train-straight"
         if not model.exists():
@@ -245,7 +307,9 @@ def main() -> None:
         source = args.work / "source.en"
         text = "\n".join((lines * (args.lines // len(lines) + 1))[: args.lines]) + "\n"
         source.write_text(text)
-        tally["translate"] = translate_trials(model, source, args.work, moments["translate"], say)
+        tally["translate"] = translate_trials(model, source, args.work, trials["translate"], say)
+    if args.only in (None, "preprocess"):
+        tally["preprocess"] = preprocess_trials(config, args.work, trials["preprocess"], say)
     results = ", ".join(f"{name} {ok}/{args.kills} identical" for name, ok in tally.items())
     say(f"\nkill test (seed {args.seed}, sampling alpha {args.sampling_alpha}): {results}")
     sys.exit(0 if all(ok == args.kills for ok in tally.values()) else 1)

@@ -32,11 +32,12 @@ from seq2seq.batching import TokenSequenceWriter
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import Config, DataConfig, to_dict
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_open, atomic_write_bytes, atomic_write_text, count_lines
+from seq2seq.io import atomic_open, atomic_write_bytes, atomic_write_text, count_lines, writing
 from seq2seq.tokenizer import Tokenizer, normalize
 
 from .corpus import load_corpus, local_inputs
 from .layout import SPLITS, RunFolder, resolve_checkpoint
+from .train_data import proto_sha256
 
 CHUNK = 10_000  # pairs handled at a time: memory stays flat in the corpus size
 
@@ -228,11 +229,12 @@ def _encode(split: str, cleaned: Cleaned, tokenizers, data: DataConfig, stage: R
 
 
 def _staging_folder(run: RunFolder) -> Path:
-    """A fresh folder on the same file system as the run folder, outside it."""
-    anchor = run.root.resolve()
-    while not anchor.exists():
-        anchor = anchor.parent
-    return Path(tempfile.mkdtemp(prefix=f".{run.root.name}.preprocess.", dir=anchor))
+    """A fresh folder beside the run folder (the same file system), once those that a killed
+    preprocess of this run left are gone (the run's lock says that none is at work)."""
+    parent, prefix = run.root.resolve().parent, f".{run.root.name}.preprocess."
+    for stale in parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def _move_into_place(staging: Path, root: Path) -> None:
@@ -249,7 +251,8 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
     langs = {"src": data.src_lang, "tgt": data.tgt_lang}
     stage.data.mkdir(parents=True)
     log(f"preprocess: reading {data.source} corpus {data.path}")
-    datasets, origins = load_corpus(data, stage.root / "cache")
+    with writing(stage.root / "cache"):  # datasets' cache: its own errors wrap a full disk
+        datasets, origins = load_corpus(data, stage.root / "cache")
     sizes = origins.get("corpus_sizes")
     cleaned = {split: clean_text(split, datasets[split], data, stage, sizes) for split in SPLITS}
     del datasets
@@ -275,6 +278,7 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
             **tokenizer_files,
             "src_vocab_size": tokenizers[0].vocab_size,
             "tgt_vocab_size": tokenizers[1].vocab_size,
+            **{f"{side}_sha256": proto_sha256(t) for side, t in zip(langs, tokenizers)},
         },
         "splits": splits,
         "inputs": origins,
@@ -287,18 +291,21 @@ def preprocess(config: Config, run: RunFolder, log: Callable[[str], None] = prin
     """Run the stage; returns the manifest it wrote."""
     if not config.data.path:
         raise UserError("config key 'data.path': expected the corpus location, got nothing")
-    run.check_writable()  # refused before reading anything, as are outputs over the corpus
-    for path in local_inputs(config.data):
-        if run.preprocess_writes(path):
-            raise UserError(
-                f"{path}: the corpus file is where preprocess writes its output in {run.root}; "
-                "choose another --run-dir"
-            )
-    staging = _staging_folder(run)
-    try:
-        manifest = _build(config, RunFolder(staging), log)
-        _move_into_place(staging, run.root)
-        atomic_write_text(run.manifest, json.dumps(manifest, indent=2) + "\n")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with run.lock(reads=local_inputs(config.data)):  # refused before reading anything
+        for path in local_inputs(config.data):
+            if run.preprocess_writes(path):
+                raise UserError(
+                    f"{path}: the corpus file is where preprocess writes its output in "
+                    f"{run.root}; choose another --run-dir"
+                )
+        staging = _staging_folder(run)
+        try:
+            manifest = _build(config, RunFolder(staging), log)
+            run.manifest.unlink(missing_ok=True)  # a folder moved in part has none
+            _move_into_place(staging, run.root)
+            atomic_write_text(run.manifest, json.dumps(manifest, indent=2) + "\n")
+        except UserError as e:  # named as the user knows it, not the staging folder
+            raise UserError(str(e).replace(str(staging), str(run.root))) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return manifest

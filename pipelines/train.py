@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from seq2seq.config import Config
 from seq2seq.device import autocast, resolve_precision
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_text
+from seq2seq.io import append_text, atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
 from seq2seq.training import (
@@ -89,13 +89,17 @@ def _interrupt_flag():
 
 
 class StepFigures:
-    """Loss and token counts of the steps since the last log line, and the steps skipped,
-    summed on the device so that no step waits for them; read in one transfer."""
+    """Loss and token counts of the steps since the last log line (`window`: their sums
+    when a resumed run stopped), and the steps skipped, summed on the device so that no step
+    waits for them; read in one transfer."""
 
-    def __init__(self, device: torch.device):
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        self.loss, self.nll, self.tgt_tokens, self.src_tokens = (zero.clone() for _ in range(4))
-        self.skipped, self.in_a_row, self.most_in_a_row = (zero.clone() for _ in range(3))
+    WINDOW = ["loss", "nll", "tgt_tokens", "src_tokens"]
+
+    def __init__(self, device: torch.device, window: list[float]):
+        sums = [*(window or [0.0] * 4), 0.0, 0.0, 0.0]
+        sums = [torch.tensor(x, dtype=torch.float64, device=device) for x in sums]
+        self.loss, self.nll, self.tgt_tokens, self.src_tokens = sums[:4]
+        self.skipped, self.in_a_row, self.most_in_a_row = sums[4:]
         self.start = time.monotonic()
         self.tokens_seen = 0  # target tokens of every step, skipped or not, for speed
 
@@ -111,15 +115,18 @@ class StepFigures:
         self.most_in_a_row = torch.maximum(self.most_in_a_row, self.in_a_row)
         self.tokens_seen += tgt_tokens
 
-    def read(self) -> dict:
-        """The sums so far (one wait for the device); starts the next window."""
-        names = ["loss", "nll", "tgt_tokens", "src_tokens", "skipped", "most_in_a_row"]
+    def read(self, window_ends: bool) -> dict:
+        """The sums so far (one wait for the device); the skip counts start again, and the
+        window too if it ends (with a log line)."""
+        names = [*self.WINDOW, "skipped", "most_in_a_row"]
         values = torch.stack([getattr(self, name) for name in names]).tolist()
-        for name in names:
+        for name in names if window_ends else names[4:]:
             getattr(self, name).zero_()
         self.most_in_a_row.copy_(self.in_a_row)
         now = time.monotonic()
-        seconds, self.start, self.tokens_seen = max(1e-9, now - self.start), now, 0
+        seconds = max(1e-9, now - self.start)
+        if window_ends:
+            self.start, self.tokens_seen = now, 0
         return {**dict(zip(names, values)), "seconds": seconds}
 
 
@@ -135,8 +142,6 @@ class Trainer:
     ):
         self.config, self.folder, self.tc = config, run, config.train
         self.ranks = Ranks()
-        if self.ranks.main:
-            run.check_writable()
         self.record = Record(run, config, log, self.ranks.main)
         self.log = self.record.log if self.ranks.main else (lambda _: None)
         self.manifest = run.read_manifest()
@@ -148,7 +153,7 @@ class Trainer:
         self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
-        self.figures = StepFigures(self.device)
+        self.figures = StepFigures(self.device, self.state.window)
         self.ranks.barrier()
 
     def _load_data(self) -> None:
@@ -189,6 +194,11 @@ class Trainer:
             if self.ranks.main:
                 self.checkpoints.truncate_log(state.step)
             self.log(f"train: resuming from {run.train_state} at step {state.step}")
+        elif not fresh and (run.last.is_file() or run.best.is_file()):
+            raise UserError(
+                f"{run.train_state}: missing, but {run.model_dir} holds checkpoints of an "
+                "earlier run; pass --fresh to start over (replaces them), or use another --run-dir"
+            )
         else:
             if self.ranks.main:
                 run.model_dir.mkdir(parents=True, exist_ok=True)
@@ -337,8 +347,9 @@ class Trainer:
     def _sync_figures(self, log: bool) -> None:
         """Read what the device summed since the last time: log it, count the skipped steps,
         and stop a run whose steps keep failing."""
-        figures = self.figures.read()
+        figures = self.figures.read(window_ends=log)
         self.state.skipped += int(figures["skipped"])
+        self.state.window = [] if log else [figures[name] for name in StepFigures.WINDOW]
         if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.precision != "fp16":
             raise self._diverged(
                 f"{MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite loss by step "
@@ -368,8 +379,7 @@ class Trainer:
         self.record.figures(record)
         # non-finite numbers as null, so that the log stays strict JSON
         null = {k: None for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
-        with open(self.folder.train_log, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**record, **null}, allow_nan=False) + "\n")
+        append_text(self.folder.train_log, json.dumps({**record, **null}, allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
 
@@ -431,10 +441,11 @@ def train(
 ) -> dict:
     """Run the stage: train (or resume) until a budget or early stopping ends it. Under
     torchrun, every rank runs this; rank 0 alone writes."""
-    trainer = Trainer(config, run, log, fresh)
-    try:
-        result = trainer.run()
-    finally:
-        trainer.record.close()
+    with run.lock() if Ranks().main else contextlib.nullcontext():  # rank 0 writes
+        trainer = Trainer(config, run, log, fresh)
+        try:
+            result = trainer.run()
+        finally:
+            trainer.record.close()
     trainer.ranks.stop()
     return result

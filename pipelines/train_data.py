@@ -15,6 +15,7 @@ bit-exactly (without sampling, both hold).
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -33,10 +34,21 @@ from .layout import RunFolder
 
 
 def load_tokenizers(run: RunFolder, manifest: dict) -> tuple[Tokenizer, Tokenizer]:
+    """The SentencePiece models preprocess wrote, each checked against the manifest's hash."""
     files = manifest["tokenizer"]
     src = Tokenizer.load(run.root / files["src"])
     tgt = src if files["tgt"] == files["src"] else Tokenizer.load(run.root / files["tgt"])
+    for side, tokenizer in (("src", src), ("tgt", tgt)):
+        if files.get(f"{side}_sha256", proto_sha256(tokenizer)) != proto_sha256(tokenizer):
+            raise UserError(
+                f"{run.root / files[side]}: not the SentencePiece model {run.manifest} was made "
+                "with (another sha256); put it back, or run `nmt preprocess` again"
+            )
     return src, tgt
+
+
+def proto_sha256(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(tokenizer.proto).hexdigest()
 
 
 def make_vocab(src: Tokenizer, tgt: Tokenizer) -> Vocab:

@@ -25,7 +25,7 @@ import torch
 from seq2seq.checkpoint import _unique_state, read_safetensors, save_checkpoint, write_safetensors
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import UserError
-from seq2seq.io import atomic_write_text
+from seq2seq.io import atomic_write_text, file_sha256
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import LearningRate, flatten_state, unflatten_state
 
@@ -45,6 +45,7 @@ class TrainState:
     stale: int = 0  # validations since the dev metric last improved
     skipped: int = 0  # steps skipped for a non-finite loss
     validated_step: int = -1  # step of the last validation
+    window: list = field(default_factory=list)  # StepFigures' sums since the last log line
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Checkpoints:
         self.config, self.run, self.manifest = config, run, manifest
         self.tokenizers = tokenizers  # (source, target)
         self.ours = False  # whether last.safetensors was written by this run (or resumed one)
+        self.made_from = file_sha256(run.manifest)  # what the state says it was trained on
 
     def last_good(self, state: TrainState) -> str:
         """Where a good checkpoint is, for messages about a run that diverged: the best by
@@ -154,7 +156,7 @@ class Checkpoints:
             "lr": json.dumps(parts.lr.state_dict()),
             "skeleton": json.dumps(skeleton),
             "model": json.dumps(to_dict(self.config.model)),
-            "tokenizer": json.dumps(self.manifest["tokenizer"]),
+            "manifest": self.made_from,
         }
         write_safetensors(self.run.train_state, tensors, metadata)
 
@@ -169,8 +171,11 @@ class Checkpoints:
                 f"{path}: was trained with a different model config; pass --fresh to "
                 "start over (overwrites this run's checkpoints) or use another --run-dir"
             )
-        if json.loads(metadata["tokenizer"]) != self.manifest["tokenizer"]:
-            raise UserError(f"{path}: the run folder was preprocessed again since; pass --fresh")
+        if metadata.get("manifest", self.made_from) != self.made_from:  # (older states: none)
+            raise UserError(
+                f"{path}: trained on other data than {self.run.manifest} describes (preprocessed "
+                "again, or copied from another run); pass --fresh to start over"
+            )
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(model_state, strict=False)
         skeleton = json.loads(metadata["skeleton"])

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .config import ModelConfig, SearchConfig, from_dict, to_dict
+from .config import CleaningConfig, ModelConfig, SearchConfig, from_dict, to_dict
 from .errors import UserError
 from .io import atomic_write_bytes
 from .model import Seq2Seq
@@ -134,13 +134,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         vocab = Vocab(**json.loads(metadata["vocab"]))
         search = from_dict(SearchConfig, json.loads(metadata["search"]), "search")
         info = json.loads(metadata["info"])
-    except (KeyError, TypeError, json.JSONDecodeError, UserError) as e:
+        cleaning = {key: info[key] for key in ("normalize", "max_pieces") if key in info}
+        from_dict(CleaningConfig, cleaning, "info")  # how translation normalizes and cuts
+        if not all(isinstance(code, str) for code in info.get("languages", {}).values()):
+            raise TypeError("info.languages: expected a language code for src and tgt")
+    except (KeyError, TypeError, ValueError, AttributeError, UserError) as e:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid ({e})") from None
     if "tokenizer.src" not in tensors:
         raise UserError(f"{path}: checkpoint lacks its SentencePiece model")
-    src_tokenizer = Tokenizer(tensors.pop("tokenizer.src").numpy().tobytes())
-    tgt_proto = tensors.pop("tokenizer.tgt", None)
-    tgt_tokenizer = src_tokenizer if tgt_proto is None else Tokenizer(tgt_proto.numpy().tobytes())
+    inside = f"{path} (its SentencePiece model)"
+    src_tokenizer = Tokenizer(bytes(tensors.pop("tokenizer.src").numpy()), inside)
+    tgt = tensors.pop("tokenizer.tgt", None)
+    tgt_tokenizer = src_tokenizer if tgt is None else Tokenizer(bytes(tgt.numpy()), inside)
+    special = [getattr(tgt_tokenizer, f"{name}_id") for name in ("pad", "unk", "bos", "eos")]
+    if vocab != Vocab(src_tokenizer.vocab_size, tgt_tokenizer.vocab_size, *special):
+        raise UserError(f"{path}: checkpoint metadata 'vocab' does not match its tokenizer")
 
     model = Seq2Seq(config, vocab)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}

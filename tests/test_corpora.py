@@ -342,16 +342,16 @@ def test_weighted_corpora_are_seen_as_often_as_their_weights_say(tmp_path, tiny_
 
 
 def test_a_weight_change_needs_no_new_preprocess(tmp_path, tiny_corpus):
-    from pipelines.pipeline import _preprocessed
+    from pipelines.pipeline import _stale
 
     extra = write_corpus(tmp_path / "more", {"test": 5, "dev": 5, "train": 30}, seed=5)
     first = [f"--data.corpora=[{{path: {extra}, weight: 2}}]"]
     run_preprocess(tmp_path, tiny_corpus, first)
     run = RunFolder(tmp_path / "run")
     again = load_config(tmp_path / "c.yaml", [f"--data.corpora=[{{path: {extra}, weight: 5}}]"])
-    assert _preprocessed(again, run)
+    assert _stale(again, run) is None
     other = load_config(tmp_path / "c.yaml", [f"--data.corpora=[{{path: {extra}, train: dev}}]"])
-    assert not _preprocessed(other, run)
+    assert _stale(other, run) == "the data config changed"
 
 
 def test_a_script_without_spaces_works_end_to_end(tmp_path, tiny_corpus):

@@ -1,4 +1,5 @@
-"""Kill tests: SIGKILL at chosen moments, resume, and get what an uninterrupted run gets.
+"""Kill tests: SIGKILL (or SIGINT, SIGTERM, SIGINT twice) at chosen moments, resume, and get
+what an uninterrupted run gets, weights and log alike.
 
 A driver process runs the real stage with a few functions wrapped to print where it is
 (STEP, VALIDATE, WRITE in the middle of a checkpoint write; CHUNK, APPEND between a chunk's
@@ -49,8 +50,11 @@ real_validate, real_step = tr.Trainer.validate, tr.Trainer.train_step
 tr.Trainer.validate = lambda self: (say("VALIDATE", 0.05), real_validate(self))[1]
 tr.Trainer.train_step = lambda self, group: (say("STEP"), real_step(self, group))[1]
 config = load_config(sys.argv[1], ["--train.max_steps=24", "--train.validate_every=4",
-                                   "--train.log_every=2", "--train.threads=1"])
-tr.train(config, RunFolder(Path(sys.argv[2])), log=lambda _: None)
+                                   "--train.log_every=3", "--train.threads=1"])
+try:
+    tr.train(config, RunFolder(Path(sys.argv[2])), log=lambda _: None)
+except tr.Stopped:  # SIGINT or SIGTERM: saved, and stopped
+    sys.exit(130)
 say("DONE")
 """
 
@@ -82,21 +86,24 @@ say("DONE")
 """
 
 
-def run_until(command: list[str], marker: str | None, nth: int, rng: random.Random) -> bool:
-    """Run the driver; SIGKILL it just after its nth `marker` line. True if it finished."""
+def run_until(
+    command: list[str], marker: str | None, nth: int, rng: random.Random, signals=(signal.SIGKILL,)
+) -> bool:
+    """Run the driver; send it `signals` just after its nth `marker` line. True if it
+    finished. What it prints after the signals is read to the end (it may be saving)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    seen = 0
-    finished = False
+    seen, finished, sent = 0, False, False
     for line in process.stdout:
         word = line.strip()
-        if word == "DONE":
-            finished = True
-        if word == marker:
+        finished = finished or (word == "DONE" and not sent)
+        if word == marker and not sent:
             seen += 1
             if seen == nth:
                 time.sleep(rng.uniform(0.0, 0.04))
-                process.send_signal(signal.SIGKILL)
-                break
+                for signum in signals:
+                    process.send_signal(signum)
+                    time.sleep(0.01)
+                sent = True
     process.stdout.close()
     process.wait()
     return finished
@@ -119,18 +126,21 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_corpus, trai
         random.Random(0),
     )
     rng = random.Random(1)
+    kill, stop, term = (signal.SIGKILL,), (signal.SIGINT,), (signal.SIGTERM,)
     plan = [
-        ("STEP", 3),
-        ("VALIDATE", 1),
-        ("WRITE", 2),
-        ("STEP", 6),
-        ("WRITE", 1),
-        ("VALIDATE", 2),
-        ("WRITE", 4),
+        ("STEP", 2, kill),
+        ("STEP", 2, stop),  # in the middle of a log line's steps
+        ("VALIDATE", 1, stop),
+        ("WRITE", 2, term),
+        ("STEP", 4, stop * 2),
+        ("WRITE", 1, kill),
+        ("VALIDATE", 1, term),
+        ("WRITE", 3, stop),
     ]
     command = [sys.executable, "-c", driver, str(config), str(runs["killed"])]
-    for marker, nth in plan:
-        assert not run_until(command, marker, nth, rng), f"finished before the {marker} kill"
+    for marker, nth, signals in plan:
+        finished = run_until(command, marker, nth, rng, signals)
+        assert not finished, f"finished before the {marker} {signals}"
         assert not any(
             p.name.endswith(".safetensors") and p.stat().st_size == 0
             for p in (runs["killed"] / "model").glob("*")
@@ -228,17 +238,19 @@ def test_ctrl_c_saves_whole_steps_and_resumes_exactly(
 
 
 def test_kills_at_random_moments_resume_to_identical_results(tmp_path, tiny_corpus, trained_run):
-    """The short version of benchmarks/kill_test.py: two random kills of each command."""
+    """The short version of benchmarks/kill_test.py: two random stops of each command, with
+    SIGKILL and with SIGINT."""
     from benchmarks import kill_test
 
     config = write_config(tmp_path, tiny_corpus)
     preprocessed = copy_run(trained_run, tmp_path / "preprocessed", untrained=True)
     rng = random.Random(5)
-    kills = [rng.uniform(0.3, 0.95) for _ in range(2)]
+    trials = [(rng.uniform(0.3, 0.95), kind) for kind in ("SIGKILL", "SIGINT")]
     said = []
-    assert kill_test.train_trials(config, preprocessed, tmp_path, kills, said.append) == 2, said
+    assert kill_test.train_trials(config, preprocessed, tmp_path, trials, said.append) == 2, said
     source = tmp_path / "source.en"
     lines = (tiny_corpus / "test.en").read_text(encoding="utf-8").splitlines()
     source.write_text("\n".join(lines * 5) + "\n", encoding="utf-8")
     model = tmp_path / "train-straight"
-    assert kill_test.translate_trials(model, source, tmp_path, kills, said.append) == 2, said
+    assert kill_test.translate_trials(model, source, tmp_path, trials, said.append) == 2, said
+    assert kill_test.preprocess_trials(config, tmp_path, trials, said.append) == 2, said
