@@ -1,6 +1,6 @@
 """Encoder -> attention -> decoder -> Seq2Seq, read top to bottom.
 
-Shape legend: B batch (B*K rows during beam search), S source length, T target length,
+Shape legend: B batch (B*K decoder rows in beam search), S source length, T target length,
 E embedding size, H hidden size, D encoder output size (2H when bidirectional), A attention
 size, C context size, V vocabulary, L layers, h heads, d head size (A / h).
 
