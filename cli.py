@@ -1,14 +1,13 @@
 """The command line: one Typer command per stage, plus `pipeline`. Parses, loads the config,
 calls a stage; holds no logic of its own.
 
-Config values can be overridden after the config file with dotted keys, for example
-`nmt train configs/demo.yaml --train.max_steps=500 --model.decoder.hidden_size=256`.
 Stage messages go to stdout (stderr for `translate -o -`, whose stdout is the translation);
 stderr holds progress bars and, for a problem the user can fix, one line and exit code 2.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -28,24 +27,31 @@ from seq2seq.typed import short
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+RUN_DIR = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>).")
+MODELS = typer.Option(
+    ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
+)
+DEVICE = typer.Option(None, help="translate.device: auto, cpu, cuda or cuda:N.")
+PRECISION = typer.Option(None, help="translate.precision: auto, fp32, bf16, fp16 or int8.")
 
 # Typer may bring its own copy of click; take click's exception classes from Typer itself.
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-# Failures of the file system that the user can fix; anything else is a bug and keeps its
-# traceback.
+# Failures of the file system that the user can fix; any other is a bug and keeps its traceback.
 FILE_SYSTEM_ERRORS = WRITE_ERRORS | {ENOTDIR, EISDIR, ENOENT, EEXIST, ENAMETOOLONG}
 
 
 def _standard_streams() -> None:
-    """Hold a closed standard stream (`<&-`, `>&-`, `2>&-`) open on /dev/null, so that no
-    file opened later takes its number: stderr then writes nowhere, stdin and stdout stay
-    None, refused where they are needed. Text goes out as UTF-8, whatever the locale says."""
+    """Hold a closed standard stream (`<&-`, `>&-`, `2>&-`) open on /dev/null, so that no file
+    opened later takes its number (stdin, stdout stay None: refused where needed); write UTF-8."""
     while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:
         pass
     os.close(fd)
     sys.stderr = sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+    if isinstance(getattr(sys.stdout, "buffer", None), io.RawIOBase):  # PYTHONUNBUFFERED=1:
+        # text over a raw file drops what a write leaves (a size limit); a buffer retries
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(sys.stdout.buffer), line_buffering=True)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8")
@@ -57,13 +63,10 @@ def fail(message: str, code: int = 2, where: str = ""):
     sys.exit(code)
 
 
-def _repeated(command, args: list[str]) -> str | None:
-    """The first option (or dotted override) in `args` that is given twice, though
-    `command` takes one value for it: click would silently keep the last."""
-    single = {}
-    for param in command.params:
-        if param.param_type_name == "option" and not param.multiple:
-            single.update({name: param.name for name in param.opts + param.secondary_opts})
+def _refuse_repeated(ctx, command, args: list[str]) -> None:
+    """Refuse an option or dotted override given twice in `args`: click would keep the last."""
+    options = [p for p in command.params if p.param_type_name == "option" and not p.multiple]
+    single = {name: p.name for p in options for name in p.opts + p.secondary_opts}
     seen = set()
     for arg in args:
         if arg == "--":
@@ -72,20 +75,17 @@ def _repeated(command, args: list[str]) -> str | None:
         dotted = name.startswith("--") and "." in name and "=" in arg
         key = name if dotted else single.get(name)
         if key is not None and key in seen:
-            return name
+            raise UsageError(f"option '{name}' is given twice; it takes one value", ctx)
         seen.add(key)
-    return None
 
 
 class OneLineErrors(TyperGroup):
-    """Turn user errors, usage errors and file-system failures into one line on stderr and
-    exit code 2, and refuse an option given twice."""
+    """Turn user, usage and file-system errors into one line on stderr and exit code 2."""
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
-        repeated = _repeated(command, rest) if command is not None else None
-        if repeated:
-            raise UsageError(f"option '{repeated}' is given twice; it takes one value", ctx)
+        if command is not None:
+            _refuse_repeated(ctx, command, rest)
         return name, command, rest
 
     def invoke(self, ctx):
@@ -104,8 +104,7 @@ class OneLineErrors(TyperGroup):
         except UsageError as e:
             if not e.format_message().strip():  # a bare `nmt`: the help is the answer
                 sys.exit(2)
-            where = f" ({e.ctx.command_path})" if e.ctx is not None else ""
-            fail(e.format_message(), where=where)
+            fail(e.format_message(), where=f" ({e.ctx.command_path})" if e.ctx is not None else "")
         except ClickException as e:
             fail(e.format_message(), e.exit_code)
         except typer.Abort:
@@ -161,14 +160,6 @@ def _run(path: Path, ctx: typer.Context, run_dir: Path | None, extra: list[str] 
             raise UsageError(f"{arg.split('=', 1)[0]} is set twice, by it and by its alias", ctx)
     config = load_config(path, list(ctx.args) + list(extra))
     return config, run_folder(config.name, run_dir)
-
-
-RUN_DIR = typer.Option(None, "--run-dir", help="Run folder (default: runs/<config name>).")
-MODELS = typer.Option(
-    ..., "-m", "--model", help="Run folder, model folder or checkpoint; repeat it to ensemble."
-)
-DEVICE = typer.Option(None, help="translate.device: auto, cpu, cuda or cuda:N.")
-PRECISION = typer.Option(None, help="translate.precision: auto, fp32, bf16, fp16 or int8.")
 
 
 @app.command(context_settings=OVERRIDES)
@@ -236,24 +227,16 @@ def translate(
     from pipelines.translate import translate_files
     from seq2seq.config import TranslateConfig, from_dict
 
-    changes = _sections(
-        ctx,
-        search={"beam_size": beam_size, "n_best": n_best, "length_penalty": length_penalty,
-                "batch_size": batch_size, "max_tokens": max_tokens},
-        translate={"device": device, "precision": precision, "errors": errors,
-                   "chunk_lines": chunk_lines},
-    )  # fmt: skip
+    search = "beam_size n_best length_penalty batch_size max_tokens"
+    changes = _sections(ctx, search=search, translate="device precision errors chunk_lines")
     config = from_dict(TranslateConfig, changes["translate"], "translate")
     if output == "-" and sys.stdout is None:
         raise UserError("-o -: stdout is closed; give -o FILE, or leave stdout open")
     log = partial(typer.echo, err=output == "-")
-    result = translate_files(
-        model, input, output, config, changes["search"], log, alignments, resume
-    )
+    done = translate_files(model, input, output, config, changes["search"], log, alignments, resume)
     log(
-        f"translate: {result['sentences']} sentences in {result['seconds']:.1f}s "
-        f"({result['sentences_per_s']:.1f} sentences/s, {result['tgt_tokens_per_s']:.0f} "
-        "target tokens/s)"
+        "translate: {sentences} sentences in {seconds:.1f}s ({sentences_per_s:.1f} sentences/s, "
+        "{tgt_tokens_per_s:.0f} target tokens/s)".format(**done)
     )
 
 
@@ -275,24 +258,18 @@ def serve(
     from pipelines.translator import Translator
     from seq2seq.config import ServeConfig, TranslateConfig, from_dict
 
-    changes = _sections(
-        ctx,
-        search={"beam_size": beam_size},
-        serve={"host": host, "port": port},
-        translate={"device": device, "precision": precision},
-    )
+    changes = _sections(ctx, search="beam_size", serve="host port", translate="device precision")
     config = from_dict(ServeConfig, changes["serve"], "serve")
     run = from_dict(TranslateConfig, changes["translate"], "translate")
     search = changes["search"]
     run_serve(config, lambda: Translator(model, run.device, run.precision, **search), typer.echo)
 
 
-def _sections(ctx: typer.Context, **aliases: dict) -> dict[str, dict]:
-    """The changes a command takes, by section: its aliases that were given, then the
-    `--section.key=value` arguments of those sections."""
-    changes = {
-        name: {k: v for k, v in given.items() if v is not None} for name, given in aliases.items()
-    }
+def _sections(ctx: typer.Context, **aliases: str) -> dict[str, dict]:
+    """The changes a command takes, by section: its aliases that were given (options named
+    like the section's keys, listed as "key key ..."), then its `--section.key=value` args."""
+    given = {k: v for k, v in ctx.params.items() if v is not None}
+    changes = {s: {k: given[k] for k in keys.split() if k in given} for s, keys in aliases.items()}
     for arg in ctx.args:
         path, value = parse_override(arg)
         if len(path) != 2 or path[0] not in changes:
@@ -326,9 +303,10 @@ def score(
     from pipelines.score import describe, paired_test, score_files
     from seq2seq.config import ScoreConfig, from_dict
 
-    listed = metrics.split(",") if metrics is not None else None
-    aliases = {"tokenize": tokenize, "lowercase": lowercase, "metrics": listed}
-    config = from_dict(ScoreConfig, _sections(ctx, score=aliases)["score"], "score")
+    changes = _sections(ctx, score="tokenize lowercase metrics")["score"]
+    if metrics is not None:  # the alias takes a comma-separated list
+        changes["metrics"] = metrics.split(",")
+    config = from_dict(ScoreConfig, changes, "score")
     if paired_bs and paired_ar:
         raise UsageError("--paired-bs and --paired-ar: choose one", ctx)
     if paired_bs or paired_ar:

@@ -63,8 +63,7 @@ def choose(run: Path, kind: str, count: int) -> list[Path]:
 
 
 def candidates(run: Path) -> dict[str, list[Path]]:
-    """What `choose` compares: the best checkpoint alone, and the averages of the latest
-    2, 3, ... and of the best 2, 3, ... checkpoints the run kept."""
+    """What `choose_on_dev` compares: the best checkpoint; the last and best 2, 3, ... averaged."""
     folder = RunFolder(run)
     if not folder.best.is_file():
         raise UserError(f"{run}: no model/best.safetensors; train the run first")

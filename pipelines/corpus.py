@@ -78,16 +78,12 @@ def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[dict]:
 
 def _select_columns(dataset, data: DataConfig, where: str):
     """Map any table to columns `src` and `tgt` (flat columns or a nested translation dict)."""
-    columns = dataset.column_names
-    field = data.translation_field
+    columns, field = dataset.column_names, data.translation_field
     src_col, tgt_col = data.src_column or data.src_lang, data.tgt_column or data.tgt_lang
+    needed = {"data.translation_field": field}
     if field is None:
-        needed = {
-            "data.src_column or data.src_lang": src_col,
-            "data.tgt_column or data.tgt_lang": tgt_col,
-        }
-    else:
-        needed = {"data.translation_field": field}
+        needed = {"data.src_column or data.src_lang": src_col}
+        needed["data.tgt_column or data.tgt_lang"] = tgt_col
     for key, column in needed.items():
         if column not in columns:
             raise UserError(
@@ -211,10 +207,8 @@ def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:
     their origins; the training pairs of data.corpora follow train's own, in their order."""
     train, train_origin = load_split(data, data.train, cache_dir)
     splits, origins = {}, {"train": train_origin}
-    for split, name, size in (
-        ("dev", data.dev, data.dev_size),
-        ("test", data.test, data.test_size),
-    ):
+    given = {"dev": (data.dev, data.dev_size), "test": (data.test, data.test_size)}
+    for split, (name, size) in given.items():
         if name is not None:
             splits[split], origins[split] = load_split(data, name, cache_dir)
             continue

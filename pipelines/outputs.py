@@ -15,12 +15,11 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.io import WRITE_ERRORS, atomic_open, atomic_write_text, check_streams, same_file
+from seq2seq.io import atomic_open, atomic_write_text, check_streams, same_file, writing
 
 from .layout import check_output
 
@@ -40,8 +39,7 @@ class Job:
 
 @dataclass
 class Plan:
-    """The jobs of one run, the output folder it writes into (several inputs), and whether it
-    continues an interrupted run."""
+    """The jobs of one run, its output folder (several inputs), and whether it resumes."""
 
     jobs: list[Job]
     folder: Path | None = None
@@ -61,33 +59,27 @@ class Plan:
                 path.unlink(missing_ok=True)
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """The files a folder holds (not its subfolders, nor hidden files); anything else there
-    (a broken link, a pipe, a device) would be skipped without a word, so it is refused."""
-    files = []
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        if path.is_file():
-            files.append(path)
-        elif not path.is_dir():
-            raise UserError(
-                f"{path}: not a regular file (a broken link, a pipe or a device); "
-                f"move it out of {folder} or name the files to translate"
-            )
-    return files
-
-
 def _files_of(inputs: list[str]) -> list[Path]:
+    """The files named, and those each folder named holds (not subfolders, nor hidden files);
+    anything else in a folder (a broken link, a pipe, a device) is refused, not skipped."""
     files: list[Path] = []
     for name in inputs:
         path = Path(name)
         if name == "-":
             raise UserError("'-' (stdin) cannot be one of several inputs")
-        if path.is_dir():
-            files += _folder_files(path)
-        elif path.is_file():
+        if path.is_file():
             files.append(path)
-        else:
+        elif not path.is_dir():
             raise UserError(f"{path}: no such input file or folder")
+        else:
+            held = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            odd = next((p for p in held if not p.is_file() and not p.is_dir()), None)
+            if odd is not None:
+                raise UserError(
+                    f"{odd}: not a regular file (a broken link, a pipe or a device); "
+                    f"move it out of {path} or name the files to translate"
+                )
+            files += [p for p in held if p.is_file()]
     return files
 
 
@@ -98,7 +90,7 @@ def plan_jobs(inputs: list[str], output: str, alignments, resume: bool, models, 
         raise UserError("--alignments needs a file name; '-' is for -i and -o")
     if len(inputs) == 1 and not Path(inputs[0]).is_dir():
         if inputs[0] != "-" and output != "-" and Path(output).is_dir():  # as cp does
-            output = str(Path(output) / Path(inputs[0]).name)
+            output = str(Path(output) / Path(inputs[0]).name.removesuffix(".gz"))
         plan = Plan([Job(inputs[0], output, alignments)], resume=resume)
     else:
         if output == "-" or alignments is not None:
@@ -106,12 +98,17 @@ def plan_jobs(inputs: list[str], output: str, alignments, resume: bool, models, 
         files = _files_of(inputs)
         if not files:
             raise UserError(f"{', '.join(inputs)}: no files to translate")
-        names = [p.name for p in files]
-        if len(set(names)) != len(names):
-            raise UserError("two inputs have the same file name; their outputs would collide")
+        named: dict[str, Path] = {}
+        for path in files:  # x.en.gz is read as text, so its translation is x.en
+            if (name := path.name.removesuffix(".gz")) in named:
+                raise UserError(
+                    f"{named[name]} and {path} have the same file name once .gz is dropped; "
+                    "their outputs would collide"
+                )
+            named[name] = path
         folder = Path(output)
         check_output(folder, folder=True)
-        plan = Plan([Job(str(p), str(folder / p.name)) for p in files], folder, resume)
+        plan = Plan([Job(str(p), str(folder / name)) for name, p in named.items()], folder, resume)
     _check_plan(plan, models, world)
     return plan
 
@@ -162,8 +159,7 @@ def _new_file(path: Path, created: list[Path], size: int = 0):
 
 
 class StdoutSink:
-    """Writes each finished chunk to stdout at once; alignments, if any, go to
-    `<alignments>.partial` until `commit`."""
+    """Writes each chunk to stdout at once; alignments to `<alignments>.partial` until `commit`."""
 
     def __init__(self, alignments: str | None, created: list[Path]):
         self.total, self.done_lines = None, 0
@@ -173,8 +169,13 @@ class StdoutSink:
         return True
 
     def append(self, chunk: int, texts: list[str]) -> None:
-        sys.stdout.write(texts[0])
-        sys.stdout.flush()
+        with writing("standard output"):
+            try:
+                sys.stdout.write(texts[0])
+                sys.stdout.flush()
+            except OSError:  # what stays buffered must not fail again in the flush at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise
         if self.aligned is not None:
             self.aligned.write(texts[1].encode("utf-8"))
 
@@ -186,19 +187,7 @@ class StdoutSink:
         if self.aligned is not None:
             self.aligned.flush()
             os.fsync(self.aligned.fileno())
-        self.close()
-
-
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """A write that fails for want of room or rights, said as one line naming `path` (the
-    error of a write to an open file names none)."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS:
-            raise
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+            self.aligned.close()
 
 
 class FileSink:
@@ -241,9 +230,8 @@ class FileSink:
                 f"{self.targets[0]}: cannot resume, {', '.join(changed)} changed "
                 "since; run without --resume to start over"
             )
-        if any(not p.is_file() or p.stat().st_size < n for p, n in zip(self.paths, state["bytes"])):
-            return None
-        return state
+        written = zip(self.paths, state["bytes"])
+        return state if all(p.is_file() and p.stat().st_size >= n for p, n in written) else None
 
     def wants(self, chunk: int) -> bool:
         return chunk >= self.next_chunk and chunk % self.ranks.world == self.ranks.rank
@@ -251,7 +239,7 @@ class FileSink:
     def append(self, chunk: int, texts: list[str]) -> None:
         """Write one finished chunk to every output, then record it as done."""
         for f, path, text in zip(self.files, self.targets, texts):
-            with _naming(path):
+            with writing(path):
                 f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
@@ -263,7 +251,7 @@ class FileSink:
     def close(self) -> None:
         with contextlib.ExitStack() as closing:  # every file closed, even after a failure
             for f, path in zip(self.files, self.targets):
-                closing.enter_context(_naming(path))  # closing flushes what a full disk refused
+                closing.enter_context(writing(path))  # closing flushes what a full disk refused
                 closing.callback(f.close)
 
     def finish(self) -> None:

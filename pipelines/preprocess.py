@@ -70,14 +70,11 @@ class Cleaned:
 
 
 def clean_text(split: str, dataset, data: DataConfig, stage: RunFolder, corpus_sizes=None):
-    """Normalize every pair of a split; where train's filters apply, drop empty and over-long
-    pairs. Writes the pairs as lines of staged files and returns them as `Cleaned`, with
-    counts for each step and (when de-duplicating) a mask of the lines to keep: the first of
-    each set of identical pairs. With `corpus_sizes` (of the corpora that follow each other in
-    train), it records the corpus of each training line.
-
-    Duplicates are found from one 64-bit hash per pair, 8 bytes a pair instead of a set of
-    strings, so memory stays small however large the corpus."""
+    """Normalize every pair of a split, staged as lines; where train's filters apply, drop
+    empty and over-long pairs, and when de-duplicating, keep the first of identical pairs.
+    With `corpus_sizes` (of the corpora that follow each other in train), the corpus of each
+    training line is recorded. Duplicates are found from one 64-bit hash per pair, 8 bytes a
+    pair instead of a set of strings, so memory stays small however large the corpus."""
     cleaning = data.cleaning
     text = {side: stage.root / f"{split}.clean.{side}" for side in ("src", "tgt")}
     filtered = split == "train" or cleaning.filter_dev_test
@@ -212,17 +209,12 @@ def _encode(split: str, cleaned: Cleaned, tokenizers, data: DataConfig, stage: R
     if stats["kept"] == 0:
         raise UserError(f"the {split} split is empty after cleaning ({stats})")
     rel = {side: str(out[side].relative_to(stage.root)) for side in langs}
-    return {
-        **rel,
-        "src_ids": rel["src"],
-        "tgt_ids": rel["tgt"],
-        "pairs": stats["kept"],
-        "src_tokens": stats["src_tokens"],
-        "tgt_tokens": stats["tgt_tokens"],
-        "src_bytes": out["src"].stat().st_size,
-        "tgt_bytes": out["tgt"].stat().st_size,
-        **({"corpora": stats["corpora"]} if "corpora" in stats else {}),  # pairs of each
-    }
+    entry = {**rel, "src_ids": rel["src"], "tgt_ids": rel["tgt"], "pairs": stats["kept"]}
+    entry.update({f"{side}_tokens": stats[f"{side}_tokens"] for side in langs})
+    entry.update({f"{side}_bytes": out[side].stat().st_size for side in langs})
+    if "corpora" in stats:
+        entry["corpora"] = stats["corpora"]  # the pairs of each corpus
+    return entry
 
 
 # --- the stage ------------------------------------------------------------------------------
@@ -258,11 +250,9 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
     del datasets
     tokenizers = tokenizers_for(data, cleaned["train"], log)
     joint = tokenizers[0].proto == tokenizers[1].proto
-    tokenizer_files = {
-        side: stage.tokenizer(None if joint else lang).name for side, lang in langs.items()
-    }
+    files = {side: stage.tokenizer(None if joint else lang).name for side, lang in langs.items()}
     for side, tokenizer in zip(langs, tokenizers):
-        atomic_write_bytes(stage.root / tokenizer_files[side], tokenizer.proto)
+        atomic_write_bytes(stage.root / files[side], tokenizer.proto)
     splits = {split: _encode(split, cleaned[split], tokenizers, data, stage) for split in SPLITS}
     stats = {split: cleaned[split].counts for split in SPLITS}
     for split, counts in stats.items():
@@ -275,7 +265,7 @@ def _build(config: Config, stage: RunFolder, log: Callable[[str], None]) -> dict
         "languages": langs,
         "tokenizer": {
             "joint": joint,
-            **tokenizer_files,
+            **files,
             "src_vocab_size": tokenizers[0].vocab_size,
             "tgt_vocab_size": tokenizers[1].vocab_size,
             **{f"{side}_sha256": proto_sha256(t) for side, t in zip(langs, tokenizers)},

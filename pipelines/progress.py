@@ -60,10 +60,8 @@ class Progress:
         self.figures: dict[str, str] = {}
         self.bar = None
         if enabled and self.stream.isatty():
-            columns = [TextColumn("{task.description}")]
-            if total:
-                columns.append(BarColumn())
-            columns.append(TextColumn("{task.fields[status]}"))
+            bar = [BarColumn()] if total else []
+            columns = [TextColumn("{task.description}"), *bar, TextColumn("{task.fields[status]}")]
             # What the program prints meanwhile goes above the bar when it reaches the same
             # terminal; standard output sent elsewhere (a file, a pipe) is left alone.
             self.bar = Bar(
@@ -89,13 +87,10 @@ class Progress:
         """Done (of the total), rate, the figures, elapsed and time left."""
         elapsed = time.monotonic() - self.start
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.done:,.0f} {self.unit}"]
         if self.total:
-            parts = [
-                f"{self.done:,.0f}/{self.total:,.0f} {self.unit} "
-                f"({100 * self.done / self.total:.0f}%)"
-            ]
-        else:
-            parts = [f"{self.done:,.0f} {self.unit}"]
+            share = f"{100 * self.done / self.total:.0f}%"
+            parts = [f"{self.done:,.0f}/{self.total:,.0f} {self.unit} ({share})"]
         parts.append(f"{rate:,.1f} {self.unit}/s")
         parts += [f"{k} {v}" for k, v in self.figures.items()]
         left = []
@@ -108,14 +103,12 @@ class Progress:
             parts[-1] += f", left {format_duration(min(left))}"
         return " | ".join(parts)
 
-    def line(self) -> str:
-        return f"{self.label} | {self.status()}"
-
     def _write(self) -> None:
+        line = f"{self.label} | {self.status()}"
         if self.enabled and self.mirror is not None:
-            self.mirror(self.line())
+            self.mirror(line)
         if self.enabled and self.bar is None:
-            self.stream.write(self.line() + "\n")
+            self.stream.write(line + "\n")
             self.stream.flush()
 
     def close(self) -> None:

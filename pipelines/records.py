@@ -91,17 +91,9 @@ class Record:
         used = to_dict(self.config)
         previous = self.previous_config()
         changed = changes(previous, used) if previous is not None else {}
-        record = {
-            "time": now(),
-            "version": seq2seq.__version__,
-            "torch": torch.__version__,
-            "device": str(device),
-            "precision": precision,
-            "from_step": step,
-            "command": sys.argv,
-            "changed": changed,
-            "config": used,
-        }
+        record = {"time": now(), "version": seq2seq.__version__, "torch": torch.__version__}
+        record.update(device=str(device), precision=precision, from_step=step, command=sys.argv)
+        record.update(changed=changed, config=used)
         for key, (before, after) in changed.items():
             self.log(f"train: {key} changed since the last run: {before!r} -> {after!r}")
         header = (
@@ -117,8 +109,7 @@ class Record:
         """The config of the last recorded invocation (None for a run's first)."""
         if not self.run.train_runs.is_file():
             return None
-        lines = self.run.train_runs.read_text(encoding="utf-8").splitlines()
-        for line in reversed(lines):
+        for line in reversed(self.run.train_runs.read_text(encoding="utf-8").splitlines()):
             try:
                 return json.loads(line)["config"]
             except (json.JSONDecodeError, KeyError, TypeError):

@@ -126,8 +126,7 @@ def paired_test(
             for i, name in enumerate(scores["System"])
         ]
         return json.dumps(rows, indent=2, default=float)
-    options = {"paired_bs": test == "bs", "paired_ar": test == "ar"}
-    args = Namespace(format="text", width=2, **options)
+    args = Namespace(format="text", width=2, paired_bs=test == "bs", paired_ar=test == "ar")
     args.paired_bs_n = args.paired_ar_n = tested.n_samples
     Color.ENABLE_COLORS = sys.stdout.isatty()
     out = io.StringIO()
@@ -137,10 +136,8 @@ def paired_test(
 
 
 def describe(result: dict) -> str:
-    lines = [
-        "  ".join(f"{NAMES[name]} {result[name]:.2f}" for name in NAMES if name in result)
-        + f"  ({result['sentences']} sentences, {result['references']} reference(s))"
-    ]
+    scores = "  ".join(f"{NAMES[name]} {result[name]:.2f}" for name in NAMES if name in result)
+    lines = [f"{scores}  ({result['sentences']} sentences, {result['references']} reference(s))"]
     if "bleu_detail" in result:
         lines.append(f"  {result['bleu_detail']}")
     for name in NAMES:

@@ -189,8 +189,7 @@ class Service:
 
     async def v1_translate(self, request: Request) -> JSONResponse:
         fields = await read_fields(request, self.config)
-        unknown = sorted(set(fields) - set(V1_FIELDS.split(", ")))
-        if unknown:
+        if unknown := sorted(set(fields) - set(V1_FIELDS.split(", "))):
             raise Refused(400, f"unknown field {short(unknown[0])}; expected {V1_FIELDS}")
         texts, _ = texts_field(fields, "texts", self.config.max_texts)
         self.check_pair(fields.get("source"), fields.get("target"))

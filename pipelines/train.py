@@ -140,8 +140,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         fresh: bool = False,
     ):
-        self.config, self.folder, self.tc = config, run, config.train
-        self.ranks = Ranks()
+        self.config, self.folder, self.tc, self.ranks = config, run, config.train, Ranks()
         self.record = Record(run, config, log, self.ranks.main)
         self.log = self.record.log if self.ranks.main else (lambda _: None)
         self.manifest = run.read_manifest()
@@ -207,8 +206,9 @@ class Trainer:
                 atomic_write_text(run.train_log, "")
             if self.tc.init_from is not None:
                 state = fine_tune(self, self.tc.init_from)
-        if self.ranks.main:
-            self.checkpoints.remove_stale_temporaries()
+        if self.ranks.main:  # temporary files of writes that a kill interrupted
+            for stale in [*run.model_dir.glob(".*.tmp*"), *run.root.glob(".*.tmp*")]:
+                stale.unlink(missing_ok=True)
         if self.ranks.rank > 0:  # each rank its own dropout and word dropout
             torch.manual_seed(self.tc.seed + 7919 * self.ranks.rank + state.step)
         return state
@@ -253,13 +253,8 @@ class Trainer:
             f"train: stopped ({stop}) at step {state.step}, epoch {state.epoch}, after "
             f"{state.elapsed:.0f}s; best dev {METRIC_NAMES[self.tc.metric]} {best:.2f}"
         )
-        return {
-            "stop": stop,
-            "step": state.step,
-            "best": state.best,
-            "elapsed": state.elapsed,
-            "skipped": state.skipped,
-        }
+        result = {"stop": stop, "step": state.step, "best": state.best}
+        return {**result, "elapsed": state.elapsed, "skipped": state.skipped}
 
     def _epoch(self, interrupted: Callable[[], bool]) -> str | None:
         """Train on the rest of the current epoch; a reason to stop, or None at its end."""
@@ -280,15 +275,12 @@ class Trainer:
                 self._sync_figures(log=True)
             stop = self.validate_and_save() if state.step % tc.validate_every == 0 else None
             stop = stop or self._budget_reached() or ("interrupted" if interrupted() else None)
-            stop = self._agree(stop)
-            if stop is not None:
+            if (stop := self._agree(stop)) is not None:
                 steps.close()
                 return stop
         state.epoch += 1
         state.batch = 0
-        if tc.max_epochs and state.epoch >= tc.max_epochs:
-            return "max_epochs"
-        return None
+        return "max_epochs" if tc.max_epochs and state.epoch >= tc.max_epochs else None
 
     def _budget_reached(self) -> str | None:
         tc, state = self.tc, self.state

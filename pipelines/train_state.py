@@ -97,15 +97,10 @@ class Checkpoints:
     def save(self, model, parts: Optimization, state: TrainState, validation: dict | None):
         """Write last (and best and the kept ones, after a validation), then the state."""
         tc, run = self.config.train, self.run
-        info = {
-            "step": state.step,
-            "epoch": state.epoch,
-            **(validation or {}),
-            "normalize": self.config.data.cleaning.normalize,
-            "max_pieces": self.config.data.cleaning.max_pieces,
-            "languages": self.manifest["languages"],
-            "run": self.config.name,
-        }
+        cleaning = self.config.data.cleaning  # how input is prepared, for translation
+        info = {"step": state.step, "epoch": state.epoch, **(validation or {})}
+        info.update(normalize=cleaning.normalize, max_pieces=cleaning.max_pieces)
+        info.update(languages=self.manifest["languages"], run=self.config.name)
 
         def save(path: Path) -> None:
             save_checkpoint(path, model, *self.tokenizers, self.config.search, info)
@@ -201,8 +196,3 @@ class Checkpoints:
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a line cut short by a kill
         atomic_write_text(log, "".join(line + "\n" for line in kept))
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files of writes that a kill interrupted: never needed."""
-        for stale in [*self.run.model_dir.glob(".*.tmp*"), *self.run.root.glob(".*.tmp*")]:
-            stale.unlink(missing_ok=True)

@@ -2,33 +2,29 @@
 
 Reads: a checkpoint (a run folder, a model folder or a .safetensors file; self-contained) and
 UTF-8 text, one sentence a line: a file ("-" for stdin; .gz read transparently), several
-files, or a folder of them.
+files, or a folder of them. It searches as the checkpoint's `search` section says, with the
+changes asked for (`--search.beam_size=8`, or its alias `--beam-size 8`).
 Writes: for each input, its translation, line i for input line i ("-" for stdout; several
-inputs go to an output folder, one file each under the input's name), under its final name only
-when all is done; outputs.py says how partial outputs are kept, resumed and merged across ranks.
-With n-best > 1 a line holds each hypothesis and its score, tab-separated, or with
-`translate.n_best_format: moses` each hypothesis is a line `i ||| hypothesis ||| score`.
-
-What to search for is the checkpoint's `search` section with the changes asked for
-(`--search.beam_size=8`, or its alias `--beam-size 8`).
+inputs go to an output folder, one file each under the input's name less .gz), under its
+final name only when all is done; outputs.py says how partial outputs are kept, resumed and
+merged across ranks. With n-best > 1 a line holds each hypothesis and its score,
+tab-separated, or with `translate.n_best_format: moses` each hypothesis is a line
+`i ||| hypothesis ||| score`. With an alignments file, each input line also gets one JSON
+object there (empty lists for an empty line; zeros for a model without attention):
+    {"line": 1, "source": [source pieces..., "</s>"], "target": [target pieces..., "</s>"],
+     "attention": [[weight of each source piece] for each target piece]}
 
 The input is streamed: a chunk of lines is read, sorted by length, translated in batches
 (by sentence count or by a source-token budget), put back in input order and written, so
 memory stays flat however long the file is. Under torchrun (WORLD_SIZE > 1) rank r translates
 the chunks k with k % WORLD_SIZE == r. Lines typed or piped one at a time on stdin are
-answered as they arrive. Input is normalized as the training data was. Empty lines give empty
-lines. Lines longer than the model's limit (the training data's `max_pieces`) are cut to it,
+answered as they arrive. Input is normalized as the training data was; empty lines give empty
+lines; lines longer than the model's limit (the training data's `max_pieces`) are cut to it,
 and the number cut is reported at the end. On a GPU, reading and tokenizing the next chunk,
 and detokenizing and writing the last one, run on background threads while the GPU searches.
 
-With an alignments file, each input line also gets one JSON object there:
-    {"line": 1, "source": [source pieces..., "</s>"], "target": [target pieces..., "</s>"],
-     "attention": [[weight of each source piece] for each target piece]}
-(empty lists for an empty line; zeros for a model without attention).
-
-Before anything is written, every input is checked (it exists, and is UTF-8 text unless
-errors="replace"), and so is every destination (writable, not an input, not the model);
-if a run fails on bad input anyway, what it created is removed.
+Every input is read once (UTF-8 unless errors="replace") and every destination checked before
+anything is written; a run that fails on bad input anyway removes what it created.
 """
 
 from __future__ import annotations
@@ -114,15 +110,6 @@ def input_chunks(path: str, size: int, errors: str) -> Iterator[list[str]]:
     return _prompted(stream) if typed else _chunks(stream, size, stream.waiting)
 
 
-def check_inputs(jobs: list[Job], errors: str) -> None:
-    """Read every input file once, so that bad text stops the run before anything is
-    written (stdin can only be read once, as it is translated)."""
-    for job in jobs:
-        if not is_stream(job.input):
-            for _ in read_lines(job.input, errors=errors):
-                pass
-
-
 @dataclass
 class Session:
     """What every job of one `nmt translate` shares."""
@@ -161,8 +148,7 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
     """Translate this rank's share of one input into its sink; returns sentences, tgt tokens."""
     translator, config = session.translator, session.config
     sink, size, with_alignments = session.sink(job), config.chunk_lines, job.alignments is not None
-    # No progress redrawn over what a person types.
-    quiet = job.input == "-" and is_terminal(sys.stdin)
+    quiet = job.input == "-" and is_terminal(sys.stdin)  # no progress over what a person types
     progress = Progress("translate", sink.total, "sent", done=sink.done_lines, enabled=not quiet)
     counts = [0, 0]  # sentences, target tokens
 
@@ -182,11 +168,10 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
     chunks = ((k, lines) for k, lines in read if sink.wants(k))
     # Not for stdin: a thread waiting there for a line could not be stopped.
     overlap = worth_it(translator.device) and not is_stream(job.input)
+    encoded = ahead(lambda item: (item[0], translator.encode(item[1])), chunks, overlap)
     try:
         with Behind(enabled=overlap) as behind:
-            for k, chunk in ahead(
-                lambda item: (item[0], translator.encode(item[1])), chunks, overlap
-            ):
+            for k, chunk in encoded:
                 results = translator.search_chunk(chunk, with_alignments)
                 behind.submit(finish, k, chunk, results)
     except BaseException:
@@ -208,13 +193,15 @@ def translate_files(
     resume: bool = False,
 ) -> dict:
     """Translate one file (or "-"), several, or a folder with one model or an ensemble (a list
-    of models), with `search` changing the checkpoint's search settings; returns counts and
-    speed (this rank's)."""
+    of models), `search` changing the checkpoint's search; returns this rank's counts, speed."""
     inputs = [inputs] if isinstance(inputs, str) else inputs
     ranks, search = Ranks(), search or {}
     start = time.monotonic()
     plan = plan_jobs(inputs, output, alignments, resume, model_paths(model), ranks.world)
-    check_inputs(plan.jobs, config.errors)
+    for job in plan.jobs:  # bad text stops the run before anything is written
+        if not is_stream(job.input):  # (a stream is read once, as it is translated)
+            for _ in read_lines(job.input, errors=config.errors):
+                pass
     outputs = [plan.folder] if plan.folder else [t for job in plan.jobs for t in job.targets()]
     with contextlib.ExitStack() as held:  # each output kept to this run, by rank 0 for all
         for target in outputs if ranks.main else []:
@@ -225,12 +212,9 @@ def translate_files(
             log(f"translate: {translator.precision_note}")
         ranks.start(translator.device)
         loaded = time.monotonic()
-        sentences = tokens = 0
         try:
             plan.create_folder()
-            for job in plan.jobs:
-                done, produced = _run_job(session, job)
-                sentences, tokens = sentences + done, tokens + produced
+            counts = [_run_job(session, job) for job in plan.jobs]
             if ranks.main:
                 commit(plan)
         except (UserError, MemoryError, RuntimeError) as e:
@@ -238,6 +222,7 @@ def translate_files(
                 plan.remove_created()
             raise
     seconds = time.monotonic() - loaded
+    sentences, tokens = (sum(column) for column in zip(*counts))
     ranks.stop()
     if translator.truncated:
         log(

@@ -160,11 +160,8 @@ class Translator:
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)
         self.checkpoint = checkpoints[0]
-        self.model = (
-            checkpoints[0].model
-            if len(checkpoints) == 1
-            else Ensemble([c.model for c in checkpoints]).eval()
-        )
+        models = [c.model for c in checkpoints]
+        self.model = models[0] if len(models) == 1 else Ensemble(models).eval()
         self.search = override_search(self.checkpoint.search, search)
         asked = {"batch_size", "max_tokens"} & set(search) or self.search.max_tokens
         self.card_sized = self.device.type == "cuda" and not asked  # batches sized to the GPU
@@ -210,8 +207,7 @@ class Translator:
             try:
                 hypotheses = self.search_chunk(chunk, alignments, settings)
             except (MemoryError, RuntimeError) as e:  # sizes asked for that do not fit
-                message = out_of_memory(e)
-                if message is None:
+                if (message := out_of_memory(e)) is None:
                     raise
                 raise UserError(message) from None
             results += self.decode(chunk, hypotheses, alignments)
@@ -240,10 +236,8 @@ class Translator:
         start = time.perf_counter()
         texts = [normalize(line, self.normalize) for line in lines]
         ids = self.checkpoint.src_tokenizer.encode(texts)
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_pieces:
-                ids[i] = seq[: self.max_pieces]
-                self.truncated += 1
+        self.truncated += sum(len(seq) > self.max_pieces for seq in ids)
+        ids = [seq[: self.max_pieces] for seq in ids]
         todo = [i for i, text in enumerate(texts) if text]
         self.seconds["tokenize"] += time.perf_counter() - start
         return Encoded(lines, ids, todo)
@@ -254,13 +248,10 @@ class Translator:
         """Hypothesis lists (n best, best first) for each line ([] for an empty line)."""
         start = time.perf_counter()
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
+        todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
             hypotheses = translate_ids(
-                self.model,
-                [chunk.ids[i] for i in chunk.todo],
-                settings or self.search,
-                self.device,
-                return_attention=with_attention,
+                self.model, todo, settings, self.device, return_attention=with_attention
             )
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave
@@ -279,18 +270,11 @@ class Translator:
         translations = []
         for ids, hyps in zip(chunk.ids, results):
             source = self.checkpoint.src_tokenizer.pieces(ids) + ["</s>"] if with_attention else []
-            translations.append(
-                [
-                    Translation(
-                        next(texts),
-                        h.score,
-                        h.log_prob,
-                        h.tokens,
-                        self._alignment(source, h) if with_attention else None,
-                    )
-                    for h in hyps
-                ]
-            )
+            line = []
+            for h in hyps:
+                alignment = self._alignment(source, h) if with_attention else None
+                line.append(Translation(next(texts), h.score, h.log_prob, h.tokens, alignment))
+            translations.append(line)
         self.seconds["detokenize"] += time.perf_counter() - start
         return translations
 

@@ -31,15 +31,13 @@ class DevSet:
     def __init__(
         self, run: RunFolder, manifest: dict, vocab: Vocab, tokenizer: Tokenizer, score: ScoreConfig
     ):
-        """`tokenizer`: the target side's, to decode the hypotheses."""
         split = manifest["splits"]["dev"]
         self.src = TokenSequences.load(run.root / split["src_ids"])
         self.tgt = TokenSequences.load(run.root / split["tgt_ids"])
         self.sources = (run.root / split["src"]).read_text(encoding="utf-8").splitlines()
         self.references = (run.root / split["tgt"]).read_text(encoding="utf-8").splitlines()
-        self.vocab, self.tgt_tokenizer = vocab, tokenizer
-        # BLEU tokenized and cased as the test split will be scored
-        self.score = dataclasses.replace(score, metrics=("bleu", "chrf"))
+        self.vocab, self.tgt_tokenizer = vocab, tokenizer  # the target side's, to decode
+        self.score = dataclasses.replace(score, metrics=("bleu", "chrf"))  # as test is scored
 
     @torch.no_grad()
     def loss(self, model, device: torch.device, precision: str) -> float:

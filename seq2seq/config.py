@@ -9,11 +9,9 @@
     ├── score: ScoreConfig          what `nmt pipeline` scores the test split with
     └── serve: ServeConfig          the HTTP server
 
-Each key is declared once, here, with its default, one line of meaning and the range it must
-lie in (see typed.py); `nmt keys` prints them and docs/config.md is made from them. A YAML
-file sets any subset of keys; command-line overrides use dotted keys
-(`--model.encoder.hidden_size=512`). Unknown keys, wrong types and out-of-range values are a
-UserError that names the key and what is allowed.
+Each key is declared once, here, with its default, meaning and range (see typed.py); `nmt keys`
+and docs/config.md list them. A YAML file sets any subset of keys; the command line overrides
+dotted keys (`--model.encoder.hidden_size=512`).
 """
 
 from __future__ import annotations
@@ -24,34 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .typed import (  # noqa: F401 - from_dict, to_dict and parse_override are used from here
-    Section,
-    _check,
-    _convert,
-    apply_overrides,
-    from_dict,
-    keys,
-    parse_override,
-    read_yaml,
-    reference,
-    section,
-    setting,
-    short,
-    to_dict,
-)
+from . import typed
+from .typed import Section, from_dict, parse_override, section, setting, to_dict
 
+keys, short = typed.keys, typed.short  # for the modules that import them from here
+Source = Literal["local", "hub", "disk"]
+Format = Literal["text", "tsv", "csv", "json", "parquet"]
 Cell = Literal["rnn", "gru", "lstm"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Metric = Literal["bleu", "chrf", "ter"]
 Device = "auto (the GPU when there is one), cpu, cuda or cuda:N"
-
-
-def _device(key: str, value: str) -> None:
-    expected = "auto, cpu, cuda or cuda:N"
-    _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None, key, expected, value)
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 # --- data -----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class CleaningConfig(Section):
     """Filters for the training pairs (dev and test are only normalized, unless asked)."""
@@ -83,16 +67,11 @@ class SubwordConfig(Section):
     nbest_size: int = setting(-1, "unigram sampling from all (-1) or the n best (2 to 512)")
 
     def check(self):
-        _check(self.sampling_alpha < 1 or self.model_type == "unigram",
-               "data.subwords.sampling_alpha", "a dropout probability below 1 for a bpe model",
-               self.sampling_alpha)  # fmt: skip
-        _check(self.nbest_size == -1 or 1 < self.nbest_size <= 512, "data.subwords.nbest_size",
-               "-1 (all segmentations) or an integer from 2 to 512 (SentencePiece's n best)",
-               self.nbest_size)  # fmt: skip
-
-
-Source = Literal["local", "hub", "disk"]
-Format = Literal["text", "tsv", "csv", "json", "parquet"]
+        self.expect(self.sampling_alpha < 1 or self.model_type == "unigram", "sampling_alpha",
+                    "a dropout probability below 1 for a bpe model")  # fmt: skip
+        self.expect(self.nbest_size == -1 or 1 < self.nbest_size <= 512, "nbest_size",
+                    "-1 (all segmentations) or an integer from 2 to 512 "
+                    "(SentencePiece's n best)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,12 +93,9 @@ class CorpusConfig(Section):
 class DataConfig(Section):
     """Where the parallel corpus comes from and how it is prepared.
 
-    source "local": `path` is a folder; each split names a file in it. For format "text" a
-    split `train` means the pair `train.<src_lang>` and `train.<tgt_lang>` (".gz" optional);
-    for tsv/csv/json/parquet it is one file with a column per language.
-    source "hub": `path` is a Hugging Face dataset id, `hub_config` its config name, and each
-    split names a dataset split. source "disk": `path` is a folder written by `save_to_disk`.
-    Relative paths are resolved against the folder of the config file.
+    Each split names a file in `path` (source "local") or a dataset split (hub, disk). For
+    format "text" a split `train` means the pair `train.<src_lang>` and `train.<tgt_lang>`
+    (".gz" optional); a table format is one file with a column per language.
     """
 
     KEY = "data"
@@ -147,13 +123,10 @@ class DataConfig(Section):
 
     def check(self):
         different = self.src_lang != self.tgt_lang or self.src_column != self.tgt_column
-        _check(different, "data.tgt_lang", "a language different from data.src_lang",
-               self.tgt_lang)  # fmt: skip
+        self.expect(different, "tgt_lang", "a language different from data.src_lang")
 
 
 # --- model ----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class EncoderConfig(Section):
     KEY = "model.encoder"
@@ -209,28 +182,21 @@ class ModelConfig(Section):
 
     def check(self):
         enc, dec, att = self.encoder, self.decoder, self.attention
-        size = enc.output_size
         if att.scoring in ("dot", "scaled_dot") or dec.init == "last":
             why = f"{att.scoring} attention" if dec.init != "last" else "init 'last'"
             other = "" if dec.init == "last" else " (or use general, additive or multihead scoring)"
-            _check(dec.hidden_size == size, "model.decoder.hidden_size",
-                   f"the encoder output size {size} for {why}{other}", dec.hidden_size)  # fmt: skip
+            self.expect(dec.hidden_size == enc.output_size, "decoder.hidden_size",
+                        f"the encoder output size {enc.output_size} for {why}{other}")  # fmt: skip
         if att.scoring == "multihead":
-            _check(att.hidden_size % att.heads == 0, "model.attention.hidden_size",
-                   f"a multiple of attention.heads ({att.heads})", att.hidden_size)  # fmt: skip
-        if dec.init == "last":
-            _check(dec.num_layers == enc.num_layers, "model.decoder.num_layers",
-                   f"encoder.num_layers ({enc.num_layers}) for init 'last'",
-                   dec.num_layers)  # fmt: skip
-        _check(not (att.scoring == "none" and dec.input_feeding), "model.decoder.input_feeding",
-               "false when attention.scoring is none", dec.input_feeding)  # fmt: skip
+            self.expect(att.hidden_size % att.heads == 0, "attention.hidden_size",
+                        f"a multiple of attention.heads ({att.heads})")  # fmt: skip
+        self.expect(dec.init != "last" or dec.num_layers == enc.num_layers, "decoder.num_layers",
+                    f"encoder.num_layers ({enc.num_layers}) for init 'last'")  # fmt: skip
+        self.expect(not (att.scoring == "none" and dec.input_feeding), "decoder.input_feeding",
+                    "false when attention.scoring is none")  # fmt: skip
 
 
 # --- training -------------------------------------------------------------------------------
-
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-
-
 @dataclass(frozen=True)
 class TrainConfig(Section):
     KEY = "train"
@@ -273,12 +239,10 @@ class TrainConfig(Section):
     log_every: int = setting(100, "steps between training log lines", low=1)
 
     def check(self):
-        _device("train.device", self.device)
+        self.expect(bool(DEVICES.fullmatch(self.device)), "device", "auto, cpu, cuda or cuda:N")
 
 
 # --- translation ----------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SearchConfig(Section):
     KEY = "search"
@@ -294,10 +258,10 @@ class SearchConfig(Section):
     cuda_graphs: bool = setting(False, "on a GPU, replay the decoder step as CUDA graphs")
 
     def check(self):
-        _check(self.n_best <= self.beam_size, "search.n_best",
-               f"an integer from 1 to beam_size ({self.beam_size})", self.n_best)  # fmt: skip
-        _check(self.max_len_a > 0 or self.max_len_b > 0, "search.max_len_b",
-               "a positive limit when max_len_a is 0", self.max_len_b)  # fmt: skip
+        self.expect(self.n_best <= self.beam_size, "n_best",
+                    f"an integer from 1 to beam_size ({self.beam_size})")  # fmt: skip
+        self.expect(self.max_len_a > 0 or self.max_len_b > 0, "max_len_b",
+                    "a positive limit when max_len_a is 0")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -312,7 +276,7 @@ class TranslateConfig(Section):
     n_best_format: Literal["tab", "moses"] = setting("tab", "n-best lines: tab or moses (|||)")
 
     def check(self):
-        _device("translate.device", self.device)
+        self.expect(bool(DEVICES.fullmatch(self.device)), "device", "auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -320,9 +284,7 @@ class ScoreConfig(Section):
     KEY = "score"
     tokenize: str = setting("13a", "BLEU tokenizer: 13a, intl, zh, ja-mecab, char, flores200...")
     lowercase: bool = setting(False, "score lowercased text")
-    metrics: tuple[Literal["bleu", "chrf", "ter"], ...] = setting(
-        ("bleu", "chrf", "ter"), "sacreBLEU's metrics to report"
-    )
+    metrics: tuple[Metric, ...] = setting(("bleu", "chrf", "ter"), "sacreBLEU's metrics to report")
 
 
 @dataclass(frozen=True)
@@ -345,14 +307,12 @@ class ServeConfig(Section):
     shutdown_seconds: float = setting(30.0, "after SIGTERM, time left to requests in flight", low=0)
 
     def check(self):
-        _check(self.max_texts <= self.max_queue, "serve.max_texts",
-               f"at most serve.max_queue ({self.max_queue}): a larger request could never wait",
-               self.max_texts)  # fmt: skip
+        self.expect(self.max_texts <= self.max_queue, "max_texts",
+                    f"at most serve.max_queue ({self.max_queue}): "
+                    "a larger request could never wait")  # fmt: skip
 
 
 # --- the tree -------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Config(Section):
     name: str = setting("run", "names the run folder runs/<name>; default: the config file's")
@@ -365,29 +325,28 @@ class Config(Section):
     serve: ServeConfig = section(ServeConfig, "the HTTP server")
 
     def check(self):
-        _check(re.fullmatch(r"\w[\w .-]*", self.name) is not None, "name",  # one folder name
-               "letters, digits, spaces, '.', '_' or '-'", self.name)  # fmt: skip
+        self.expect(re.fullmatch(r"\w[\w .-]*", self.name) is not None, "name",  # one folder name
+                    "letters, digits, spaces, '.', '_' or '-'")  # fmt: skip
 
 
 def config_keys(prefix: str = "", markdown: bool = False) -> str:
     """Every config key under `prefix`, with its default, type and meaning (nmt keys)."""
-    return reference(Config, prefix, markdown)
+    return typed.reference(Config, prefix, markdown)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths
-    (data.path, data.corpora's): against the config file's folder when the file sets them,
-    against the current folder when the command line does."""
+    """Read a YAML config, apply dotted overrides, validate, and resolve relative data paths:
+    against the config file's folder when it sets them, the current one when overrides do."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), list(overrides))
+    raw = typed.apply_overrides(typed.read_yaml(path), list(overrides))
     raw.setdefault("name", path.stem)
     config = from_dict(Config, raw)
-    data, typed = config.data, {tuple(parse_override(text)[0][:2]) for text in overrides}
+    data, given = config.data, {tuple(parse_override(text)[0][:2]) for text in overrides}
 
     def resolved(source: str | None, where: str, key: str) -> str:
         if source not in ("local", "disk") or not where or Path(where).is_absolute():
             return where
-        return str(((Path.cwd() if ("data", key) in typed else path.parent) / where).resolve())
+        return str(((Path.cwd() if ("data", key) in given else path.parent) / where).resolve())
 
     corpora = tuple(
         dataclasses.replace(c, path=resolved(c.source or data.source, c.path, "corpora"))
@@ -398,12 +357,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def override_search(base: SearchConfig, changes: dict[str, Any]) -> SearchConfig:
-    """`base` (a checkpoint's search section) with `changes` by key, checked like the config
-    file. A new beam size also caps n_best unless n_best is given; a batch size given
-    without max_tokens batches by sentences."""
+    """`base` (a checkpoint's search section) with `changes`, checked like the config file: a
+    new beam size caps n_best unless it is given; batch_size without max_tokens counts sentences."""
     changes = dict(changes)
     if "beam_size" in changes and "n_best" not in changes:
-        beam = _convert(int, changes["beam_size"], "search.beam_size")
+        beam = typed._convert(int, changes["beam_size"], "search.beam_size")
         changes["n_best"] = max(1, min(base.n_best, beam))
     if "batch_size" in changes and "max_tokens" not in changes:
         changes["max_tokens"] = 0

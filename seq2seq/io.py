@@ -32,8 +32,7 @@ WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 
 
 def write_error(error: BaseException | None) -> OSError | None:
-    """The failure to write (one of WRITE_ERRORS) behind `error`, however a library wrapped
-    it (`datasets` raises its own types from it); None when there is none."""
+    """The failure to write (one of WRITE_ERRORS) behind `error`, however a library wrapped it."""
     while error is not None and not (isinstance(error, OSError) and error.errno in WRITE_ERRORS):
         hidden = error.__suppress_context__ and error.__cause__ is None
         error = error.__cause__ or (None if hidden else error.__context__)
@@ -76,8 +75,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path, "w") as f:
-        f.write(text)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def append_text(path: str | Path, text: str) -> None:
@@ -108,20 +106,15 @@ def open_binary(path: str | Path) -> IO[bytes]:
 
 
 def decode_line(raw: bytes, where: str, number: int, errors: str = "strict") -> str:
-    """One line of UTF-8 text without its line ending, by the rules every reader follows:
-    a byte-order mark opening the first line is dropped; a NUL byte marks a binary file;
-    invalid UTF-8 is an error naming the line, or U+FFFD with errors="replace"."""
-    if b"\x00" in raw:
-        raise UserError(
-            f"{where}:{number}: NUL byte found; this looks like a binary file, expected UTF-8 text"
-        )
+    """One line of UTF-8 text without its line ending, by the rules every reader follows: no
+    byte-order mark on line 1; NUL or invalid UTF-8 (unless errors="replace") is an error."""
+    problem = "NUL byte found; this looks like a binary file," if b"\x00" in raw else ""
     try:
         line = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"{where}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-            f"{e.start + 1}); expected UTF-8 text"
-        ) from None
+        problem = problem or f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1});"
+    if problem:
+        raise UserError(f"{where}:{number}: {problem} expected UTF-8 text")
     line = line.removeprefix(BOM) if number == 1 else line
     return line.rstrip("\n").rstrip("\r")
 
@@ -135,8 +128,7 @@ def _gzip_errors(path: str | Path) -> Iterator[None]:
 
 
 def is_stream(path: str | Path) -> bool:
-    """Whether an input is read once, as it arrives: "-" (standard input), or a pipe or a
-    device named by a path (/dev/stdin; /dev/fd/63 for `<(zcat corpus.gz)`)."""
+    """Whether an input is read once, as it arrives: "-", a pipe or a device (`<(zcat a.gz)`)."""
     named = os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
     return str(path) == "-" or named
 
@@ -151,8 +143,7 @@ def stream_lines(path: str | Path, errors: str = "strict") -> StreamLines:
 
 
 def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (gzip or plain) or stream by the rules of
-    `decode_line`."""
+    """Yield the lines of a UTF-8 text file (gzip or plain) or stream, by `decode_line`'s rules."""
     if is_stream(path):
         yield from stream_lines(path, errors)
         return
@@ -164,9 +155,8 @@ def read_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
 class StreamLines:
     """The lines of a stream (standard input) as they arrive, by the rules of `decode_line`.
 
-    `waiting()` tells whether the next line is not there yet: a person typing, or a program
-    that writes a line and waits for its answer. Readers then answer what they have instead
-    of waiting for a full chunk."""
+    `waiting()` tells whether the next line is not there yet (a person typing, a program
+    awaiting an answer), so that readers answer what they have rather than wait for a chunk."""
 
     def __init__(self, stream, where: str = "stdin", errors: str = "strict"):
         self.stream, self.where, self.errors = stream, where, errors
@@ -174,8 +164,7 @@ class StreamLines:
             self.fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
             self.fd = None  # an in-memory stream: everything is there already
-        self.buffer = b""
-        self.ended = False
+        self.buffer, self.ended = b"", False
         self.started = False  # whether the first bytes were seen (gzip or not)
         self.inflate = None  # a gzip stream's decompressor
         self.fed = False  # whether it holds part of a member
@@ -241,9 +230,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 # --- destinations ---------------------------------------------------------------------------
-
 SPECIAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
 STREAMS = {"-": "the file on stdin (-i -)", 0: "the file on stdin", 1: "the file on stdout"}
+HELD: set[Path] = set()  # the locks this process holds: a stage inside `pipeline` nests
 
 
 def same_file(a: str | Path | int, b: str | Path | int) -> bool:
@@ -267,11 +256,9 @@ def check_streams(reads: Iterable[str | Path]) -> None:
 
 
 def check_destination(path: str | Path, folder=False, parents=False, reads=(), writes=()) -> None:
-    """Refuse, before any work is done, a destination that cannot take the output: a file
-    name that is a folder (or ends in "/") or a special file, a folder name that is a file,
-    a missing or unwritable parent folder, a place on /proc, /sys or /dev; and, for `path` or
-    the temporary files it `writes` beside it, a file the command `reads` or a stream's. With
-    `parents`, missing folders on the way will be made: the nearest existing one is checked."""
+    """Refuse, before any work is done, a destination that cannot take the output, or that
+    (or the temporary files it `writes` beside it) is a file the command `reads` or a stream's.
+    With `parents`, missing folders on the way will be made: the nearest existing one is checked."""
     if not folder and str(path).endswith("/"):
         raise UserError(f"{path}: names a folder (it ends in '/'); expected a file name")
     path = Path(path)
@@ -299,14 +286,10 @@ def check_destination(path: str | Path, folder=False, parents=False, reads=(), w
             raise UserError(f"{path}: {what} {named}; choose another output")
 
 
-HELD: set[Path] = set()  # the locks this process holds: a stage inside `pipeline` nests
-
-
 @contextlib.contextmanager
 def hold(lock: Path, name: str | Path) -> Iterator[None]:
-    """Keep `name` (a run folder, an output) to this process for the block by an advisory lock
-    on the file `lock`, which names the holder, removed at the end (the kernel drops the lock
-    of a process killed); another process is refused naming it, this one may take it again."""
+    """Keep `name` (a run folder, an output) to this process for the block: an advisory lock on
+    `lock`, a file naming the holder (the kernel frees a killed one's); others are refused."""
     lock = Path(lock).absolute()
     if lock in HELD:
         yield

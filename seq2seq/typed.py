@@ -1,9 +1,6 @@
-"""Typed config sections: keys declared with their default, meaning and range, checked on
-construction, read from plain data (YAML) with messages that name the dotted key.
-
-A section is a frozen dataclass deriving from `Section`, each key declared with `setting`;
-`from_dict` builds one from a mapping, converting and checking every value, and `keys` and
-`reference` list every key for `nmt keys` and docs/config.md.
+"""Typed config sections: frozen dataclasses deriving from `Section`, each key declared with
+`setting` (default, meaning, range); `from_dict` builds one from YAML's plain data, naming a bad
+key by its dotted path, and `reference` lists the keys for `nmt keys` and docs/config.md.
 """
 
 from __future__ import annotations
@@ -25,11 +22,16 @@ from .errors import UserError
 
 # A key's range: each bound `setting` takes, and the test a value in range passes against it.
 BOUNDS = {"low": operator.ge, "high": operator.le, "above": operator.gt, "below": operator.lt}
+# How people write numbers: 0.001, 1e-3, 1E-3, +2, 1_000; nan and infinity never make sense.
+NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
+NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
+LARGEST_INT = 2**31  # beyond any sensible size; what C ints (SentencePiece), seeds hold
+ALIASED_VALUES = 10_000  # what aliases (*name) may add to a config once copied out
 
 
 def setting(default: Any, meaning: str, low=None, high=None, above=None, below=None) -> Any:
-    """A config key: its default, one line of meaning, and its range, if any: from `low`
-    and up to `high` (inclusive), or `above` and `below` (exclusive)."""
+    """A config key: its default, one line of meaning, and its range: from `low` (or `above`,
+    exclusive) up to `high` (or `below`, exclusive)."""
     bounds = {"low": low, "high": high, "above": above, "below": below}
     return field(default=default, metadata={"meaning": meaning, **bounds})
 
@@ -71,14 +73,17 @@ class Section:
                 integer = int in (hints[f.name], *typing.get_args(hints[f.name]))
                 expected = _range_text(f.metadata, integer and not isinstance(value, float))
                 if isinstance(value, tuple):  # "a number in ..." -> "a list of numbers in ..."
-                    kind, rest = expected.split(" ", 2)[1:]
-                    expected = f"a list of {kind}s {rest}"
-                key = f"{self.KEY}.{f.name}" if self.KEY else f.name
-                raise UserError(f"config key '{key}': expected {expected}, got {short(value)}")
+                    expected = re.sub(r"^an? (\w+)", r"a list of \1s", expected)
+                self.expect(False, f.name, expected)
         self.check()
 
     def check(self) -> None:
         pass
+
+    def expect(self, condition: bool, name: str, expected: str) -> None:
+        """Refuse the value of `name` (dotted below this section) unless `condition` holds."""
+        key = f"{self.KEY}.{name}" if self.KEY else name
+        _check(condition, key, expected, operator.attrgetter(name)(self))
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -93,13 +98,11 @@ def _check(condition: bool, key: str, expected: str, value: Any) -> None:
 
 
 def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+        return "one of " + ", ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(
-            "null" if a is type(None) else _type_name(a) for a in typing.get_args(tp)
-        )
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
     if origin is tuple:
         return "a list"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
@@ -107,25 +110,23 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert lists to tuples, ints to floats."""
-    origin = typing.get_origin(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, {} if value is None else value, key)
     if origin is Literal:
-        if value not in typing.get_args(tp):
+        if value not in args:
             raise UserError(
                 f"config key '{key}': {short(value)} is not allowed; expected {_type_name(tp)}"
             )
         return value
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
+        if value is None and type(None) in args:
             return None
-        for option in [o for o in options if o is not type(None)]:
+        for option in [o for o in args if o is not type(None)]:
             with contextlib.suppress(UserError):
                 return _convert(option, value, key)
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {short(value)}")
     if origin is tuple:
-        args = typing.get_args(tp)
         _check(isinstance(value, (list, tuple)), key, "a list", value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
@@ -141,13 +142,6 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         raise TypeError(f"unsupported config annotation {tp!r} at {key}")
     _check(ok, key, _type_name(tp), value)
     return value
-
-
-# How people write numbers: 0.001, 1e-3, 1E-3, +2, 1_000. PyYAML reads an exponent without a
-# dot ("1e-3") as a string, so strings are parsed here; nan and infinity never make sense.
-NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][-+]?\d+)?")
-NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
-LARGEST_INT = 2**31  # beyond any sensible size; what C ints (SentencePiece), seeds hold
 
 
 def _number(tp: type, value: Any, key: str) -> int | float:
@@ -203,8 +197,7 @@ def to_dict(value: Any) -> Any:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`--model.encoder.hidden_size=512` -> (["model", "encoder", "hidden_size"], 512)."""
-    body = text[2:] if text.startswith("--") else text
-    key, equals, value = body.partition("=")
+    key, equals, value = text.removeprefix("--").partition("=")
     if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise UserError(f"override {short(text)}: expected --section.key=value")
     try:
@@ -219,20 +212,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         node = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
                 raise UserError(f"override {short(text)}: '{part}' is not a section")
-            node = child
         node[path[-1]] = value
     return raw
 
 
-ALIASED_VALUES = 10_000  # what aliases (*name) may add to a config once copied out
-
-
 def _expanded(node: yaml.Node, sizes: dict) -> float:
-    """How many values `node` stands for once every alias in it is copied out; `sizes`
-    gathers each node once (an alias inside the node it names never ends: infinity)."""
+    """How many values `node` stands for, aliases copied out (one inside what it names: inf)."""
     if id(node) not in sizes:
         sizes[id(node)] = math.inf
         inside = node.value if isinstance(node, yaml.CollectionNode) else []
@@ -243,11 +231,9 @@ def _expanded(node: yaml.Node, sizes: dict) -> float:
 
 
 class _Reader(yaml.SafeLoader):
-    """YAML's safe loader, read as a person means it. Plain values other than null stay the
-    text typed, which each key converts by its type (YAML 1.1 reads `no` as false, `010` as
-    8 and `2016-01-01` as a date). A key given twice in one mapping is an error (PyYAML
-    would keep the last without a word), and so are aliases that copy out more than
-    ALIASED_VALUES values: nested ones double at each level (a "billion laughs")."""
+    """YAML's safe loader, read as a person means it: plain values but null stay text for each
+    key to convert by its type (YAML 1.1 reads `no` as false, `010` as 8); a key given twice is
+    an error, and so are aliases copying out over ALIASED_VALUES values (a "billion laughs")."""
 
     yaml_implicit_resolvers = {
         first: [(tag, pattern) for tag, pattern in resolvers if tag.endswith(("null", "merge"))]
@@ -267,12 +253,9 @@ class _Reader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
-            try:
-                problem = f"key {key!r} is given twice" if key in seen else None
-            except TypeError:  # a list or a mapping as a key
-                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-                problem = f"a {kind} cannot be a key"
-            if problem:
+            kind = {yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}.get(type(key_node))
+            if kind or key in seen:
+                problem = f"{kind} cannot be a key" if kind else f"key {key!r} is given twice"
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
