@@ -152,7 +152,7 @@ class Trainer:
         self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
-        self.figures = StepFigures(self.device, self.state.window)
+        self.figures = StepFigures(self.device, self.state.window if self.ranks.main else [])
         self.ranks.barrier()
 
     def _load_data(self) -> None:
