@@ -341,7 +341,9 @@ class Trainer:
         and stop a run whose steps keep failing."""
         figures = self.figures.read(window_ends=log)
         self.state.skipped += int(figures["skipped"])
-        self.state.window = [] if log else [figures[name] for name in StepFigures.WINDOW]
+        # The losses of all ranks; the token counts are the whole step's. Rank 0 restores them.
+        loss, nll = self.ranks.sum([figures["loss"], figures["nll"]], self.device)
+        self.state.window = [] if log else [loss, nll, figures["tgt_tokens"], figures["src_tokens"]]
         if figures["most_in_a_row"] >= MAX_SKIPPED_IN_A_ROW and self.precision != "fp16":
             raise self._diverged(
                 f"{MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite loss by step "
@@ -349,7 +351,6 @@ class Trainer:
             )
         if not log:
             return
-        loss, nll = self.ranks.sum([figures["loss"], figures["nll"]], self.device)
         tokens, seconds = max(1.0, figures["tgt_tokens"]), figures["seconds"]
         record = {
             "step": self.state.step,
