@@ -24,6 +24,15 @@ precision is for CUDA only, and ratios are only taken between like precisions.
     python benchmarks/vs_joeynmt.py                   # 3 repetitions of 200 steps: ~75 min
     python benchmarks/vs_joeynmt.py --repeats 1 --steps 100 --warmup 50   # a quick look
 
+Models of 200 steps babble, so their decoding compares unequal work. `--train-seconds S`
+instead trains each toolkit once at its defaults (this toolkit: length bucketing and
+`precision: auto`; JoeyNMT: the peer's long.sh, fp32) for S seconds of wall time, then times
+decoding with those two models in `--repeats` interleaved repetitions: this toolkit at its
+defaults (sorted chunks, `precision: auto`), in fp32, in int8, and in fp32 with batches in
+input order; JoeyNMT as it decodes. Every row gives the test BLEU of what it wrote.
+
+    python benchmarks/vs_joeynmt.py --train-seconds 1800   # ~75 min on 2 cores
+
 Run it on a quiet machine: any other load distorts both sides. The peer is set up by
 ../shared/peers/joeynmt/setup.sh and prepare.sh on first use.
 """
@@ -87,14 +96,23 @@ def train_ours(run: Path, steps: int, warmup: int, bucket: bool, log: Path) -> d
     }
 
 
-def decode_ours(run: Path, work: Path, beam: int, sorted_chunks: bool, tok: Tokenizer) -> dict:
-    name = f"ours.b{beam}.{'sorted' if sorted_chunks else 'input-order'}"
+# how this toolkit decodes in each row: chunks sorted by length (the default) or batches in
+# input order as JoeyNMT makes them, and the precision (auto: bf16 where the CPU has it)
+WAYS = {
+    "sorted": ["--precision", "fp32"],
+    "input-order": ["--precision", "fp32", "--chunk-lines", "64"],
+    "defaults": [],
+    "int8": ["--precision", "int8"],
+}
+
+
+def decode_ours(run: Path, work: Path, beam: int, way: str, tok: Tokenizer) -> dict:
+    name = f"ours.b{beam}.{way}"
     out, log = work / f"{name}.en", work / f"{name}.log"
-    chunk = [] if sorted_chunks else ["--chunk-lines", "64"]
     timed = run_timed(
         [*NMT, "translate", "-m", str(run), "-i", str(run / "data" / "test.de"), "-o",
          str(out), "--beam-size", str(beam), "--batch-size", "64", "--device", "cpu",
-         "--precision", "fp32", *chunk],
+         *WAYS[way]],
         log,
     )  # fmt: skip
     seconds = float(re.search(r"sentences in ([\d.]+)s", log.read_text()).group(1))
@@ -122,19 +140,18 @@ def _timestamp(line: str) -> float:
     return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def peer_window(train_log: str, steps: int, warmup: int) -> tuple[float, float]:
-    """Seconds between JoeyNMT's log lines at `warmup` and `steps`, and the target tokens
-    in between (its Tokens per Sec over each interval times the interval)."""
+def peer_window(train_log: str, steps: int = 0, warmup: int = 0) -> tuple[float, float, int]:
+    """Seconds between JoeyNMT's log lines at `warmup` and `steps` (its first and last when
+    0), the target tokens in between (its Tokens per Sec over each interval times the
+    interval), and the last step."""
     points = {}
     for line in train_log.splitlines():
         match = re.search(r"Step:\s+(\d+),.*Tokens per Sec:\s+(\d+)", line)
         if match:
             points[int(match.group(1))] = (_timestamp(line), float(match.group(2)))
-    seconds = points[steps][0] - points[warmup][0]
-    tokens = 0.0
-    for step in range(warmup + LOG_EVERY, steps + 1, LOG_EVERY):
-        tokens += points[step][1] * (points[step][0] - points[step - LOG_EVERY][0])
-    return seconds, tokens
+    logged = sorted(step for step in points if warmup <= step and (not steps or step <= steps))
+    tokens = sum(points[b][1] * (points[b][0] - points[a][0]) for a, b in zip(logged, logged[1:]))
+    return points[logged[-1]][0] - points[logged[0]][0], tokens, logged[-1]
 
 
 def run_peer(steps: int, warmup: int, work: Path, tok: Tokenizer) -> dict:
@@ -147,7 +164,7 @@ def run_peer(steps: int, warmup: int, work: Path, tok: Tokenizer) -> dict:
             check=True,
         )  # fmt: skip
     logs = peer / "logs" / f"bench_{steps}"
-    seconds, tokens = peer_window((logs / "train.out").read_text(), steps, warmup)
+    seconds, tokens, _ = peer_window((logs / "train.out").read_text(), steps, warmup)
     rss = re.search(
         r"Maximum resident set size \(kbytes\): (\d+)", (logs / "train.time").read_text()
     )
@@ -159,16 +176,74 @@ def run_peer(steps: int, warmup: int, work: Path, tok: Tokenizer) -> dict:
         }
     }
     for beam in (5, 1):
-        report = (logs / f"dec_b{beam}.out").read_text()
-        rss = re.search(RSS, (logs / f"dec_b{beam}.time").read_text())
-        out = logs / f"test.b{beam}.en"
-        result[f"beam{beam}"] = {
-            "seconds": float(re.search(r"Generation took ([\d.]+)\[sec\]", report).group(1)),
-            "tokens": count_tokens(out, tok),
-            "rss_mib": int(rss.group(1)) / 1024,
-            "bleu": bleu(out, peer / "data" / "test.en"),
-        }
+        result[f"beam{beam}"] = peer_decoded(logs, f"b{beam}", logs / f"test.b{beam}.en", tok)
     return result
+
+
+def peer_decoded(logs: Path, name: str, out: Path, tok: Tokenizer) -> dict:
+    """What JoeyNMT's translate wrote to `out`, its log `dec_<name>.out` and GNU time's
+    report `dec_<name>.time` say: generation seconds (model loading excluded), etc."""
+    report = (logs / f"dec_{name}.out").read_text()
+    return {
+        "seconds": float(re.search(r"Generation took ([\d.]+)\[sec\]", report).group(1)),
+        "tokens": count_tokens(out, tok),
+        "rss_mib": int(re.search(RSS, (logs / f"dec_{name}.time").read_text())[1]) / 1024,
+        "bleu": bleu(out, peer_work() / "data" / "test.en"),
+    }
+
+
+# --- each at its defaults, with models trained for --train-seconds --------------------------
+
+
+def train_ours_for(run: Path, seconds: int, log: Path) -> dict:
+    """Train from scratch at the defaults for `seconds`; rates between the first and the
+    last log line."""
+    timed = run_timed(
+        [*NMT, "train", str(CONFIG), "--run-dir", str(run), "--fresh",
+         f"--train.max_time={seconds}", f"--train.log_every={LOG_EVERY}"],
+        log,
+    )  # fmt: skip
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "tgt_tokens" in r]
+    window = logged[-1]["elapsed"] - logged[0]["elapsed"]
+    return {
+        "steps": max(r["step"] for r in records),
+        "steps_per_s": (logged[-1]["step"] - logged[0]["step"]) / window,
+        "tgt_tokens_per_s": sum(r["tgt_tokens"] for r in logged[1:]) / window,
+        "rss_mib": timed["rss_mib"],
+        "precision": re.search(r"precision auto: (\w+)", log.read_text())[1],
+    }
+
+
+def train_peer_for(seconds: int, work: Path) -> dict:
+    """The peer's long.sh: train for `seconds` of wall time (then it decodes once, untimed
+    here); rates between its first and last log line."""
+    peer = peer_work()
+    with open(work / "peer_long.log", "w") as out:
+        subprocess.run(
+            ["bash", str(PEER / "long.sh"), str(seconds)], stdout=out, stderr=subprocess.STDOUT,
+            check=True,
+        )  # fmt: skip
+    logs = peer / "logs" / f"long_{seconds}"
+    window, tokens, steps = peer_window((logs / "train.out").read_text())
+    rss = int(re.search(RSS, (logs / "train.time").read_text())[1]) / 1024
+    return {"steps": steps, "tgt_tokens_per_s": tokens / window, "rss_mib": rss}
+
+
+def decode_peer(logs: Path, beam: int, work: Path, tok: Tokenizer) -> dict:
+    """JoeyNMT translates test_2016_flickr with the model long.sh trained, as long.sh does."""
+    peer = peer_work()
+    out, name = work / f"peer.b{beam}.en", f"b{beam}.again"
+    with open(peer / "data" / "test.de") as src, open(out, "w") as dst:
+        with open(logs / f"dec_{name}.out", "w") as err:
+            subprocess.run(
+                ["/usr/bin/time", "-v", "-o", str(logs / f"dec_{name}.time"),
+                 str(peer / "venv" / "bin" / "python"), "-m", "joeynmt", "translate",
+                 str(logs / f"dec_b{beam}.yaml")],
+                stdin=src, stdout=dst, stderr=err, cwd=peer, check=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )  # fmt: skip
+    return peer_decoded(logs, name, out, tok)
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -186,7 +261,8 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(reps: list[dict], args) -> None:
+def machine() -> str:
+    """CPU model and cores, torch and its CPU capability, today's date."""
     cpu = platform.processor() or platform.machine()
     try:
         model = next(
@@ -199,9 +275,13 @@ def report(reps: list[dict], args) -> None:
         pass
     import torch
 
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu}, torch {torch.__version__} ({capability}), {datetime.date.today()}"
+
+
+def report(reps: list[dict], args) -> None:
     print(
-        f"\n{cpu}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
-        f"{datetime.date.today()}: {args.repeats} interleaved repetitions, steps "
+        f"\n{machine()}: {args.repeats} interleaved repetitions, steps "
         f"{args.warmup}-{args.steps} timed, fp32; median (range)\n"
     )
     sides = [("this toolkit, length bucketing", "bucketed"),
@@ -217,16 +297,22 @@ def report(reps: list[dict], args) -> None:
             f"| {label} | {spread([t['steps_per_s'] for t in train], 3)} | {spread(tps)} | "
             f"{median(tps) / peer_tps:.2f}x | {median([t['rss_mib'] for t in train]):,.0f} MiB |"
         )
-    rows = [("this toolkit, sorted by length (default)", "bucketed", "sorted"),
-            ("this toolkit, batches in input order", "bucketed", "input-order"),
-            ("JoeyNMT 2.3 (input order)", "peer", None)]  # fmt: skip
+    rows = [("this toolkit, sorted by length (default)", lambda r, b: r["bucketed"]["sorted"][b]),
+            ("this toolkit, batches in input order", lambda r, b: r["bucketed"]["input-order"][b]),
+            ("JoeyNMT 2.3 (input order)", lambda r, b: r["peer"][f"beam{b}"])]  # fmt: skip
+    decoding_table(reps, rows)
+
+
+def decoding_table(reps: list[dict], rows: list[tuple]) -> None:
+    """One row per (label, pick) and search; pick(repetition, beam) gives that run; the last
+    row is JoeyNMT's."""
     print("\n| decoding | search | sentences/s | target tokens/s | vs JoeyNMT sentences/s "
           "| peak RSS | BLEU |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for beam in (5, 1):
-        peer_sps = median([1000 / r["peer"][f"beam{beam}"]["seconds"] for r in reps])
-        for label, key, order in rows:
-            runs = [r[key][f"beam{beam}"] if order is None else r[key][order][beam] for r in reps]
+        peer_sps = median([1000 / rows[-1][1](r, beam)["seconds"] for r in reps])
+        for label, pick in rows:
+            runs = [pick(r, beam) for r in reps]
             sps = [1000 / d["seconds"] for d in runs]
             tps = [d["tokens"] / d["seconds"] for d in runs]
             print(
@@ -237,13 +323,82 @@ def report(reps: list[dict], args) -> None:
             )
 
 
+def report_long(trained: dict, reps: list[dict], args) -> None:
+    print(
+        f"\n{machine()}: each toolkit trained once for {args.train_seconds} s of wall time at "
+        f"its defaults; decoding in {args.repeats} interleaved repetitions; median (range)\n"
+    )
+    ours, peer = trained["ours"], trained["peer"]
+    print(f"| training, {args.train_seconds} s from scratch | steps | target tokens/s | "
+          "vs JoeyNMT | peak RSS | test BLEU, beam 5 |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, run, key in (
+        (f"this toolkit at its defaults (length bucketing, {ours['precision']})", ours, "defaults"),
+        ("JoeyNMT 2.3 (fp32)", peer, "peer"),
+    ):
+        print(
+            f"| {label} | {run['steps']:,} | {run['tgt_tokens_per_s']:,.0f} | "
+            f"{run['tgt_tokens_per_s'] / peer['tgt_tokens_per_s']:.2f}x | "
+            f"{run['rss_mib']:,.0f} MiB | {median([r[key][5]['bleu'] for r in reps]):.2f} |"
+        )
+    labels = {
+        "defaults": f"this toolkit at its defaults (sorted by length, {ours['precision']})",
+        "int8": "this toolkit, int8, sorted by length",
+        "sorted": "this toolkit, fp32, sorted by length",
+        "input-order": "this toolkit, fp32, batches in input order",
+        "peer": "JoeyNMT 2.3 (fp32, input order)",
+    }
+    decoding_table(reps, [(text, lambda r, b, k=key: r[k][b]) for key, text in labels.items()])
+
+
+def run_long(args) -> None:
+    """Train each side for --train-seconds, then time decoding with those models; trained
+    models are kept, so that a second run with the same --work decodes again only."""
+    run, saved = args.work / "long", args.work / f"trained-{args.train_seconds}.json"
+    if not (run / "manifest.json").is_file():
+        subprocess.run(
+            [*NMT, "preprocess", str(CONFIG), "--run-dir", str(run)], check=True, cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    tok = Tokenizer((run / "spm.model").read_bytes())
+    if saved.is_file():
+        trained = json.loads(saved.read_text())
+    else:
+        trained = {"ours": train_ours_for(run, args.train_seconds, args.work / "train.log")}
+        print(f"this toolkit, {args.train_seconds} s: {trained['ours']}", flush=True)
+        trained["peer"] = train_peer_for(args.train_seconds, args.work)
+        print(f"JoeyNMT, {args.train_seconds} s: {trained['peer']}", flush=True)
+        saved.write_text(json.dumps(trained))
+    logs = peer_work() / "logs" / f"long_{args.train_seconds}"
+    reps = []
+    for rep in range(args.repeats):
+        result: dict = {
+            w: {b: decode_ours(run, args.work, b, w, tok) for b in (5, 1)} for w in WAYS
+        }
+        result["peer"] = {b: decode_peer(logs, b, args.work, tok) for b in (5, 1)}
+        print(f"repetition {rep + 1}: {json.dumps(result)}", flush=True)
+        reps.append(result)
+        (args.work / "results-long.json").write_text(json.dumps([trained, reps], indent=2))
+    report_long(trained, reps, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=50, help="steps left out (x 50)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "vs_joeynmt")
+    parser.add_argument(
+        "--train-seconds",
+        type=int,
+        default=0,
+        help="train each side this long at its defaults, then time decoding",
+    )
     args = parser.parse_args()
+    if args.train_seconds:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(f"load average before the run: {os.getloadavg()[0]:.2f}", flush=True)
+        return run_long(args)
     if args.warmup % LOG_EVERY or args.steps % LOG_EVERY or args.warmup >= args.steps:
         sys.exit(f"--warmup and --steps must be multiples of {LOG_EVERY}, warmup < steps")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -268,8 +423,7 @@ def main() -> None:
             print(f"repetition {rep + 1}, {key}: {result[key]['train']}", flush=True)
         for order in ("sorted", "input-order"):
             result["bucketed"][order] = {
-                beam: decode_ours(runs["bucketed"], args.work, beam, order == "sorted", tok)
-                for beam in (5, 1)
+                beam: decode_ours(runs["bucketed"], args.work, beam, order, tok) for beam in (5, 1)
             }
             print(f"repetition {rep + 1}, decoding {order}: {result['bucketed'][order]}")
         result["peer"] = run_peer(args.steps, args.warmup, args.work, tok)
