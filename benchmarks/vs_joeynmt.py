@@ -225,8 +225,9 @@ def train_peer_for(seconds: int, work: Path) -> dict:
             check=True,
         )  # fmt: skip
     logs = peer / "logs" / f"long_{seconds}"
-    window, tokens, steps = peer_window((logs / "train.out").read_text())
+    window, tokens, _ = peer_window((logs / "train.out").read_text())
     rss = int(re.search(RSS, (logs / "train.time").read_text())[1]) / 1024
+    steps = int((peer / "models" / f"rnn_long_{seconds}" / "latest.ckpt").resolve().stem)
     return {"steps": steps, "tgt_tokens_per_s": tokens / window, "rss_mib": rss}
 
 
