@@ -33,6 +33,7 @@ import torch
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import SearchConfig, override_search, short
+from seq2seq.cpu_paths import keep_freed_memory
 from seq2seq.decoding import translate_ids
 from seq2seq.device import autocast, resolve_device, resolve_precision
 from seq2seq.ensemble import Ensemble
@@ -156,6 +157,7 @@ class Translator:
     ):
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         resolve_precision(precision, self.device, 0)  # a precision this device cannot run: now
+        keep_freed_memory()  # of the host: decoding's big tensors are on the CPU
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)

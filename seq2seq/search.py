@@ -281,7 +281,7 @@ class _Beams:
         they extend and their last tokens, each (A, 2K), best first."""
         sentences, vocab_size = self.scores.size(0), log_probs.size(1)
         beam = self.scores.size(1)
-        candidates = (self.scores.view(-1, 1) + log_probs).view(sentences, -1)  # (A, K*V)
+        candidates = log_probs.add_(self.scores.view(-1, 1)).view(sentences, -1)  # (A, K*V)
         top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
         top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (A, 2K)
         first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam
