@@ -101,13 +101,10 @@ class Shortlisted:
         return self.model.step(prev, state, memory)
 
 
-def install(translator: Translator, lists: list[np.ndarray], frequent: np.ndarray, sizes: list):
-    specials = [
-        translator.model.vocab.pad_id,
-        translator.model.vocab.unk_id,
-        translator.model.vocab.bos_id,
-        translator.model.vocab.eos_id,
-    ]
+def install(translator: Translator, frequent: np.ndarray, lists: list[np.ndarray], sizes):
+    """The search of one batch over the target pieces its source pieces may need."""
+    vocab = translator.model.vocab
+    specials = [vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id]
     decoders = [m for m in translator.model.modules() if isinstance(m, Decoder)]
 
     def shortlisted_search(model, src, src_lengths, config, return_attention=False):
@@ -169,9 +166,7 @@ def main() -> None:
             for name, variant in variants:
                 sizes = rows[p, name]["sizes"]
                 seq2seq.decoding.search = (
-                    full_search
-                    if variant is None
-                    else install(translator, variant[1], variant[0], sizes)
+                    full_search if variant is None else install(translator, *variant, sizes)
                 )
                 began = time.perf_counter()
                 rows[p, name]["out"] = translator.translate(sources)

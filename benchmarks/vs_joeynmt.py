@@ -77,21 +77,22 @@ def bleu(hypotheses: Path, references: Path) -> float:
 # --- this toolkit ---------------------------------------------------------------------------
 
 
-def train_ours(run: Path, steps: int, warmup: int, bucket: bool, log: Path) -> dict:
-    """Train from scratch; steps/s and target tokens/s over (warmup, steps]."""
+def train_ours(run: Path, log: Path, *options: str, first: int = 0, last: int = 0) -> dict:
+    """Train from scratch with `options`; steps/s and target tokens/s between the log lines
+    at steps `first` and `last` (the first and the last one logged when 0)."""
     timed = run_timed(
-        [*NMT, "train", str(CONFIG), "--run-dir", str(run), "--fresh", "--max-steps",
-         str(steps), "--train.precision=fp32", f"--train.log_every={LOG_EVERY}",
-         f"--train.bucket={str(bucket).lower()}"],
+        [*NMT, "train", str(CONFIG), "--run-dir", str(run), "--fresh",
+         f"--train.log_every={LOG_EVERY}", *options],
         log,
     )  # fmt: skip
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    logged = {r["step"]: r for r in records if "tgt_tokens" in r}
-    seconds = logged[steps]["elapsed"] - logged[warmup]["elapsed"]
-    tokens = sum(r["tgt_tokens"] for step, r in logged.items() if warmup < step <= steps)
+    logged = [r for r in records if "tgt_tokens" in r and first <= r["step"]]
+    logged = [r for r in logged if not last or r["step"] <= last]
+    window = logged[-1]["elapsed"] - logged[0]["elapsed"]
     return {
-        "steps_per_s": (steps - warmup) / seconds,
-        "tgt_tokens_per_s": tokens / seconds,
+        "steps": max(r["step"] for r in records),
+        "steps_per_s": (logged[-1]["step"] - logged[0]["step"]) / window,
+        "tgt_tokens_per_s": sum(r["tgt_tokens"] for r in logged[1:]) / window,
         "rss_mib": timed["rss_mib"],
     }
 
@@ -165,14 +166,12 @@ def run_peer(steps: int, warmup: int, work: Path, tok: Tokenizer) -> dict:
         )  # fmt: skip
     logs = peer / "logs" / f"bench_{steps}"
     seconds, tokens, _ = peer_window((logs / "train.out").read_text(), steps, warmup)
-    rss = re.search(
-        r"Maximum resident set size \(kbytes\): (\d+)", (logs / "train.time").read_text()
-    )
+    rss = int(re.search(RSS, (logs / "train.time").read_text())[1]) / 1024
     result = {
         "train": {
             "steps_per_s": (steps - warmup) / seconds,
             "tgt_tokens_per_s": tokens / seconds,
-            "rss_mib": int(rss.group(1)) / 1024,
+            "rss_mib": rss,
         }
     }
     for beam in (5, 1):
@@ -193,26 +192,6 @@ def peer_decoded(logs: Path, name: str, out: Path, tok: Tokenizer) -> dict:
 
 
 # --- each at its defaults, with models trained for --train-seconds --------------------------
-
-
-def train_ours_for(run: Path, seconds: int, log: Path) -> dict:
-    """Train from scratch at the defaults for `seconds`; rates between the first and the
-    last log line."""
-    timed = run_timed(
-        [*NMT, "train", str(CONFIG), "--run-dir", str(run), "--fresh",
-         f"--train.max_time={seconds}", f"--train.log_every={LOG_EVERY}"],
-        log,
-    )  # fmt: skip
-    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    logged = [r for r in records if "tgt_tokens" in r]
-    window = logged[-1]["elapsed"] - logged[0]["elapsed"]
-    return {
-        "steps": max(r["step"] for r in records),
-        "steps_per_s": (logged[-1]["step"] - logged[0]["step"]) / window,
-        "tgt_tokens_per_s": sum(r["tgt_tokens"] for r in logged[1:]) / window,
-        "rss_mib": timed["rss_mib"],
-        "precision": re.search(r"precision auto: (\w+)", log.read_text())[1],
-    }
 
 
 def train_peer_for(seconds: int, work: Path) -> dict:
@@ -365,7 +344,9 @@ def run_long(args) -> None:
     if saved.is_file():
         trained = json.loads(saved.read_text())
     else:
-        trained = {"ours": train_ours_for(run, args.train_seconds, args.work / "train.log")}
+        log = args.work / "train.log"
+        trained = {"ours": train_ours(run, log, f"--train.max_time={args.train_seconds}")}
+        trained["ours"]["precision"] = re.search(r"precision auto: (\w+)", log.read_text())[1]
         print(f"this toolkit, {args.train_seconds} s: {trained['ours']}", flush=True)
         trained["peer"] = train_peer_for(args.train_seconds, args.work)
         print(f"JoeyNMT, {args.train_seconds} s: {trained['peer']}", flush=True)
@@ -418,9 +399,10 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", str(run)], check=True)
                 subprocess.run(["cp", "-r", str(runs["bucketed"]), str(run)], check=True)
             log = args.work / f"train-{key}-{rep}.log"
-            result[key] = {
-                "train": train_ours(run, args.steps, args.warmup, key == "bucketed", log)
-            }
+            options = ("--max-steps", str(args.steps), "--train.precision=fp32",
+                       f"--train.bucket={str(key == 'bucketed').lower()}")  # fmt: skip
+            train = train_ours(run, log, *options, first=args.warmup, last=args.steps)
+            result[key] = {"train": train}
             print(f"repetition {rep + 1}, {key}: {result[key]['train']}", flush=True)
         for order in ("sorted", "input-order"):
             result["bucketed"][order] = {

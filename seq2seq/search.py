@@ -278,7 +278,7 @@ class _Beams:
 
     def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The 2K best one-token extensions of each sentence's beams: their scores, the rows
-        they extend and their last tokens, each (A, 2K), best first."""
+        they extend and their last tokens, each (A, 2K), best first (`log_probs` is spent)."""
         sentences, vocab_size = self.scores.size(0), log_probs.size(1)
         beam = self.scores.size(1)
         candidates = log_probs.add_(self.scores.view(-1, 1)).view(sentences, -1)  # (A, K*V)
