@@ -197,9 +197,7 @@ def load_split(data: DataConfig, name: str, cache_dir: Path):
         return _load_text_pair(data, name, cache_dir)
     if data.source == "local":
         return _load_table(data, name, cache_dir)
-    if data.source == "hub":
-        return _load_hub(data, name)
-    return _load_disk(data, name)
+    return _load_hub(data, name) if data.source == "hub" else _load_disk(data, name)
 
 
 def load_corpus(data: DataConfig, cache_dir: Path) -> tuple[dict, dict]:

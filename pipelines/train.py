@@ -288,9 +288,7 @@ class Trainer:
             return "max_steps"
         if tc.max_time and time.monotonic() - self.started >= tc.max_time:
             return "max_time"
-        if tc.patience and state.stale >= tc.patience:
-            return "patience"
-        return None
+        return "patience" if tc.patience and state.stale >= tc.patience else None
 
     def train_step(self, step: Step) -> None:
         """One optimizer step over the step's batches; nothing in it waits for the device."""

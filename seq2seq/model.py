@@ -241,8 +241,9 @@ class Memory:
         return self._rows(lambda x: x[:rows])
 
     def _rows(self, pick) -> Memory:
-        keys, values = (None if x is None else pick(x) for x in (self.keys, self.values))
-        return Memory(keys, values, pick(self.mask))
+        keys = None if self.keys is None else pick(self.keys)
+        same = self.values is self.keys  # dot scores: keys and values are the states, once
+        return Memory(keys, keys if same else pick(self.values), pick(self.mask))
 
 
 class RealPositions(Protocol):

@@ -25,6 +25,7 @@ batch (see `_worth_compacting`), so the work shrinks as sentences finish.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -109,9 +110,7 @@ def _worth_compacting(running: int, rows: int, device: torch.device) -> bool:
     share of each step, so they go as soon as one finishes. On a GPU a step costs about the
     same at any batch size until it gets small, and each compaction copies the whole state:
     there they go once half of them are finished."""
-    if device.type == "cpu":
-        return running < rows
-    return running <= rows // 2
+    return running < rows if device.type == "cpu" else running <= rows // 2
 
 
 @dataclass
@@ -278,14 +277,21 @@ class _Beams:
 
     def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The 2K best one-token extensions of each sentence's beams: their scores, the rows
-        they extend and their last tokens, each (A, 2K), best first (`log_probs` is spent)."""
-        sentences, vocab_size = self.scores.size(0), log_probs.size(1)
-        beam = self.scores.size(1)
-        candidates = log_probs.add_(self.scores.view(-1, 1)).view(sentences, -1)  # (A, K*V)
-        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
-        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size  # (A, 2K)
-        first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam
-        return top_scores, first_row + top_beams, top_tokens
+        they extend and their last tokens, each (A, 2K), best first. One pass over each row
+        finds the best of G token groups (token g + G*i in group g); only the 2K best groups
+        can hold the 2K best extensions, so only their tokens are ranked."""
+        (sentences, beam), (rows, vocab) = self.scores.shape, log_probs.shape
+        groups, device = math.gcd(vocab, 64), log_probs.device  # 64: a multiple of SIMD width
+        size, want = vocab // groups, min(2 * beam, beam * vocab)
+        best = log_probs.view(rows, size, groups).amax(1).add_(self.scores.view(-1, 1))
+        chosen = best.view(sentences, -1).topk(min(want, beam * groups), dim=1).indices
+        chosen_rows = torch.arange(sentences, device=device)[:, None] * beam + chosen // groups
+        tokens = (chosen % groups)[..., None] + torch.arange(0, vocab, groups, device=device)
+        scores = log_probs.take(chosen_rows[..., None] * vocab + tokens)  # (A, 2K, V/G)
+        scores += self.scores.view(-1)[chosen_rows][..., None]
+        top_scores, top = scores.view(sentences, -1).topk(want, dim=1)  # (A, 2K)
+        tokens = tokens.view(sentences, -1).gather(1, top)
+        return top_scores, chosen_rows.gather(1, top // size), tokens
 
     def go_on(self, rows: Tensor, tokens: Tensor, scores: Tensor, step: int) -> None:
         """Continue from `rows` (A, K) of this step with `tokens` (A, K) at `step` and their

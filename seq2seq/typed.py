@@ -190,9 +190,7 @@ def to_dict(value: Any) -> Any:
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
         return {k: to_dict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_dict(v) for v in value]
-    return value
+    return [to_dict(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
