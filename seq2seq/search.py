@@ -283,7 +283,7 @@ class _Beams:
         (sentences, beam), (rows, vocab) = self.scores.shape, log_probs.shape
         groups, device = math.gcd(vocab, 64), log_probs.device  # 64: a multiple of SIMD width
         size, want = vocab // groups, min(2 * beam, beam * vocab)
-        best = log_probs.view(rows, size, groups).amax(1).add_(self.scores.view(-1, 1))
+        best = log_probs.reshape(rows, size, groups).amax(1).add_(self.scores.view(-1, 1))
         chosen = best.view(sentences, -1).topk(min(want, beam * groups), dim=1).indices
         chosen_rows = torch.arange(sentences, device=device)[:, None] * beam + chosen // groups
         tokens = (chosen % groups)[..., None] + torch.arange(0, vocab, groups, device=device)
