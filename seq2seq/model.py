@@ -242,8 +242,8 @@ class Memory:
 
     def _rows(self, pick) -> Memory:
         keys = None if self.keys is None else pick(self.keys)
-        same = self.values is self.keys  # dot scores: keys and values are the states, once
-        return Memory(keys, keys if same else pick(self.values), pick(self.mask))
+        values = keys if self.values is self.keys else pick(self.values)  # dot: the states
+        return Memory(keys, values, pick(self.mask))
 
 
 class RealPositions(Protocol):

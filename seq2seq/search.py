@@ -25,7 +25,6 @@ batch (see `_worth_compacting`), so the work shrinks as sentences finish.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -196,8 +195,7 @@ def greedy_search(
     model, src: Tensor, src_lengths: Tensor, config: SearchConfig, return_attention: bool = False
 ) -> list[list[Hypothesis]]:
     """The most probable next token at every step, for a batch of B sentences at once."""
-    vocab = model.vocab
-    batch, device = src.size(0), src.device
+    vocab, batch, device = model.vocab, src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
     max_len = max_output_lengths(src_lengths, config)  # (B,)
     rules = _Rules(vocab, config, max_len)
@@ -276,22 +274,25 @@ class _Beams:
         )
 
     def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The 2K best one-token extensions of each sentence's beams: their scores, the rows
-        they extend and their last tokens, each (A, 2K), best first. One pass over each row
-        finds the best of G token groups (token g + G*i in group g); only the 2K best groups
-        can hold the 2K best extensions, so only their tokens are ranked."""
+        """The 2K best one-token extensions of each sentence's beams (A, 2K): scores, the rows
+        they extend, last tokens; best first. One pass finds the best of each row's 64 token
+        groups (token g + 64 i in group g, the last V % 64 in groups 0, 1, ...): only the 2K
+        best groups can hold the 2K best extensions, so only their tokens are ranked."""
         (sentences, beam), (rows, vocab) = self.scores.shape, log_probs.shape
-        groups, device = math.gcd(vocab, 64), log_probs.device  # 64: a multiple of SIMD width
-        size, want = vocab // groups, min(2 * beam, beam * vocab)
-        best = log_probs.reshape(rows, size, groups).amax(1).add_(self.scores.view(-1, 1))
-        chosen = best.view(sentences, -1).topk(min(want, beam * groups), dim=1).indices
+        groups, device, log_probs = min(vocab, 64), log_probs.device, log_probs.contiguous()
+        (size, rest), want = divmod(vocab, groups), min(2 * beam, beam * vocab)
+        best = log_probs.as_strided((rows, size, groups), (vocab, groups, 1)).amax(1)
+        best[:, :rest] = torch.maximum(best[:, :rest], log_probs[:, vocab - rest :])
+        best = best.add_(self.scores.view(-1, 1)).view(sentences, -1)  # (A, K*G)
+        chosen = best.topk(min(want, beam * groups), dim=1).indices  # (A, 2K)
         chosen_rows = torch.arange(sentences, device=device)[:, None] * beam + chosen // groups
-        tokens = (chosen % groups)[..., None] + torch.arange(0, vocab, groups, device=device)
-        scores = log_probs.take(chosen_rows[..., None] * vocab + tokens)  # (A, 2K, V/G)
-        scores += self.scores.view(-1)[chosen_rows][..., None]
+        tokens = (chosen % groups)[..., None] + groups * torch.arange(size + 1, device=device)
+        beyond, tokens = tokens >= vocab, tokens.clamp_(max=vocab - 1)  # (A, 2K, C)
+        scores = log_probs.take(chosen_rows[..., None] * vocab + tokens)
+        scores.masked_fill_(beyond, NEG_INF).add_(self.scores.view(-1)[chosen_rows][..., None])
         top_scores, top = scores.view(sentences, -1).topk(want, dim=1)  # (A, 2K)
         tokens = tokens.view(sentences, -1).gather(1, top)
-        return top_scores, chosen_rows.gather(1, top // size), tokens
+        return top_scores, chosen_rows.gather(1, top // (size + 1)), tokens
 
     def go_on(self, rows: Tensor, tokens: Tensor, scores: Tensor, step: int) -> None:
         """Continue from `rows` (A, K) of this step with `tokens` (A, K) at `step` and their
@@ -353,11 +354,10 @@ def _finish(
 def _survivors(top: tuple[Tensor, Tensor, Tensor], beam: int, eos_id: int):
     """The K best extensions of each sentence that do not end: scores, rows, tokens (A, K).
     (At most K of the 2K end, one per beam, so there are always K.)"""
-    scores, rows, tokens = top
-    ends = tokens == eos_id  # (A, 2K)
+    ends = top[2] == eos_id  # (A, 2K): the tokens
     rank = torch.arange(ends.size(1), device=ends.device)
     order = (ends.long() * ends.size(1) + rank).topk(beam, dim=1, largest=False).indices
-    return scores.gather(1, order), rows.gather(1, order), tokens.gather(1, order)
+    return tuple(t.gather(1, order) for t in top)
 
 
 @torch.no_grad()
@@ -366,8 +366,7 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Beam search for a batch of B sentences: the K beams of the A sentences still in the
     batch are stepped together as A*K rows."""
-    vocab = model.vocab
-    beam, batch, device = config.beam_size, src.size(0), src.device
+    vocab, beam, batch, device = model.vocab, config.beam_size, src.size(0), src.device
     state, memory = model.encode(src, src_lengths)
     sentence_of_row = torch.arange(batch, device=device)[:, None].expand(-1, beam).reshape(-1)
     state = state.select(sentence_of_row)  # B*K rows; the memory keeps B (see Decoder.attend)

@@ -125,28 +125,32 @@ def test_a_wide_enough_beam_finds_what_exhaustive_search_finds(name, alpha):
         assert h.score == pytest.approx(score, abs=1e-4)
 
 
-@pytest.mark.parametrize("vocab", [6, 64, 100, 640, 8000, 8001])
+@pytest.mark.parametrize("vocab", [6, 63, 64, 65, 100, 1001, 8000, 8001])
 @pytest.mark.parametrize("beam", [2, 5])
 def test_extensions_are_the_best_of_all_beams_times_vocabulary(vocab, beam):
     """Ranking only the best token groups finds the 2K best of all K*V extensions, whatever
-    the vocabulary size (a multiple of 64 or odd), at the first step (K-1 beams at -inf)
-    and later, with forbidden tokens."""
+    the vocabulary size (64 groups and a tail, or fewer tokens than 64), at the first step
+    (K-1 beams at -inf), later with forbidden tokens, and when only end-of-sentence is
+    allowed (a forced end: the other picks are -inf, yet still real tokens)."""
     generator = torch.Generator().manual_seed(vocab + beam)
-    for first in (True, False):
+    for case in ("first", "later", "forced"):
         beams = _Beams.start(beam, torch.full((3,), 9), 10, 4, 0, False)
-        if not first:
+        if case != "first":
             beams.scores = -torch.rand(3, beam, generator=generator) * 5
         log_probs = torch.randn(3 * beam, vocab, generator=generator).log_softmax(-1)
         log_probs[:, :2] = NEG_INF  # pad and begin-of-sentence are never chosen
+        if case == "forced":
+            log_probs[:, 3:] = NEG_INF
         all_scores = (log_probs + beams.scores.view(-1, 1)).view(3, -1)
-        want = min(2 * beam, beam * vocab)
-        expected, ids = all_scores.topk(want, dim=1)
+        expected, ids = all_scores.topk(min(2 * beam, beam * vocab), dim=1)
         scores, rows, tokens = beams.extensions(log_probs.clone())
         assert torch.equal(scores, expected)
+        assert ((0 <= tokens) & (tokens < vocab)).all()
         real = expected.isfinite()  # which of the -inf ties comes first is not defined
         first_row = torch.arange(3)[:, None] * beam
         assert torch.equal(rows[real], (first_row + ids // vocab)[real])
         assert torch.equal(tokens[real], (ids % vocab)[real])
+        assert ((rows >= first_row) & (rows < first_row + beam)).all()
 
 
 @pytest.mark.parametrize("name", SOME)
