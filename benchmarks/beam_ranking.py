@@ -1,10 +1,10 @@
 """Beam search's ranking step alone: the 2K best of K x V extensions per sentence.
 
-Times `_Beams.extensions` (the best of 64 token groups, then only the 2K best groups'
-tokens) against ranking all K x V at once (scores added to every log-probability, one
-`topk`, as beam search did before), on random log-probabilities of 64 sentences, for each
-vocabulary size given; checks that both give the same scores. Prints ms per call (median of
-`--repeats`, each the mean of `--calls` calls) and the ratio.
+Times `_Beams.extensions` (the best of each group of 64 consecutive tokens, then only the
+2K best groups' tokens) against ranking all K x V at once (scores added to every
+log-probability, one `topk`, as beam search did before), on random log-probabilities of 64
+sentences, for each vocabulary size given; checks that both give the same scores. Prints ms
+per call (median of `--repeats`, each the mean of `--calls` calls) and the ratio.
 
     python benchmarks/beam_ranking.py --vocab 8000 8001 8002 8004 8032 250 1000 32001
 """
@@ -54,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{cpu_name()}; {args.sentences} sentences, beam {args.beam_size}, ms per call\n")
-    print("| V | all K x V | 64 groups | ratio |\n| --- | --- | --- | --- |")
+    print("| V | all K x V | groups of 64 | ratio |\n| --- | --- | --- | --- |")
     for vocab in args.vocab:
         beams = _Beams.start(args.beam_size, torch.full((args.sentences,), 9), 10, 4, 0, False)
         beams.scores = -torch.rand(args.sentences, args.beam_size) * 5

@@ -275,24 +275,25 @@ class _Beams:
 
     def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The 2K best one-token extensions of each sentence's beams (A, 2K): scores, the rows
-        they extend, last tokens; best first. One pass finds the best of each row's 64 token
-        groups (token g + 64 i in group g, the last V % 64 in groups 0, 1, ...): only the 2K
-        best groups can hold the 2K best extensions, so only their tokens are ranked."""
+        they extend, last tokens; best first. One pass finds the best of each row's groups of
+        64 consecutive tokens (the last may be shorter): only the 2K best groups can hold the
+        2K best extensions, so only their tokens (consecutive in memory) are ranked."""
         (sentences, beam), (rows, vocab) = self.scores.shape, log_probs.shape
-        groups, device, log_probs = min(vocab, 64), log_probs.device, log_probs.contiguous()
-        (size, rest), want = divmod(vocab, groups), min(2 * beam, beam * vocab)
-        best = log_probs.as_strided((rows, size, groups), (vocab, groups, 1)).amax(1)
-        best[:, :rest] = torch.maximum(best[:, :rest], log_probs[:, vocab - rest :])
-        best = best.add_(self.scores.view(-1, 1)).view(sentences, -1)  # (A, K*G)
+        size, device, log_probs = min(vocab, 64), log_probs.device, log_probs.contiguous()
+        full, want = vocab // size, min(2 * beam, beam * vocab)
+        best = log_probs.as_strided((rows, full, size), (vocab, size, 1)).amax(2)  # (A*K, G)
+        if full * size < vocab:  # the last group, shorter
+            best = torch.cat([best, log_probs[:, full * size :].amax(1, keepdim=True)], dim=1)
+        groups, best = best.size(1), best.add_(self.scores.view(-1, 1)).view(sentences, -1)
         chosen = best.topk(min(want, beam * groups), dim=1).indices  # (A, 2K)
         chosen_rows = torch.arange(sentences, device=device)[:, None] * beam + chosen // groups
-        tokens = (chosen % groups)[..., None] + groups * torch.arange(size + 1, device=device)
+        tokens = (chosen % groups)[..., None] * size + torch.arange(size, device=device)
         beyond, tokens = tokens >= vocab, tokens.clamp_(max=vocab - 1)  # (A, 2K, C)
         scores = log_probs.take(chosen_rows[..., None] * vocab + tokens)
         scores.masked_fill_(beyond, NEG_INF).add_(self.scores.view(-1)[chosen_rows][..., None])
         top_scores, top = scores.view(sentences, -1).topk(want, dim=1)  # (A, 2K)
         tokens = tokens.view(sentences, -1).gather(1, top)
-        return top_scores, chosen_rows.gather(1, top // (size + 1)), tokens
+        return top_scores, chosen_rows.gather(1, top // size), tokens
 
     def go_on(self, rows: Tensor, tokens: Tensor, scores: Tensor, step: int) -> None:
         """Continue from `rows` (A, K) of this step with `tokens` (A, K) at `step` and their
@@ -313,8 +314,7 @@ class _Beams:
 def _ending(beams: _Beams, top: tuple[Tensor, Tensor, Tensor], eos_id: int) -> Tensor:
     """Which of each sentence's K best extensions end in end-of-sentence (A, K): these are
     finished hypotheses (sentences already done take none)."""
-    beam = beams.scores.size(1)
-    scores, _, tokens = (t[:, :beam] for t in top)  # (A, K)
+    scores, _, tokens = (t[:, : beams.scores.size(1)] for t in top)  # (A, K)
     return (tokens == eos_id) & scores.isfinite() & beams.running[:, None]
 
 
