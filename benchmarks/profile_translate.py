@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.profile_train import time_shares  # noqa: E402
+from benchmarks.profile_train import tag_attention, time_shares  # noqa: E402
 from pipelines.translator import Translator  # noqa: E402
 from seq2seq.io import read_lines  # noqa: E402
 
@@ -47,6 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     search = {"beam_size": args.beam_size, "batch_size": args.batch_size}
+    tag_attention()
     translator = Translator(args.model, "cpu", args.precision, **search)
     lines = list(read_lines(args.input))
     if args.sorted:
@@ -83,7 +84,7 @@ def main() -> None:
         for batch in batches[args.warmup + args.timed : needed]:
             translator.translate(batch)
     events = prof.key_averages()
-    print(time_shares(events))
+    print(time_shares(prof))
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
