@@ -90,7 +90,7 @@ def time_shares(prof) -> str:
     rest = total - matrix - attention
     return (
         f"matrix products (mm, addmm, bmm, _int_mm): {100 * matrix / total:.0f}%; "
-        f"the attention's own math: {100 * attention / total:.0f}%; "
+        f"the attention's own math: {100 * attention / total:.1f}%; "
         f"everything else: {100 * rest / total:.1f}% of CPU time "
         f"({100 * old_rest / total:.1f}% outside matrix products and tanh, as reported before)"
     )
