@@ -128,17 +128,9 @@ def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None])
         log(f"preprocess: reusing the SentencePiece model(s) of {subwords.model}")
         path = Path(subwords.model)
         if path.is_file() and path.suffix != ".safetensors":
-            tokenizers = (Tokenizer.load(path),) * 2
-        else:
-            checkpoint = load_checkpoint(resolve_checkpoint(path))
-            tokenizers = (checkpoint.src_tokenizer, checkpoint.tgt_tokenizer)
-        for tokenizer in tokenizers:
-            if min(tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) < 0:
-                raise UserError(
-                    f"config key 'data.subwords.model': {subwords.model} lacks <pad>, <unk>, "
-                    "<s> or </s>; reuse a model this toolkit trained"
-                )
-        return tokenizers
+            return (Tokenizer.load(path),) * 2
+        checkpoint = load_checkpoint(resolve_checkpoint(path))
+        return checkpoint.src_tokenizer, checkpoint.tgt_tokenizer
     log(
         f"preprocess: training SentencePiece ({subwords.model_type}, "
         f"{subwords.vocab_size} pieces, {'joint' if subwords.joint else 'separate'})"
