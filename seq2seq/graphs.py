@@ -53,9 +53,8 @@ def rebuilt(tree: Any, tensors: Iterator[Tensor]) -> Any:
         return None
     if dataclasses.is_dataclass(tree):
         fields = dataclasses.fields(tree)
-        return dataclasses.replace(
-            tree, **{f.name: rebuilt(getattr(tree, f.name), tensors) for f in fields}
-        )
+        changes = {f.name: rebuilt(getattr(tree, f.name), tensors) for f in fields}
+        return dataclasses.replace(tree, **changes)
     return type(tree)(rebuilt(item, tensors) for item in tree)
 
 
