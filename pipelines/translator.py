@@ -179,8 +179,7 @@ class Translator:
         if self.precision == "int8":
             self.model = quantize(self.model)
         info = self.checkpoint.info
-        self.normalize = info.get("normalize", "nfc")
-        self.max_pieces = info.get("max_pieces", 250)
+        self.normalize, self.max_pieces = info.get("normalize", "nfc"), info.get("max_pieces", 250)
         languages = info.get("languages") or {}
         self.src_lang, self.tgt_lang = languages.get("src"), languages.get("tgt")
         self.progress = progress
@@ -252,9 +251,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
         todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(
-                self.model, todo, settings, self.device, return_attention=with_attention
-            )
+            hypotheses = translate_ids(self.model, todo, settings, self.device, with_attention)
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave
             # no hypothesis: the text still gets one, empty and scored -inf
