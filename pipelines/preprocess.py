@@ -43,8 +43,6 @@ CHUNK = 10_000  # pairs handled at a time: memory stays flat in the corpus size
 
 
 # --- cleaning -------------------------------------------------------------------------------
-
-
 @dataclass
 class Cleaned:
     """A split after cleaning: its pairs staged as lines, and what encoding needs of them."""
@@ -117,8 +115,6 @@ def clean_text(split: str, dataset, data: DataConfig, stage: RunFolder, corpus_s
 
 
 # --- subwords -------------------------------------------------------------------------------
-
-
 def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None]):
     """The SentencePiece model(s) to use. Reused where data.subwords.model names them: a
     .model file (for both sides), or those of a checkpoint, model folder or run folder.
@@ -145,8 +141,6 @@ def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None])
 
 
 # --- encoding -------------------------------------------------------------------------------
-
-
 def encode_split(cleaned: Cleaned, out: dict, ids: dict, tokenizers, data: DataConfig) -> dict:
     """Encode a cleaned split into ids; when filtered, drop pairs too long in pieces or with
     a length ratio beyond the limit. Writes final text and ids; returns counts (and how many
@@ -210,8 +204,6 @@ def _encode(split: str, cleaned: Cleaned, tokenizers, data: DataConfig, stage: R
 
 
 # --- the stage ------------------------------------------------------------------------------
-
-
 def _staging_folder(run: RunFolder) -> Path:
     """A fresh folder beside the run folder (the same file system), once those that a killed
     preprocess of this run left are gone (the run's lock says that none is at work)."""

@@ -214,7 +214,6 @@ class Trainer:
         return state
 
     # --- the loop ---------------------------------------------------------------------------
-
     def run(self) -> dict:
         tc, state = self.tc, self.state
         self.log(
@@ -373,7 +372,6 @@ class Trainer:
         append_text(self.folder.train_log, json.dumps({**record, **null}, allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
-
     def validate(self) -> dict:
         """Dev loss, perplexity, BLEU and chrF of the model as it is now."""
         search = dataclasses.replace(self.config.search, beam_size=self.tc.dev_beam_size, n_best=1)

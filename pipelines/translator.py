@@ -187,7 +187,6 @@ class Translator:
         self.seconds = {"tokenize": 0.0, "search": 0.0, "detokenize": 0.0}
 
     # --- text in, text out ---------------------------------------------------------------
-
     def translate(self, texts: list[str] | str, **search: Any) -> list[str] | str:
         """The best translation of each text (of a single text, given a string)."""
         if isinstance(texts, str):
@@ -231,7 +230,6 @@ class Translator:
         return settings
 
     # --- the three steps, which `nmt translate` runs on separate threads on a GPU ---------
-
     def encode(self, lines: list[str]) -> Encoded:
         """Normalize and tokenize lines in one call (host work)."""
         start = time.perf_counter()
