@@ -269,13 +269,12 @@ class FileSink:
     def _merge(self) -> None:
         """Interleave the ranks' parts chunk by chunk, in input order."""
         world, size, total = self.ranks.world, self.chunk_lines, self.lines or 0
-        chunks = (total + size - 1) // size
         for target in self.targets:
             names = [f"{target}.rank{r}" for r in range(world)]
             with contextlib.ExitStack() as opened:
                 parts = [opened.enter_context(open(name, encoding="utf-8")) for name in names]
                 out = opened.enter_context(atomic_open(f"{target}.partial"))
-                for k in range(chunks):
+                for k in range((total + size - 1) // size):
                     for _ in range(min(size, total - k * size)):
                         out.write(parts[k % world].readline())
 
