@@ -1,11 +1,10 @@
 """Where translations go: the jobs of a run (an input and its outputs), the checks made
 before any work, and the sinks that take finished chunks (stdout, or resumable files).
 
-A file output is written as `<output>.partial` (under torchrun, `<output>.rank<r>` for each
-rank, merged by rank 0), chunk by chunk, each flushed to disk and recorded in
-`<output>.partial.progress`. Outputs take their final names only when every job of the run
-is done, so a run that fails leaves no half-done result under a final name, and no earlier
-result is replaced.
+A file output is written as `<output>.partial` (under torchrun, `<output>.rank<r>` for each rank,
+merged by rank 0), chunk by chunk, each flushed to disk and recorded in `<output>.partial.progress`.
+Outputs take their final names only when every job of the run is done, so a run that fails leaves no
+half-done result under a final name, and no earlier result is replaced.
 """
 
 from __future__ import annotations

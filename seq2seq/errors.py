@@ -12,9 +12,8 @@ class UserError(Exception):
 
 
 def out_of_memory(error: BaseException) -> str | None:
-    """What to tell the user when `error` is a failed allocation of host or GPU memory,
-    whichever library raised it (a size they chose asks for more than there is); None for
-    anything else."""
+    """What to tell the user when `error` is a failed allocation of host or GPU memory, whichever
+    library raised it (a size they chose asks for more than there is); None for anything else."""
     text = " ".join(str(error).split())
     said = re.search(r"can't allocate memory|out of memory", text, re.IGNORECASE)
     if not isinstance(error, MemoryError) and not said:
