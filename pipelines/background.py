@@ -1,9 +1,8 @@
 """Host work on background threads, so that a GPU does not wait for it: the next item made
 ahead (batches, tokenized chunks), the last one finished behind (detokenized, written).
 
-Both take `enabled`, which `worth_it(device)` answers: on the CPU the threads would only
-compete with the computation for the same cores, so there the work runs in line, in the
-same order.
+Both take `enabled`, which `worth_it(device)` answers: on the CPU the threads would only compete
+with the computation for the same cores, so there the work runs in line, in the same order.
 """
 
 from __future__ import annotations

@@ -21,23 +21,18 @@ from .records import flat
 from .train_state import Checkpoints, TrainState
 
 
-def check_shape(ours: dict, theirs: dict, path: Path) -> None:
-    """The model config must build the checkpoint's network; dropout rates may differ."""
-    mine, other = flat(ours), flat(theirs)
-    for key in mine:
-        if "dropout" not in key and mine[key] != other.get(key):
-            raise UserError(
-                f"config key 'model.{key}': {mine[key]!r} here but {other.get(key)!r} in "
-                f"{path}; fine-tuning keeps the model's shape"
-            )
-
-
 def fine_tune(trainer, name: str) -> TrainState:
     """Load `name`'s weights into the trainer's model (and with train.init_optimizer, its
     run's optimizer and schedule); the state training starts from."""
     path = resolve_checkpoint(name)
     source = load_checkpoint(path)
-    check_shape(to_dict(trainer.config.model), to_dict(source.model.config), path)
+    mine, saved = flat(to_dict(trainer.config.model)), flat(to_dict(source.model.config))
+    for key in mine:  # the model config must build the checkpoint's network; dropout may differ
+        if "dropout" not in key and mine[key] != saved.get(key):
+            raise UserError(
+                f"config key 'model.{key}': {mine[key]!r} here but {saved.get(key)!r} in "
+                f"{path}; fine-tuning keeps the model's shape"
+            )
     theirs = (source.src_tokenizer, source.tgt_tokenizer)
     for side, their, ours in zip(("source", "target"), theirs, trainer.data.tokenizers):
         if their.proto != ours.proto:

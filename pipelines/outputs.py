@@ -1,11 +1,10 @@
 """Where translations go: the jobs of a run (an input and its outputs), the checks made
 before any work, and the sinks that take finished chunks (stdout, or resumable files).
 
-A file output is written as `<output>.partial` (under torchrun, `<output>.rank<r>` for each
-rank, merged by rank 0), chunk by chunk, each flushed to disk and recorded in
-`<output>.partial.progress`. Outputs take their final names only when every job of the run
-is done, so a run that fails leaves no half-done result under a final name, and no earlier
-result is replaced.
+A file output is written as `<output>.partial` (under torchrun, `<output>.rank<r>` for each rank,
+merged by rank 0), chunk by chunk, each flushed to disk and recorded in `<output>.partial.progress`.
+Outputs take their final names only when every job of the run is done, so a run that fails leaves no
+half-done result under a final name, and no earlier result is replaced.
 """
 
 from __future__ import annotations
@@ -269,13 +268,12 @@ class FileSink:
     def _merge(self) -> None:
         """Interleave the ranks' parts chunk by chunk, in input order."""
         world, size, total = self.ranks.world, self.chunk_lines, self.lines or 0
-        chunks = (total + size - 1) // size
         for target in self.targets:
             names = [f"{target}.rank{r}" for r in range(world)]
             with contextlib.ExitStack() as opened:
                 parts = [opened.enter_context(open(name, encoding="utf-8")) for name in names]
                 out = opened.enter_context(atomic_open(f"{target}.partial"))
-                for k in range(chunks):
+                for k in range((total + size - 1) // size):
                     for _ in range(min(size, total - k * size)):
                         out.write(parts[k % world].readline())
 

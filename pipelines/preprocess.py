@@ -43,8 +43,6 @@ CHUNK = 10_000  # pairs handled at a time: memory stays flat in the corpus size
 
 
 # --- cleaning -------------------------------------------------------------------------------
-
-
 @dataclass
 class Cleaned:
     """A split after cleaning: its pairs staged as lines, and what encoding needs of them."""
@@ -117,8 +115,6 @@ def clean_text(split: str, dataset, data: DataConfig, stage: RunFolder, corpus_s
 
 
 # --- subwords -------------------------------------------------------------------------------
-
-
 def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None]):
     """The SentencePiece model(s) to use. Reused where data.subwords.model names them: a
     .model file (for both sides), or those of a checkpoint, model folder or run folder.
@@ -128,17 +124,9 @@ def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None])
         log(f"preprocess: reusing the SentencePiece model(s) of {subwords.model}")
         path = Path(subwords.model)
         if path.is_file() and path.suffix != ".safetensors":
-            tokenizers = (Tokenizer.load(path),) * 2
-        else:
-            checkpoint = load_checkpoint(resolve_checkpoint(path))
-            tokenizers = (checkpoint.src_tokenizer, checkpoint.tgt_tokenizer)
-        for tokenizer in tokenizers:
-            if min(tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) < 0:
-                raise UserError(
-                    f"config key 'data.subwords.model': {subwords.model} lacks <pad>, <unk>, "
-                    "<s> or </s>; reuse a model this toolkit trained"
-                )
-        return tokenizers
+            return (Tokenizer.load(path),) * 2
+        checkpoint = load_checkpoint(resolve_checkpoint(path))
+        return checkpoint.src_tokenizer, checkpoint.tgt_tokenizer
     log(
         f"preprocess: training SentencePiece ({subwords.model_type}, "
         f"{subwords.vocab_size} pieces, {'joint' if subwords.joint else 'separate'})"
@@ -153,8 +141,6 @@ def tokenizers_for(data: DataConfig, train: Cleaned, log: Callable[[str], None])
 
 
 # --- encoding -------------------------------------------------------------------------------
-
-
 def encode_split(cleaned: Cleaned, out: dict, ids: dict, tokenizers, data: DataConfig) -> dict:
     """Encode a cleaned split into ids; when filtered, drop pairs too long in pieces or with
     a length ratio beyond the limit. Writes final text and ids; returns counts (and how many
@@ -218,8 +204,6 @@ def _encode(split: str, cleaned: Cleaned, tokenizers, data: DataConfig, stage: R
 
 
 # --- the stage ------------------------------------------------------------------------------
-
-
 def _staging_folder(run: RunFolder) -> Path:
     """A fresh folder beside the run folder (the same file system), once those that a killed
     preprocess of this run left are gone (the run's lock says that none is at work)."""

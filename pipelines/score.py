@@ -50,22 +50,17 @@ def metrics(config: ScoreConfig) -> dict:
         raise UserError(f"score.tokenize {config.tokenize}: {' '.join(str(e).split())}") from None
 
 
-def _scored(metric, hypotheses: list[str], references: list[list[str]], tokenize: str):
-    try:
-        return metric.corpus_score(hypotheses, references)
-    except OSError as e:  # flores101/200 fetch their SentencePiece model on first use
-        raise UserError(
-            f"score.tokenize {tokenize}: sacreBLEU could not fetch what it needs ({e})"
-        ) from None
-
-
 def corpus_scores(
     hypotheses: list[str], references: list[list[str]], config: ScoreConfig = ScoreConfig()
 ) -> dict:
     """Every metric of `config` for one system against one or more reference lists."""
     result = {}
     for name, metric in metrics(config).items():
-        score = _scored(metric, hypotheses, references, config.tokenize)
+        try:
+            score = metric.corpus_score(hypotheses, references)
+        except OSError as e:  # flores101/200 fetch their SentencePiece model on first use
+            what = "sacreBLEU could not fetch what it needs"
+            raise UserError(f"score.tokenize {config.tokenize}: {what} ({e})") from None
         result[name] = round(score.score, 2)
         signature = "signature" if name == "bleu" else f"{name}_signature"
         result[signature] = str(metric.get_signature())

@@ -55,6 +55,7 @@ from .train_state import METRIC_NAMES, Checkpoints, Optimization, TrainState, al
 from .validation import DevSet
 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is stopped
+STOPS = [None, "max_steps", "max_time", "max_epochs", "patience", "interrupted"]  # ranks vote
 
 
 class Stopped(KeyboardInterrupt):
@@ -214,7 +215,6 @@ class Trainer:
         return state
 
     # --- the loop ---------------------------------------------------------------------------
-
     def run(self) -> dict:
         tc, state = self.tc, self.state
         self.log(
@@ -275,7 +275,8 @@ class Trainer:
                 self._sync_figures(log=True)
             stop = self.validate_and_save() if state.step % tc.validate_every == 0 else None
             stop = stop or self._budget_reached() or ("interrupted" if interrupted() else None)
-            if (stop := self._agree(stop)) is not None:
+            # every rank stops together, for the reason rank 0 (or any rank) has
+            if (stop := STOPS[self.ranks.agree_max(STOPS.index(stop), self.device)]) is not None:
                 steps.close()
                 return stop
         state.epoch += 1
@@ -329,11 +330,6 @@ class Trainer:
         scaler.update()
         self.figures.add(loss_sum, nll_sum, step.tgt_tokens, step.src_tokens, skip)
 
-    def _agree(self, stop: str | None) -> str | None:
-        """Every rank stops together, for the reason rank 0 (or any rank) has."""
-        reasons = [None, "max_steps", "max_time", "max_epochs", "patience", "interrupted"]
-        return reasons[self.ranks.agree_max(reasons.index(stop), self.device)]
-
     def _sync_figures(self, log: bool) -> None:
         """Read what the device summed since the last time: log it, count the skipped steps,
         and stop a run whose steps keep failing."""
@@ -373,14 +369,6 @@ class Trainer:
         append_text(self.folder.train_log, json.dumps({**record, **null}, allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
-
-    def validate(self) -> dict:
-        """Dev loss, perplexity, BLEU and chrF of the model as it is now."""
-        search = dataclasses.replace(self.config.search, beam_size=self.tc.dev_beam_size, n_best=1)
-        return self.dev_set.evaluate(
-            self.model, search, self.device, self.precision, self.tc.dev_examples
-        )
-
     def _diverged(self, what: str) -> UserError:
         """The one-line error that stops a run gone astray, naming a good checkpoint."""
         good = self.checkpoints.last_good(self.state)
@@ -396,35 +384,36 @@ class Trainer:
         """Validate, keep the best checkpoints, save the train state; a reason to stop or None.
         Rank 0 does the work; the other ranks learn whether dev BLEU improved. Weights that
         are no longer finite stop the run, and are never saved."""
-        state = self.state
+        state, tc = self.state, self.tc
         self._settle()
         state.validated_step = state.step
         improved, result = False, None
         if self.ranks.main:
-            result = self.validate()
+            search = dataclasses.replace(self.config.search, beam_size=tc.dev_beam_size, n_best=1)
+            result = self.dev_set.evaluate(
+                self.model, search, self.device, self.precision, tc.dev_examples
+            )
             if not math.isfinite(result["dev_loss"]):  # finite weights, but gone astray
                 raise self._diverged(f"the dev loss is {result['dev_loss']} at step {state.step}")
             examples = result.pop("examples")
-            score = dev_score(result, self.tc.metric)
-            improved = not state.best or score > state.best[0][0]
+            improved = not state.best or dev_score(result, tc.metric) > state.best[0][0]
             self._append_log({"step": state.step, **result, "elapsed": round(state.elapsed, 1)})
-            best = f" (best {METRIC_NAMES[self.tc.metric]})" if improved else ""
+            best = f" (best {METRIC_NAMES[tc.metric]})" if improved else ""
             self.log(
                 f"train: step {state.step}: dev loss {result['dev_loss']:.3f}, ppl "
                 f"{result['dev_ppl']:.2f}, BLEU {result['dev_bleu']:.2f}, chrF "
                 f"{result['dev_chrf']:.2f}{best}"
             )
-            for number, source, reference, hypothesis in examples:
-                self.log(f"  dev {number} source     {source}")
-                self.log(f"  dev {number} reference  {reference}")
-                self.log(f"  dev {number} hypothesis {hypothesis}")
+            for number, *texts in examples:  # source, reference, hypothesis
+                for name, text in zip(("source", "reference", "hypothesis"), texts):
+                    self.log(f"  dev {number} {name:<10} {text}")
         improved = bool(self.ranks.agree_max(int(improved), self.device))
         state.stale = 0 if improved else state.stale + 1
         self.optimization.lr.validated(improved)
         if self.ranks.main:
             self.checkpoints.save(self.model, self.optimization, state, validation=result)
             draw_learning_curve(self.folder.train_log, self.folder.learning_curve)
-        return "patience" if self.tc.patience and state.stale >= self.tc.patience else None
+        return "patience" if tc.patience and state.stale >= tc.patience else None
 
 
 def train(

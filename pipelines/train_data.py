@@ -3,14 +3,13 @@
 Reads (from the run folder): the SentencePiece model(s), data/train.<lang>.bin/.idx (the ids
 preprocess stored, the best segmentation) and, with subword regularization, data/train.<lang>.
 
-With `data.subwords.sampling_alpha` > 0, each pair is segmented afresh every time it is
-batched, by SentencePiece itself: sampled from the unigram lattice (Kudo, 2018; `nbest_size`
--1 samples from all segmentations, n > 1 from the n best, smaller alpha is more varied), or
-for a bpe model with merges dropped at random (BPE-dropout; alpha is the probability).
-Batches are still formed from the lengths of the best segmentation; dev and test always use
-it. The limit: SentencePiece >= 0.2.2 draws its samples differently in every process,
-whatever seed it is given, so a run with sampling neither repeats itself nor resumes
-bit-exactly (without sampling, both hold).
+With `data.subwords.sampling_alpha` > 0, each pair is segmented afresh every time it is batched, by
+SentencePiece itself: sampled from the unigram lattice (Kudo, 2018; `nbest_size` -1 samples from all
+segmentations, n > 1 from the n best, smaller alpha is more varied), or for a bpe model with merges
+dropped at random (BPE-dropout; alpha is the probability). Batches are still formed from the lengths
+of the best segmentation; dev and test always use it. The limit: SentencePiece >= 0.2.2 draws its
+samples differently in every process, whatever seed it is given, so a run with sampling neither
+repeats itself nor resumes bit-exactly (without sampling, both hold).
 """
 
 from __future__ import annotations

@@ -172,8 +172,7 @@ def _run_job(session: Session, job: Job) -> tuple[int, int]:
     try:
         with Behind(enabled=overlap) as behind:
             for k, chunk in encoded:
-                results = translator.search_chunk(chunk, with_alignments)
-                behind.submit(finish, k, chunk, results)
+                behind.submit(finish, k, chunk, translator.search_chunk(chunk, with_alignments))
     except BaseException:
         sink.close()
         raise

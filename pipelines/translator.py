@@ -179,8 +179,7 @@ class Translator:
         if self.precision == "int8":
             self.model = quantize(self.model)
         info = self.checkpoint.info
-        self.normalize = info.get("normalize", "nfc")
-        self.max_pieces = info.get("max_pieces", 250)
+        self.normalize, self.max_pieces = info.get("normalize", "nfc"), info.get("max_pieces", 250)
         languages = info.get("languages") or {}
         self.src_lang, self.tgt_lang = languages.get("src"), languages.get("tgt")
         self.progress = progress
@@ -188,7 +187,6 @@ class Translator:
         self.seconds = {"tokenize": 0.0, "search": 0.0, "detokenize": 0.0}
 
     # --- text in, text out ---------------------------------------------------------------
-
     def translate(self, texts: list[str] | str, **search: Any) -> list[str] | str:
         """The best translation of each text (of a single text, given a string)."""
         if isinstance(texts, str):
@@ -232,7 +230,6 @@ class Translator:
         return settings
 
     # --- the three steps, which `nmt translate` runs on separate threads on a GPU ---------
-
     def encode(self, lines: list[str]) -> Encoded:
         """Normalize and tokenize lines in one call (host work)."""
         start = time.perf_counter()
@@ -252,9 +249,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
         todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(
-                self.model, todo, settings, self.device, return_attention=with_attention
-            )
+            hypotheses = translate_ids(self.model, todo, settings, self.device, with_attention)
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave
             # no hypothesis: the text still gets one, empty and scored -inf

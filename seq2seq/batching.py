@@ -209,11 +209,10 @@ def training_batches(
     bucket: bool = True,
     pairs: Tensor | None = None,
 ) -> list[list[int]]:
-    """One epoch of batches in a seeded random order, of every pair once or of `pairs`
-    (indices, repeats allowed). With `bucket`, pairs of similar length go together (ties in
-    length broken by a seeded shuffle, so batches differ from epoch to epoch), which saves
-    padding; without, batches are runs of randomly shuffled pairs, as JoeyNMT and most
-    PyTorch loaders make them."""
+    """One epoch of batches in a seeded random order, of every pair once or of `pairs` (indices,
+    repeats allowed). With `bucket`, pairs of similar length go together (ties in length broken by a
+    seeded shuffle, so batches differ from epoch to epoch), which saves padding; without, batches
+    are runs of randomly shuffled pairs, as JoeyNMT and most PyTorch loaders make them."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(src_lengths), generator=generator)
     if pairs is not None:

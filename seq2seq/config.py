@@ -275,8 +275,7 @@ class TranslateConfig(Section):
     chunk_lines: int = setting(4000, "lines read, sorted by length and translated together", low=1)
     n_best_format: Literal["tab", "moses"] = setting("tab", "n-best lines: tab or moses (|||)")
 
-    def check(self):
-        self.expect(bool(DEVICES.fullmatch(self.device)), "device", "auto, cpu, cuda or cuda:N")
+    check = TrainConfig.check  # the device, as train.device
 
 
 @dataclass(frozen=True)

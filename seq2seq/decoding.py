@@ -41,10 +41,8 @@ def translate_ids(
 
     lengths = [len(s) + 1 for s in sequences]
     order = sorted(range(len(sequences)), key=lengths.__getitem__, reverse=True)
-    if config.max_tokens:
-        batches = group_batches(order, lengths, "tokens", config.max_tokens)
-    else:
-        batches = group_batches(order, lengths, "sentences", config.batch_size)
+    kind = "tokens" if config.max_tokens else "sentences"
+    batches = group_batches(order, lengths, kind, config.max_tokens or config.batch_size)
     results: list[list[Hypothesis]] = [[] for _ in sequences]
     for batch in batches:
         for i, hyps in zip(batch, search_halving([sequences[i] for i in batch])):

@@ -56,10 +56,8 @@ class Ensemble(nn.Module):
     def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory):
         """prev_tokens (B, T) -> mean log-probabilities (B, T, V), next state, mean weights
         (B, T, S) of the models with attention (None if none has any)."""
-        outputs = [
-            model.step(prev_tokens, s, m)
-            for model, s, m in zip(self.models, state.states, memory.memories)
-        ]
+        parts = zip(self.models, state.states, memory.memories)
+        outputs = [model.step(prev_tokens, s, m) for model, s, m in parts]
         log_probs = torch.stack([lp for lp, _, _ in outputs]).mean(dim=0)  # (B, T, V)
         weights = [w.float() for _, _, w in outputs if w is not None]
         mean_weights = torch.stack(weights).mean(dim=0) if weights else None  # (B, T, S)

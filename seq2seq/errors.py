@@ -12,13 +12,11 @@ class UserError(Exception):
 
 
 def out_of_memory(error: BaseException) -> str | None:
-    """What to tell the user when `error` is a failed allocation of host or GPU memory,
-    whichever library raised it (a size they chose asks for more than there is); None for
-    anything else."""
+    """What to tell the user when `error` is a failed allocation of host or GPU memory, whichever
+    library raised it (a size they chose asks for more than there is); None for anything else."""
     text = " ".join(str(error).split())
-    if not isinstance(error, MemoryError) and not re.search(
-        r"can't allocate memory|out of memory", text, re.IGNORECASE
-    ):
+    said = re.search(r"can't allocate memory|out of memory", text, re.IGNORECASE)
+    if not isinstance(error, MemoryError) and not said:
         return None
     size = re.search(r"tried to allocate ([\d.]+ ?\w+)", text, re.IGNORECASE)
     asked = f" ({size.group(1)} asked for)" if size else ""

@@ -7,14 +7,13 @@ them with a single launch. `GraphedModel` wraps a model (or an ensemble) for sea
 `step` copies the step's inputs into the static buffers of the graph recorded for their
 shapes (source memory only when it is not the one already there) and replays it.
 
-Shapes change at every new batch and when search drops finished rows, so graphs are kept per
-shape, the `most` last used; they pay off where shapes repeat (batches of `batch_size`
-sentences, more than token budgets). Recording one costs a few eager steps: two to warm up
-(on a side stream, as PyTorch asks), the capture, and a check that the replay gives what the
-eager step gave; once a recording fails the check or cannot be made, every step runs
-eagerly, and the reason is kept in `notes`. Without CUDA (`capture=False`) the same buffers
-are used and the step runs eagerly on them, which is how the tests check the bookkeeping on
-a CPU.
+Shapes change at every new batch and when search drops finished rows, so graphs are kept per shape,
+the `most` last used; they pay off where shapes repeat (batches of `batch_size` sentences, more than
+token budgets). Recording one costs a few eager steps: two to warm up (on a side stream, as PyTorch
+asks), the capture, and a check that the replay gives what the eager step gave; once a recording
+fails the check or cannot be made, every step runs eagerly, and the reason is kept in `notes`.
+Without CUDA (`capture=False`) the same buffers are used and the step runs eagerly on them, which is
+how the tests check the bookkeeping on a CPU.
 
 Every output of a replay lives in the graph's buffers and is overwritten by the next replay
 of that graph: search reads or copies each step's outputs before it takes the next step.
@@ -53,9 +52,8 @@ def rebuilt(tree: Any, tensors: Iterator[Tensor]) -> Any:
         return None
     if dataclasses.is_dataclass(tree):
         fields = dataclasses.fields(tree)
-        return dataclasses.replace(
-            tree, **{f.name: rebuilt(getattr(tree, f.name), tensors) for f in fields}
-        )
+        changes = {f.name: rebuilt(getattr(tree, f.name), tensors) for f in fields}
+        return dataclasses.replace(tree, **changes)
     return type(tree)(rebuilt(item, tensors) for item in tree)
 
 

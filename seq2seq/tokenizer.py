@@ -27,10 +27,9 @@ def normalize(text: str, form: str) -> str:
 
 
 def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
-    """At most `size` of `items`, drawn uniformly by a seeded reservoir and kept in their
-    order; all of them, in order, when there are fewer. Li's algorithm L (1994) skips ahead
-    between replacements, so a long corpus costs a few random numbers per kept item, not
-    one per line."""
+    """At most `size` of `items`, drawn uniformly by a seeded reservoir and kept in their order; all
+    of them, in order, when there are fewer. Li's algorithm L (1994) skips ahead between
+    replacements, so a long corpus costs a few random numbers per kept item, not one per line."""
     rng = random.Random(seed)
     stream = enumerate(items)
     kept = list(itertools.islice(stream, size))
@@ -67,10 +66,8 @@ class Tokenizer:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except (RuntimeError, OSError) as e:
             raise UserError(f"{source}: not a valid SentencePiece model ({e})") from None
-        self.pad_id = self.sp.pad_id()
-        self.unk_id = self.sp.unk_id()
-        self.bos_id = self.sp.bos_id()
-        self.eos_id = self.sp.eos_id()
+        self.pad_id, self.unk_id = self.sp.pad_id(), self.sp.unk_id()
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         if min(self.pad_id, self.bos_id, self.eos_id, self.unk_id) < 0:
             raise UserError(f"{source}: has no pad, unk, bos or eos piece; use `nmt preprocess`")
 
@@ -99,14 +96,8 @@ class Tokenizer:
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
                 # JoeyNMT's layout; nothing in this code relies on the numbers.
-                unk_id=0,
-                pad_id=1,
-                bos_id=2,
-                eos_id=3,
-                unk_piece="<unk>",
-                pad_piece="<pad>",
-                bos_piece="<s>",
-                eos_piece="</s>",
+                **dict(unk_id=0, pad_id=1, bos_id=2, eos_id=3),
+                **dict(unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>"),
                 minloglevel=2,
             )
         except RuntimeError as e:
