@@ -369,6 +369,13 @@ class Trainer:
         append_text(self.folder.train_log, json.dumps({**record, **null}, allow_nan=False) + "\n")
 
     # --- validation and checkpoints ---------------------------------------------------------
+    def validate(self) -> dict:
+        """Dev loss, perplexity, BLEU and chrF of the model as it is now."""
+        search = dataclasses.replace(self.config.search, beam_size=self.tc.dev_beam_size, n_best=1)
+        return self.dev_set.evaluate(
+            self.model, search, self.device, self.precision, self.tc.dev_examples
+        )
+
     def _diverged(self, what: str) -> UserError:
         """The one-line error that stops a run gone astray, naming a good checkpoint."""
         good = self.checkpoints.last_good(self.state)
@@ -389,10 +396,7 @@ class Trainer:
         state.validated_step = state.step
         improved, result = False, None
         if self.ranks.main:
-            search = dataclasses.replace(self.config.search, beam_size=tc.dev_beam_size, n_best=1)
-            result = self.dev_set.evaluate(
-                self.model, search, self.device, self.precision, tc.dev_examples
-            )
+            result = self.validate()
             if not math.isfinite(result["dev_loss"]):  # finite weights, but gone astray
                 raise self._diverged(f"the dev loss is {result['dev_loss']} at step {state.step}")
             examples = result.pop("examples")
