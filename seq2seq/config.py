@@ -35,6 +35,11 @@ Device = "auto (the GPU when there is one), cpu, cuda or cuda:N"
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
+def check_device(section) -> None:
+    """The `device` key of train and translate."""
+    section.expect(bool(DEVICES.fullmatch(section.device)), "device", "auto, cpu, cuda or cuda:N")
+
+
 # --- data -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CleaningConfig(Section):
@@ -239,7 +244,7 @@ class TrainConfig(Section):
     log_every: int = setting(100, "steps between training log lines", low=1)
 
     def check(self):
-        self.expect(bool(DEVICES.fullmatch(self.device)), "device", "auto, cpu, cuda or cuda:N")
+        check_device(self)
 
 
 # --- translation ----------------------------------------------------------------------------
@@ -275,7 +280,8 @@ class TranslateConfig(Section):
     chunk_lines: int = setting(4000, "lines read, sorted by length and translated together", low=1)
     n_best_format: Literal["tab", "moses"] = setting("tab", "n-best lines: tab or moses (|||)")
 
-    check = TrainConfig.check  # the device, as train.device
+    def check(self):
+        check_device(self)
 
 
 @dataclass(frozen=True)

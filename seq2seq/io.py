@@ -201,8 +201,9 @@ class StreamLines:
         return out
 
     def waiting(self) -> bool:
-        there = self.buffer or self.ended or self.fd is None  # a line, the end, or all of it
-        return not there and not select.select([self.fd], [], [], 0)[0]
+        if self.buffer or self.ended or self.fd is None:
+            return False
+        return not select.select([self.fd], [], [], 0)[0]
 
     def __iter__(self) -> Iterator[str]:
         for number in itertools.count(1):

@@ -96,8 +96,14 @@ class Tokenizer:
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
                 # JoeyNMT's layout; nothing in this code relies on the numbers.
-                **dict(unk_id=0, pad_id=1, bos_id=2, eos_id=3),
-                **dict(unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>"),
+                unk_id=0,
+                pad_id=1,
+                bos_id=2,
+                eos_id=3,
+                unk_piece="<unk>",
+                pad_piece="<pad>",
+                bos_piece="<s>",
+                eos_piece="</s>",
                 minloglevel=2,
             )
         except RuntimeError as e:

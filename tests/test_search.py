@@ -129,9 +129,10 @@ def test_a_wide_enough_beam_finds_what_exhaustive_search_finds(name, alpha):
 @pytest.mark.parametrize("beam", [2, 5])
 def test_extensions_are_the_best_of_all_beams_times_vocabulary(vocab, beam):
     """Ranking only the best token groups finds the 2K best of all K*V extensions, whatever
-    the vocabulary size (64 groups and a tail, or fewer tokens than 64), at the first step
-    (K-1 beams at -inf), later with forbidden tokens, and when only end-of-sentence is
-    allowed (a forced end: the other picks are -inf, yet still real tokens)."""
+    the vocabulary size (groups of 64 consecutive tokens and a shorter last one, or fewer
+    tokens than 64), at the first step (K-1 beams at -inf), later with forbidden tokens, and
+    when only end-of-sentence is allowed (a forced end: the other picks are -inf, yet still
+    real tokens)."""
     generator = torch.Generator().manual_seed(vocab + beam)
     for case in ("first", "later", "forced"):
         beams = _Beams.start(beam, torch.full((3,), 9), 10, 4, 0, False)
