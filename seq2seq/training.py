@@ -18,14 +18,34 @@ def label_smoothed_nll(
     """log_probs (..., V), target (...) -> (smoothed loss, plain NLL), both summed over
     real (non-pad) tokens. The smoothed loss spreads epsilon uniformly over the vocabulary
     (Szegedy et al., 2016): (1 - eps) * nll + eps * mean over V of -log p."""
-    mask = target != pad_id  # (...)
-    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    nll = nll.masked_fill(~mask, 0.0)
-    if epsilon == 0:
-        total = nll.sum()
-        return total, total
-    smooth = -log_probs.mean(dim=-1).masked_fill(~mask, 0.0)  # (B, T)
-    return ((1 - epsilon) * nll + epsilon * smooth).sum(), nll.sum()
+    vocab = log_probs.size(-1)
+    return _SmoothedNLL.apply(log_probs.reshape(-1, vocab), target.reshape(-1), pad_id, epsilon)
+
+
+class _SmoothedNLL(torch.autograd.Function):
+    """`label_smoothed_nll` over (N, V) with its gradient written in one pass: autograd's
+    would fill one (N, V) gradient for the mean, zero-fill another for the picked entries
+    and add the two."""
+
+    @staticmethod
+    def forward(ctx, log_probs: Tensor, target: Tensor, pad_id: int, epsilon: float):
+        pad = (target == pad_id).unsqueeze(-1)  # (N, 1)
+        nll = -log_probs.gather(-1, target.unsqueeze(-1)).masked_fill(pad, 0.0)  # (N, 1)
+        smooth = -log_probs.mean(dim=-1, keepdim=True).masked_fill(pad, 0.0)  # (N, 1)
+        ctx.save_for_backward(target, pad)
+        ctx.vocab, ctx.epsilon = log_probs.size(-1), epsilon
+        return ((1 - epsilon) * nll + epsilon * smooth).sum(), nll.sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):
+        target, pad = ctx.saved_tensors
+        real = (~pad).to(grad_loss.dtype)  # (N, 1)
+        eps = ctx.epsilon
+        # d/d log p: -eps/V * grad_loss everywhere, and at the target
+        # -(1 - eps) * grad_loss - grad_nll more; nothing on padding rows
+        grad = (real * (-eps / ctx.vocab * grad_loss)).expand(-1, ctx.vocab).contiguous()
+        picked = real * (-(1 - eps) * grad_loss - grad_nll)  # (N, 1)
+        return grad.scatter_add_(-1, target.unsqueeze(-1), picked), None, None, None
 
 
 def word_dropout(

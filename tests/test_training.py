@@ -76,6 +76,28 @@ def test_label_smoothing_matches_its_definition():
     assert loss == pytest.approx(float(0.8 * expected_nll + 0.2 * smooth))
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.2])
+def test_the_loss_gradient_is_the_gradient_of_its_definition(epsilon):
+    """The loss writes its own gradient (one pass instead of autograd's three): the same as
+    autograd's through the plain formula, for both outputs, padding rows included."""
+    torch.manual_seed(1)
+    log_probs = torch.randn(3, 4, 9, dtype=torch.double).log_softmax(-1).requires_grad_()
+    target = torch.randint(1, 9, (3, 4))
+    target[0, 2:] = target[2, 1:] = 0  # padding
+    mask = target != 0
+    nll = -log_probs.gather(-1, target[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
+    smooth = -log_probs.mean(-1).masked_fill(~mask, 0.0)
+    expected = (1 - epsilon) * nll.sum() + epsilon * smooth.sum(), nll.sum()
+    loss, plain = label_smoothed_nll(log_probs, target, pad_id=0, epsilon=epsilon)
+    for weights in ([1.0, 0.0], [0.7, 0.3], [0.0, 2.0]):
+        ours, theirs = (
+            torch.autograd.grad(weights[0] * a + weights[1] * b, log_probs, retain_graph=True)[0]
+            for a, b in ((loss, plain), expected)
+        )
+        torch.testing.assert_close(ours, theirs)
+        assert not ours[0, 2:].any() and not ours[2, 1:].any()  # nothing reaches padding
+
+
 def test_word_dropout_spares_special_tokens():
     tokens = torch.tensor([[2, 5, 6, 7, 8, 3, 1, 1]] * 200)
     dropped = word_dropout(
