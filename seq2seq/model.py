@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import AttentionConfig, ModelConfig
-from .cpu_paths import Spans, linear, longest_first, rnn_outputs, run_rnn
+from .cpu_paths import Dropout, Spans, linear, longest_first, rnn_outputs, run_rnn
 from .vocab import Vocab
 
 RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -43,8 +43,8 @@ class Encoder(nn.Module):
         super().__init__()
         enc = config.encoder
         self.embed = nn.Embedding(vocab.src_size, config.embedding_size, padding_idx=vocab.pad_id)
-        self.dropout = nn.Dropout(config.embedding_dropout)
-        self.layer_dropout = nn.Dropout(enc.dropout)
+        self.dropout = Dropout(config.embedding_dropout)
+        self.layer_dropout = Dropout(enc.dropout)
         directions = 2 if enc.bidirectional else 1
         self.layers = nn.ModuleList(
             nn.ModuleList(
@@ -264,7 +264,7 @@ class Decoder(nn.Module):
         self.input_feeding = dec.input_feeding
         self.combine_mode = dec.combine
         self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
-        self.embed_dropout = nn.Dropout(config.embedding_dropout)
+        self.embed_dropout = Dropout(config.embedding_dropout)
         self.rnn = RNN_CLASSES[dec.cell](
             config.embedding_size + (hidden if dec.input_feeding else 0),
             hidden,
@@ -278,7 +278,7 @@ class Decoder(nn.Module):
                 self.combine_layer = nn.Linear(hidden + context, hidden)  # tanh(W [h; c])
             else:
                 self.context_layer = nn.Linear(context, hidden)  # h + W c
-        self.output_dropout = nn.Dropout(config.output_dropout)
+        self.output_dropout = Dropout(config.output_dropout)
         # A tied output layer shares the embedding matrix, so it needs vectors of size E.
         tied_projection = config.tie_output and hidden != config.embedding_size
         out = config.embedding_size if config.tie_output else hidden
