@@ -302,6 +302,46 @@ def test_length_spans_leave_batches_of_similar_length_alone():
     assert length_spans([9, 1, 1, 1]) is not None
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_gather_time_is_a_gather_in_either_layout(time_major):
+    """The encoder picks positions (reversing each sentence, its last state) by whole rows:
+    the values and gradients of a gather along time, from a batch-major tensor (embeddings)
+    or a time-major one seen batch-major (RNN outputs)."""
+    from seq2seq.model import _gather_time
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 6, 5)
+    if time_major:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    x.requires_grad_()
+    index = torch.randint(0, 6, (4, 3))
+    picked = _gather_time(x, index)
+    expected = x.gather(1, index[:, :, None].expand(-1, -1, 5))
+    assert torch.equal(picked, expected)
+    upstream = torch.randn(4, 3, 5)
+    grad = torch.autograd.grad(picked, x, upstream)[0]
+    assert torch.equal(grad, torch.autograd.grad(expected, x, upstream)[0])
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval(monkeypatch):
+    """The CPU mask from uniform numbers (used where `bernoulli_` is serial, forced here):
+    about 1 - p of the elements kept, scaled by 1 / (1 - p), the gradient through the same
+    mask; nothing changes outside training."""
+    from seq2seq import cpu_paths
+    from seq2seq.cpu_paths import Dropout
+
+    monkeypatch.setattr(cpu_paths, "serial_bernoulli", lambda: True)
+    dropout = Dropout(0.3)
+    x = torch.full((200, 500), 2.0, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
 @ALL
 def test_encoder_spans_give_the_padded_result(config, monkeypatch):
     """On the CPU a batch of mixed lengths runs in spans of rows still going (unsorted rows,
