@@ -126,6 +126,8 @@ def average(
     else:
         averaged = average_checkpoints(paths)
     tokenizers = (averaged.src_tokenizer, averaged.tgt_tokenizer)
-    save_checkpoint(output, averaged.model, *tokenizers, averaged.search, averaged.info)
+    save_checkpoint(
+        output, averaged.model, *tokenizers, averaged.search, averaged.info, averaged.shortlist
+    )
     log(f"average: {len(paths)} checkpoints -> {output}")
     return paths

@@ -35,6 +35,7 @@ from seq2seq.errors import UserError
 from seq2seq.io import append_text, atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
+from seq2seq.shortlist import build_shortlist
 from seq2seq.training import (
     LearningRate,
     build_optimizer,
@@ -150,7 +151,10 @@ class Trainer:
             torch.set_num_threads(self.tc.threads)
         self._load_data()
         self._build_model()
-        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest)
+        shortlist = (
+            build_shortlist(self.data.src, self.data.tgt, self.vocab) if self.ranks.main else None
+        )
+        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest, shortlist)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
         self.figures = StepFigures(self.device, self.state.window if self.ranks.main else [])

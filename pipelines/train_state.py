@@ -26,6 +26,7 @@ from seq2seq.checkpoint import _unique_state, read_safetensors, save_checkpoint,
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text, file_sha256
+from seq2seq.shortlist import Shortlist
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import LearningRate, flatten_state, unflatten_state
 
@@ -79,9 +80,10 @@ class Checkpoints:
         run: RunFolder,
         tokenizers: tuple[Tokenizer, Tokenizer],
         manifest: dict,
+        shortlist: Shortlist | None = None,
     ):
         self.config, self.run, self.manifest = config, run, manifest
-        self.tokenizers = tokenizers  # (source, target)
+        self.tokenizers, self.shortlist = tokenizers, shortlist  # (source, target), its table
         self.ours = False  # whether last.safetensors was written by this run (or resumed one)
         self.made_from = file_sha256(run.manifest)  # what the state says it was trained on
 
@@ -103,7 +105,7 @@ class Checkpoints:
         info.update(languages=self.manifest["languages"], run=self.config.name)
 
         def save(path: Path) -> None:
-            save_checkpoint(path, model, *self.tokenizers, self.config.search, info)
+            save_checkpoint(path, model, *self.tokenizers, self.config.search, info, self.shortlist)
 
         save(run.last)
         self.ours = True

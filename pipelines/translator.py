@@ -249,7 +249,9 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
         todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(self.model, todo, settings, self.device, with_attention)
+            hypotheses = translate_ids(
+                self.model, todo, settings, self.device, with_attention, self.checkpoint.shortlist
+            )
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave
             # no hypothesis: the text still gets one, empty and scored -inf

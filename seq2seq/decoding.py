@@ -8,7 +8,9 @@ import torch
 
 from .batching import group_batches, pad
 from .config import SearchConfig
+from .errors import UserError
 from .search import Hypothesis, search
+from .shortlist import Shortlist, Shortlisted
 
 
 def translate_ids(
@@ -17,11 +19,15 @@ def translate_ids(
     config: SearchConfig,
     device: torch.device,
     return_attention: bool = False,
+    shortlist: Shortlist | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
-    back in input order."""
+    back in input order. With config.shortlist, each batch over its shortlist."""
     vocab = model.vocab
+    if config.shortlist and shortlist is None:
+        raise UserError("search.shortlist: this checkpoint has no shortlist (trained before "
+                        "2026-12-07); retrain it, or leave search.shortlist at 0")  # fmt: skip
 
     def search_halving(batch: list[list[int]]) -> list[list[Hypothesis]]:
         """Search one batch; when the device runs out of memory, search its halves instead
@@ -30,7 +36,12 @@ def translate_ids(
         tensors it holds, are freed."""
         try:
             src, src_lengths = pad(batch, vocab.pad_id, suffix=vocab.eos_id)
-            return search(model, src.to(device), src_lengths.to(device), config, return_attention)
+            src, src_lengths = src.to(device), src_lengths.to(device)
+            cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None
+            hypotheses = search(cut or model, src, src_lengths, config, return_attention)
+            for hypothesis in (h for hyps in hypotheses for h in hyps if cut):
+                hypothesis.tokens = cut.tokens(hypothesis.tokens)
+            return hypotheses
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
             if len(batch) == 1:
                 raise

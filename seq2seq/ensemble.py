@@ -53,11 +53,13 @@ class Ensemble(nn.Module):
         parts = [model.encode(src, src_lengths) for model in self.models]
         return EnsembleState([s for s, _ in parts]), EnsembleMemory([m for _, m in parts])
 
-    def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory):
+    def step(
+        self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory, cut_output=None
+    ):
         """prev_tokens (B, T) -> mean log-probabilities (B, T, V), next state, mean weights
         (B, T, S) of the models with attention (None if none has any)."""
         parts = zip(self.models, state.states, memory.memories)
-        outputs = [model.step(prev_tokens, s, m) for model, s, m in parts]
+        outputs = [model.step(prev_tokens, s, m, cut_output=cut_output) for model, s, m in parts]
         log_probs = torch.stack([lp for lp, _, _ in outputs]).mean(dim=0)  # (B, T, V)
         weights = [w.float() for _, _, w in outputs if w is not None]
         mean_weights = torch.stack(weights).mean(dim=0) if weights else None  # (B, T, S)

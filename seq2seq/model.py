@@ -317,6 +317,7 @@ class Decoder(nn.Module):
         state: DecoderState,
         memory: Memory,
         positions: RealPositions | None = None,
+        cut_output=None,
     ):
         """prev_tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S).
 
@@ -324,7 +325,8 @@ class Decoder(nn.Module):
         once; with it, the positions must be taken one at a time. In training, `positions`
         names the real target positions (rows sorted longest first): the logits are then
         those of the real positions only, (N, V), and the padding costs no work in the
-        output layer, nor (with input feeding) in the RNN and the attention."""
+        output layer, nor (with input feeding) in the RNN and the attention. `cut_output`
+        maps the output layer to one over fewer pieces (see `shortlist.py`)."""
         x = self.embed_dropout(self.embed(prev_tokens))  # (B, T, E)
         if not self.input_feeding:
             rnn_output, hidden = run_rnn(self.rnn, x, state.hidden)  # (B, T, H)
@@ -335,7 +337,8 @@ class Decoder(nn.Module):
         else:
             running = positions.running if positions is not None else None
             out, weights, next_state = self._feed(x, state, memory, running)
-        logits = linear(self.output, linear(self.pre_output, out))  # (B, T, V) or (N, V)
+        output = self.output if cut_output is None else cut_output(self.output)
+        logits = linear(output, linear(self.pre_output, out))  # (B, T, V) or (N, V)
         return logits, next_state, weights
 
     def _feed(self, x: Tensor, state: DecoderState, memory: Memory, running: list[int] | None):
@@ -447,10 +450,11 @@ class Seq2Seq(nn.Module):
         state: DecoderState,
         memory: Memory,
         positions: RealPositions | None = None,
+        cut_output=None,
     ):
         """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights.
         With `positions` (training): the log-probabilities of the real positions, (N, V)."""
-        logits, state, weights = self.decoder(prev_tokens, state, memory, positions)
+        logits, state, weights = self.decoder(prev_tokens, state, memory, positions, cut_output)
         return F.log_softmax(logits.float(), dim=-1), state, weights
 
     def forward(

@@ -1,0 +1,94 @@
+"""A vocabulary shortlist per batch (Marian's lexical shortlist, from co-occurrence in the
+training data where Marian uses word alignments): a batch decodes over the target pieces its
+source pieces may need, the most frequent ones and the special ids. The output layer's
+matrix product, `log_softmax` and the search's ranking then cover a few thousand pieces
+instead of the whole vocabulary; the log-probabilities are normalized over those.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .vocab import Vocab
+
+
+@dataclass
+class Shortlist:
+    table: Tensor  # (src_size, K): each source piece's best target pieces, best first
+    frequent: Tensor  # (F,): the most frequent target pieces, always decoded over
+
+
+def build_shortlist(src, tgt, vocab: Vocab, best: int = 50, frequent: int = 100) -> Shortlist:
+    """From the pairs src[i], tgt[i] (id tensors): for each source piece its `best` target
+    pieces by Dice coefficient 2 c(s, t) / (c(s) + c(t)), c counting the pairs that hold the
+    pieces (end-of-sentence where a piece has fewer), and the `frequent` most frequent."""
+    src_count, tgt_count = np.zeros(vocab.src_size), np.zeros(vocab.tgt_size)
+    pairs, chunks = min(len(src), 500_000), []  # enough pairs for stable counts
+    for start in range(0, pairs, 20_000):  # pair counts of 20,000 pairs at a time
+        found = []
+        for i in range(start, min(start + 20_000, pairs)):
+            s, t = np.unique(src[i].numpy()), np.unique(tgt[i].numpy())
+            src_count[s] += 1
+            tgt_count[t] += 1
+            found.append((s[:, None] * vocab.tgt_size + t).ravel())  # key s * V + t
+        chunks.append(np.unique(np.concatenate(found), return_counts=True))
+    keys, counts = (np.concatenate(part) for part in zip(*chunks))
+    keys, where = np.unique(keys, return_inverse=True)
+    s, t = np.divmod(keys, vocab.tgt_size)
+    dice = 2 * np.bincount(where, counts) / (src_count[s] + tgt_count[t])
+    order = np.lexsort((-dice, s))  # by source piece, best first
+    s, t = s[order], t[order]
+    rank = np.arange(len(s)) - np.searchsorted(s, s)  # place within its source piece
+    kept = rank < best
+    table = np.full((vocab.src_size, best), vocab.eos_id, dtype=np.int32)
+    table[s[kept], rank[kept]] = t[kept]
+    most = np.argsort(-tgt_count, kind="stable")[:frequent].astype(np.int32)
+    return Shortlist(torch.from_numpy(table), torch.from_numpy(most))
+
+
+class Shortlisted:
+    """`model` (a Seq2Seq or an ensemble) decoding one batch over a cut target vocabulary:
+    position i of its vocabulary stands for the target piece ids[i]; `tokens` maps the
+    search's results back. The search sees `encode` and `step`, as of any model."""
+
+    def __init__(self, model, shortlist: Shortlist, src: Tensor, best: int):
+        vocab = model.vocab
+        specials = torch.tensor([vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id])
+        found = shortlist.table[src.unique().cpu(), :best].reshape(-1).long()
+        ids = torch.cat([found, shortlist.frequent.long(), specials]).unique()  # sorted
+        self.model, self.ids, self.cuts = model, ids.to(src.device), {}
+        position = {i: n for n, i in enumerate(ids.tolist())}
+        self.vocab = Vocab(vocab.src_size, len(ids), *(position[i] for i in specials.tolist()))
+
+    def encode(self, src: Tensor, src_lengths: Tensor):
+        return self.model.encode(src, src_lengths)
+
+    def step(self, prev_tokens: Tensor, state, memory):
+        return self.model.step(self.ids[prev_tokens], state, memory, cut_output=self.cut)
+
+    def cut(self, layer: nn.Module) -> nn.Module:
+        """An output layer (float or int8) cut to the rows of ids, once per batch."""
+        if layer not in self.cuts:
+            self.cuts[layer] = _rows(layer, self.ids)
+        return self.cuts[layer]
+
+    def tokens(self, tokens: list[int]) -> list[int]:
+        return self.ids[tokens].tolist()
+
+
+def _rows(layer: nn.Module, ids: Tensor) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        cut = nn.Linear(layer.in_features, len(ids), layer.bias is not None, device="meta")
+        cut.weight = nn.Parameter(layer.weight.detach()[ids], requires_grad=False)
+        if layer.bias is not None:
+            cut.bias = nn.Parameter(layer.bias.detach()[ids], requires_grad=False)
+        return cut
+    cut = copy.copy(layer)  # an Int8Linear: weight (K, N), a scale per output row
+    cut.weight, cut.scale = layer.weight[:, ids].contiguous(), layer.scale[ids]
+    cut.bias = None if layer.bias is None else layer.bias[ids]
+    return cut
