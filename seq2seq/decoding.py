@@ -8,7 +8,6 @@ import torch
 
 from .batching import group_batches, pad
 from .config import SearchConfig
-from .errors import UserError
 from .search import Hypothesis, search
 from .shortlist import Shortlist, Shortlisted
 
@@ -23,11 +22,8 @@ def translate_ids(
 ) -> list[list[Hypothesis]]:
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
-    back in input order. With config.shortlist, each batch over its shortlist."""
+    back in input order. With config.shortlist, each batch over `shortlist`'s pieces."""
     vocab = model.vocab
-    if config.shortlist and shortlist is None:
-        raise UserError("search.shortlist: this checkpoint has no shortlist (trained before "
-                        "2026-12-07); retrain it, or leave search.shortlist at 0")  # fmt: skip
 
     def search_halving(batch: list[list[int]]) -> list[list[Hypothesis]]:
         """Search one batch; when the device runs out of memory, search its halves instead

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
+from pipelines.translator import Translator
 from seq2seq.batching import pad
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import SearchConfig
@@ -100,9 +101,10 @@ def test_a_checkpoint_without_a_table_is_a_clear_error(trained_run, tmp_path):
     older = tmp_path / "older.safetensors"
     save_checkpoint(older, c.model, c.src_tokenizer, c.tgt_tokenizer, c.search, c.info)
     assert load_checkpoint(older).shortlist is None
-    config = SearchConfig(shortlist=10)
-    with pytest.raises(UserError, match="search.shortlist: this checkpoint has no shortlist"):
-        translate_ids(c.model, [[5, 6]], config, torch.device("cpu"), False, None)
+    with pytest.raises(UserError, match="search.shortlist needs a checkpoint saved since"):
+        Translator(older, shortlist=10)
+    with pytest.raises(UserError, match=f"{older}: search.shortlist needs"):
+        Translator(older).translate("a line", shortlist=10)
     source = tmp_path / "in.txt"
     source.write_text("a line\n", encoding="utf-8")
     args = ["translate", "-m", str(older), "-i", str(source), "-o", str(tmp_path / "out.txt")]
