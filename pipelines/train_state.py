@@ -26,7 +26,6 @@ from seq2seq.checkpoint import _unique_state, read_safetensors, save_checkpoint,
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import UserError
 from seq2seq.io import atomic_write_text, file_sha256
-from seq2seq.shortlist import Shortlist
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.training import LearningRate, flatten_state, unflatten_state
 
@@ -80,7 +79,7 @@ class Checkpoints:
         run: RunFolder,
         tokenizers: tuple[Tokenizer, Tokenizer],
         manifest: dict,
-        shortlist: Shortlist | None = None,
+        shortlist: torch.Tensor | None = None,
     ):
         self.config, self.run, self.manifest = config, run, manifest
         self.tokenizers, self.shortlist = tokenizers, shortlist  # (source, target), its table

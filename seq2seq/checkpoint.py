@@ -20,7 +20,6 @@ from .config import CleaningConfig, ModelConfig, SearchConfig, from_dict, to_dic
 from .errors import UserError
 from .io import atomic_write_bytes
 from .model import Seq2Seq
-from .shortlist import Shortlist
 from .tokenizer import Tokenizer
 from .vocab import Vocab
 
@@ -90,7 +89,7 @@ class Checkpoint:
     tgt_tokenizer: Tokenizer
     search: SearchConfig  # the defaults translation uses unless told otherwise
     info: dict  # training step, dev scores, ...
-    shortlist: Shortlist | None = None  # for search.shortlist; None in older checkpoints
+    shortlist: torch.Tensor | None = None  # for search.shortlist; None in older checkpoints
 
 
 def save_checkpoint(
@@ -100,7 +99,7 @@ def save_checkpoint(
     tgt_tokenizer: Tokenizer,
     search: SearchConfig,
     info: dict,
-    shortlist: Shortlist | None = None,
+    shortlist: torch.Tensor | None = None,
 ) -> None:
     state = _unique_state(model)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
@@ -111,8 +110,7 @@ def save_checkpoint(
     if tgt_tokenizer.proto != src_tokenizer.proto:
         tensors["tokenizer.tgt"] = _bytes_tensor(tgt_tokenizer.proto)
     if shortlist is not None:
-        tensors["shortlist.table"] = shortlist.table
-        tensors["shortlist.frequent"] = shortlist.frequent
+        tensors["shortlist"] = shortlist
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -172,8 +170,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model config ({e})") from None
-    table, frequent = tensors.get("shortlist.table"), tensors.get("shortlist.frequent")
-    shortlist = None if table is None or frequent is None else Shortlist(table, frequent)
+    shortlist = tensors.get("shortlist")
     model = model.to(device).eval()
     return Checkpoint(model, src_tokenizer, tgt_tokenizer, search, info, shortlist)
 

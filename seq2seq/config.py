@@ -262,7 +262,7 @@ class SearchConfig(Section):
     max_tokens: int = setting(0, "if set, batch by this many source tokens instead", low=0)
     cuda_graphs: bool = setting(False, "on a GPU, replay the decoder step as CUDA graphs")
     shortlist: int = setting(0, "decode over the 100 most frequent target pieces and this many "
-                             "per source piece (0: all)", low=0, high=50)  # fmt: skip
+                             "per source piece (0: all)", low=0, high=100)  # fmt: skip
 
     def check(self):
         self.expect(self.n_best <= self.beam_size, "n_best",

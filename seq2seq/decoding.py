@@ -5,11 +5,12 @@ large as the device's memory allows. The search itself is `search.py`'s.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .batching import group_batches, pad
 from .config import SearchConfig
 from .search import Hypothesis, search
-from .shortlist import Shortlist, Shortlisted
+from .shortlist import Shortlisted
 
 
 def translate_ids(
@@ -18,7 +19,7 @@ def translate_ids(
     config: SearchConfig,
     device: torch.device,
     return_attention: bool = False,
-    shortlist: Shortlist | None = None,
+    shortlist: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
@@ -36,7 +37,7 @@ def translate_ids(
             cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None
             hypotheses = search(cut or model, src, src_lengths, config, return_attention)
             for hypothesis in (h for hyps in hypotheses for h in hyps if cut):
-                hypothesis.tokens = cut.tokens(hypothesis.tokens)
+                hypothesis.tokens = cut.ids[hypothesis.tokens].tolist()
             return hypotheses
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
             if len(batch) == 1:

@@ -8,25 +8,20 @@ instead of the whole vocabulary; the log-probabilities are normalized over those
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .model import Decoder
 from .vocab import Vocab
 
 
-@dataclass
-class Shortlist:
-    table: Tensor  # (src_size, K): each source piece's best target pieces, best first
-    frequent: Tensor  # (F,): the most frequent target pieces, always decoded over
-
-
-def build_shortlist(src, tgt, vocab: Vocab, best: int = 50, frequent: int = 100) -> Shortlist:
-    """From the pairs src[i], tgt[i] (id tensors): for each source piece its `best` target
-    pieces by Dice coefficient 2 c(s, t) / (c(s) + c(t)), c counting the pairs that hold the
-    pieces (end-of-sentence where a piece has fewer), and the `frequent` most frequent."""
+def build_shortlist(src, tgt, vocab: Vocab, width: int = 100) -> Tensor:
+    """From the pairs src[i], tgt[i] (id tensors), the table (src_size + 1, width): row s
+    holds source piece s's best target pieces by Dice coefficient 2 c(s, t) / (c(s) + c(t)),
+    c counting the pairs that hold the pieces (end-of-sentence where a piece has fewer); the
+    last row holds the most frequent target pieces."""
     src_count, tgt_count = np.zeros(vocab.src_size), np.zeros(vocab.tgt_size)
     pairs, chunks = min(len(src), 500_000), []  # enough pairs for stable counts
     for start in range(0, pairs, 20_000):  # pair counts of 20,000 pairs at a time
@@ -44,41 +39,33 @@ def build_shortlist(src, tgt, vocab: Vocab, best: int = 50, frequent: int = 100)
     order = np.lexsort((-dice, s))  # by source piece, best first
     s, t = s[order], t[order]
     rank = np.arange(len(s)) - np.searchsorted(s, s)  # place within its source piece
-    kept = rank < best
-    table = np.full((vocab.src_size, best), vocab.eos_id, dtype=np.int32)
+    kept = rank < width
+    table = np.full((vocab.src_size + 1, width), vocab.eos_id, dtype=np.int32)
     table[s[kept], rank[kept]] = t[kept]
-    most = np.argsort(-tgt_count, kind="stable")[:frequent].astype(np.int32)
-    return Shortlist(torch.from_numpy(table), torch.from_numpy(most))
+    frequent = np.argsort(-tgt_count, kind="stable")[:width]
+    table[-1, : len(frequent)] = frequent
+    return torch.from_numpy(table)
 
 
 class Shortlisted:
     """`model` (a Seq2Seq or an ensemble) decoding one batch over a cut target vocabulary:
-    position i of its vocabulary stands for the target piece ids[i]; `tokens` maps the
-    search's results back. The search sees `encode` and `step`, as of any model."""
+    position i of its vocabulary stands for the target piece ids[i] (the `best` of each
+    source piece in `src`, the most frequent, the special ids). Search sees `encode` and
+    `step`, as of any model; each decoder's output layer is cut once."""
 
-    def __init__(self, model, shortlist: Shortlist, src: Tensor, best: int):
+    def __init__(self, model, table: Tensor, src: Tensor, best: int):
         vocab = model.vocab
         specials = torch.tensor([vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id])
-        found = shortlist.table[src.unique().cpu(), :best].reshape(-1).long()
-        ids = torch.cat([found, shortlist.frequent.long(), specials]).unique()  # sorted
-        self.model, self.ids, self.cuts = model, ids.to(src.device), {}
+        found = table[src.unique().cpu(), :best].reshape(-1).long()
+        ids = torch.cat([found, table[-1].long(), specials]).unique()  # sorted
+        self.model, self.ids, self.encode = model, ids.to(src.device), model.encode
+        decoders = [m for m in model.modules() if isinstance(m, Decoder)]
+        self.cuts = {d.output: _rows(d.output, self.ids) for d in decoders}
         position = {i: n for n, i in enumerate(ids.tolist())}
         self.vocab = Vocab(vocab.src_size, len(ids), *(position[i] for i in specials.tolist()))
 
-    def encode(self, src: Tensor, src_lengths: Tensor):
-        return self.model.encode(src, src_lengths)
-
     def step(self, prev_tokens: Tensor, state, memory):
-        return self.model.step(self.ids[prev_tokens], state, memory, cut_output=self.cut)
-
-    def cut(self, layer: nn.Module) -> nn.Module:
-        """An output layer (float or int8) cut to the rows of ids, once per batch."""
-        if layer not in self.cuts:
-            self.cuts[layer] = _rows(layer, self.ids)
-        return self.cuts[layer]
-
-    def tokens(self, tokens: list[int]) -> list[int]:
-        return self.ids[tokens].tolist()
+        return self.model.step(self.ids[prev_tokens], state, memory, cut_output=self.cuts.get)
 
 
 def _rows(layer: nn.Module, ids: Tensor) -> nn.Module:

@@ -18,7 +18,7 @@ from seq2seq.decoding import translate_ids
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError
 from seq2seq.int8 import quantize
-from seq2seq.shortlist import Shortlist, Shortlisted, build_shortlist
+from seq2seq.shortlist import Shortlisted, build_shortlist
 from seq2seq.vocab import Vocab
 
 from .test_model import random_sentences
@@ -29,23 +29,23 @@ def test_the_table_ranks_target_pieces_by_dice_and_fills_with_the_end():
     vocab = Vocab(src_size=8, tgt_size=9, pad_id=1, unk_id=0, bos_id=2, eos_id=3)
     pairs = [([4, 5], [6, 7]), ([4, 5, 5], [6, 8]), ([4], [6, 7]), ([5], [8, 6])]
     src, tgt = ([torch.tensor(p[side]) for p in pairs] for side in (0, 1))
-    shortlist = build_shortlist(src, tgt, vocab, best=3, frequent=2)
+    table = build_shortlist(src, tgt, vocab, width=4)
+    assert table.shape == (vocab.src_size + 1, 4)
     # source 4 is in pairs 0-2: target 6 in all three (Dice 2*3/(3+4)), 7 in two (2*2/(3+2))
     # and 8 in one (2*1/(3+2)); source 5 in pairs 0, 1, 3: 6 (2*3/(3+4)), 8 (2*2/(3+2)), 7
-    assert shortlist.table[4].tolist() == [6, 7, 8]
-    assert shortlist.table[5].tolist() == [6, 8, 7]
-    assert shortlist.table[6].tolist() == [3, 3, 3]  # never a source piece: the end only
-    assert shortlist.frequent.tolist() == [6, 7]  # in 4 and 2 pairs (8 too: the first wins)
+    assert table[4].tolist() == [6, 7, 8, 3]  # the end of sentence fills the row
+    assert table[5].tolist() == [6, 8, 7, 3]
+    assert table[6].tolist() == [3, 3, 3, 3]  # never a source piece
+    assert table[-1].tolist() == [6, 7, 8, 0]  # by frequency: 4, 2, 2 pairs, then none
 
 
-def whole(vocab: Vocab) -> Shortlist:
-    """A shortlist that keeps every target piece."""
-    every = torch.arange(vocab.tgt_size, dtype=torch.int32)
-    return Shortlist(every.repeat(vocab.src_size, 1), every)
+def whole(vocab: Vocab) -> torch.Tensor:
+    """A table that keeps every target piece."""
+    return torch.arange(vocab.tgt_size, dtype=torch.int32).repeat(vocab.src_size + 1, 1)
 
 
-def search_all(model, sentences, config, shortlist=None):
-    return translate_ids(model, sentences, config, torch.device("cpu"), False, shortlist)
+def search_all(model, sentences, config, table=None):
+    return translate_ids(model, sentences, config, torch.device("cpu"), False, table)
 
 
 @pytest.mark.parametrize("kind", ["model", "ensemble", "int8"])
@@ -70,14 +70,13 @@ def test_a_shortlist_of_the_whole_vocabulary_decodes_as_without(kind):
 def test_the_search_only_chooses_pieces_of_the_batch_shortlist():
     model = build(SOME[0])
     sentences = random_sentences(6, seed=8)
-    table = torch.tensor([[5, 6]] * VOCAB.src_size, dtype=torch.int32)
-    shortlist = Shortlist(table, torch.tensor([9], dtype=torch.int32))
+    table = torch.tensor([[5, 6]] * VOCAB.src_size + [[9, 9]], dtype=torch.int32)
     src, _ = pad(sentences, VOCAB.pad_id, suffix=VOCAB.eos_id)
-    cut = Shortlisted(model, shortlist, src, best=1)
+    cut = Shortlisted(model, table, src, best=1)
     assert cut.ids.tolist() == [0, 1, 2, 3, 5, 9]  # specials, the first best, the frequent
     assert cut.vocab.eos_id == 3 and cut.vocab.tgt_size == 6
     config = SearchConfig(beam_size=4, max_len_a=0, max_len_b=6, shortlist=1)
-    results = search_all(model, sentences, config, shortlist)
+    results = search_all(model, sentences, config, table)
     tokens = {t for hyps in results for h in hyps for t in h.tokens}
     assert tokens and tokens <= {0, 5, 9}  # <unk> may be chosen; pad and bos never are
 
@@ -85,8 +84,7 @@ def test_the_search_only_chooses_pieces_of_the_batch_shortlist():
 def test_training_stores_the_table_and_translation_uses_it(trained_run, tmp_path):
     checkpoint = load_checkpoint(trained_run / "model" / "best.safetensors")
     vocab = checkpoint.model.vocab
-    assert checkpoint.shortlist is not None
-    assert checkpoint.shortlist.table.shape == (vocab.src_size, 50)
+    assert checkpoint.shortlist.shape == (vocab.src_size + 1, 100)
     source = tmp_path / "in.txt"
     source.write_text("a small test\nanother line\n", encoding="utf-8")
     out = tmp_path / "out.txt"
@@ -116,6 +114,6 @@ def test_a_checkpoint_without_a_table_is_a_clear_error(trained_run, tmp_path):
 
 def test_the_shortlist_setting_is_checked():
     with pytest.raises(UserError, match="shortlist"):
-        SearchConfig(shortlist=51)
+        SearchConfig(shortlist=101)
     with pytest.raises(UserError, match="shortlist"):
         SearchConfig(shortlist=5, cuda_graphs=True)
