@@ -151,10 +151,8 @@ class Trainer:
             torch.set_num_threads(self.tc.threads)
         self._load_data()
         self._build_model()
-        shortlist = (
-            build_shortlist(self.data.src, self.data.tgt, self.vocab) if self.ranks.main else None
-        )
-        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest, shortlist)
+        table = build_shortlist(self.data.src, self.data.tgt, self.vocab)  # for the checkpoints
+        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest, table)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
         self.figures = StepFigures(self.device, self.state.window if self.ranks.main else [])
