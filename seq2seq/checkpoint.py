@@ -170,9 +170,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model config ({e})") from None
-    shortlist = tensors.get("shortlist")
-    model = model.to(device).eval()
-    return Checkpoint(model, src_tokenizer, tgt_tokenizer, search, info, shortlist)
+    table = tensors.get("shortlist")  # for search.shortlist, or None
+    return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info, table)
 
 
 def average_checkpoints(paths: list[str | Path]) -> Checkpoint:

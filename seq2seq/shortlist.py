@@ -1,9 +1,7 @@
 """A vocabulary shortlist per batch (Marian's lexical shortlist, from co-occurrence in the
 training data where Marian uses word alignments): a batch decodes over the target pieces its
-source pieces may need, the most frequent ones and the special ids. The output layer's
-matrix product, `log_softmax` and the search's ranking then cover a few thousand pieces
-instead of the whole vocabulary; the log-probabilities are normalized over those.
-"""
+source pieces may need, the most frequent ones and the special ids, so the output layer,
+`log_softmax` and the search's ranking cover a few thousand pieces, not the vocabulary."""
 
 from __future__ import annotations
 
@@ -48,10 +46,9 @@ def build_shortlist(src, tgt, vocab: Vocab, width: int = 100) -> Tensor:
 
 
 class Shortlisted:
-    """`model` (a Seq2Seq or an ensemble) decoding one batch over a cut target vocabulary:
-    position i of its vocabulary stands for the target piece ids[i] (the `best` of each
-    source piece in `src`, the most frequent, the special ids). Search sees `encode` and
-    `step`, as of any model; each decoder's output layer is cut once."""
+    """`model` (a Seq2Seq or an ensemble) decoding one batch over a cut vocabulary: piece i
+    stands for ids[i] (the `best` of each source piece in `src`, the most frequent, the
+    special ids). Search sees `encode` and `step`; each decoder's output layer is cut once."""
 
     def __init__(self, model, table: Tensor, src: Tensor, best: int):
         vocab = model.vocab
