@@ -29,10 +29,6 @@ class EnsembleState:
 class EnsembleMemory:
     memories: list  # one Memory per model
 
-    @property
-    def mask(self) -> Tensor:  # (B, S): the same source for every model
-        return self.memories[0].mask
-
     def select(self, index: Tensor) -> EnsembleMemory:
         return EnsembleMemory([memory.select(index) for memory in self.memories])
 
