@@ -57,10 +57,6 @@ def rebuilt(tree: Any, tensors: Iterator[Tensor]) -> Any:
     return type(tree)(rebuilt(item, tensors) for item in tree)
 
 
-def _same(a: list[Tensor], b: list[Tensor]) -> bool:
-    return all(torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-3) for x, y in zip(a, b))
-
-
 class _Graph:
     """One recorded step: static inputs, the graph (None: eager on the static inputs) and
     its outputs."""
@@ -90,7 +86,8 @@ class _Graph:
             self.note = f"not captured ({' '.join(str(e).split())[:120]}); eager"
             return
         graph.replay()
-        if not _same(tensors_of(outputs), tensors_of(eager)):
+        pairs = zip(tensors_of(outputs), tensors_of(eager))
+        if not all(torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-3) for x, y in pairs):
             self.note = "the replay differed from the eager step; eager"
             return
         self.graph, self.outputs = graph, outputs
