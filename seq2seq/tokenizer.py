@@ -95,17 +95,11 @@ class Tokenizer:
                 input_sentence_size=config.input_sentence_size,  # no more than it gets
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
-                # JoeyNMT's layout; nothing in this code relies on the numbers.
-                unk_id=0,
-                pad_id=1,
-                bos_id=2,
-                eos_id=3,
-                unk_piece="<unk>",
-                pad_piece="<pad>",
-                bos_piece="<s>",
-                eos_piece="</s>",
                 minloglevel=2,
-            )
+                # JoeyNMT's layout; nothing in this code relies on the numbers.
+                unk_id=0, pad_id=1, bos_id=2, eos_id=3,
+                unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+            )  # fmt: skip
         except RuntimeError as e:
             message = str(e).strip().splitlines()[-1]
             limit = re.search(r"<= (\d+)", message)
