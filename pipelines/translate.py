@@ -88,8 +88,7 @@ def _prompted(lines: StreamLines) -> Iterator[list[str]]:
     the cursor to a new line, so that nothing is written after what was typed."""
     lines_read = iter(lines)
     while True:
-        sys.stderr.write("> ")
-        sys.stderr.flush()
+        print("> ", end="", file=sys.stderr, flush=True)
         try:
             line = next(lines_read, None)
         except KeyboardInterrupt:
