@@ -223,10 +223,8 @@ def translate_files(
     sentences, tokens = (sum(column) for column in zip(*counts))
     ranks.stop()
     if translator.truncated:
-        log(
-            f"translate: warning: {translator.truncated} line(s) longer than "
-            f"{translator.max_pieces} pieces were cut to that length"
-        )
+        cut, most = translator.truncated, translator.max_pieces
+        log(f"translate: warning: {cut} line(s) longer than {most} pieces were cut to that length")
     for note in translator.graphs.notes if translator.graphs else []:
         log(f"translate: cuda graphs: {note}")  # shapes that ran eagerly, and why
     return {
