@@ -115,9 +115,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return from_dict(tp, {} if value is None else value, key)
     if origin is Literal:
         if value not in args:
-            raise UserError(
-                f"config key '{key}': {short(value)} is not allowed; expected {_type_name(tp)}"
-            )
+            got, expected = short(value), _type_name(tp)
+            raise UserError(f"config key '{key}': {got} is not allowed; expected {expected}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
