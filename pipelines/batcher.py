@@ -150,8 +150,7 @@ class Batcher:
                 tokens += waiting.tokens
             else:
                 kept.append(waiting)
-        self.queue = kept
-        self.queued = sum(len(waiting.texts) for waiting in kept)
+        self.queue, self.queued = kept, sum(len(waiting.texts) for waiting in kept)
         return batch
 
     def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:

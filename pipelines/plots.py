@@ -62,8 +62,7 @@ def draw_attention(record: dict, png_path: Path) -> None:
     """A heatmap of one sentence's attention: target pieces down, source pieces across."""
     plt = _pyplot()
     source, target, weights = record["source"], record["target"], record["attention"]
-    width = min(20.0, 2.0 + 0.35 * len(source))
-    height = min(20.0, 1.5 + 0.35 * len(target))
+    width, height = min(20.0, 2.0 + 0.35 * len(source)), min(20.0, 1.5 + 0.35 * len(target))
     fig, axis = plt.subplots(figsize=(width, height), dpi=100)
     image = axis.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=90)

@@ -42,8 +42,7 @@ class Ensemble(nn.Module):
         vocabs = {model.vocab for model in models}
         if len(vocabs) != 1:
             raise ValueError(f"an ensemble needs one vocabulary, got {vocabs}")
-        self.models = nn.ModuleList(models)
-        self.vocab = models[0].vocab
+        self.models, self.vocab = nn.ModuleList(models), models[0].vocab
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleState, EnsembleMemory]:
         parts = [model.encode(src, src_lengths) for model in self.models]

@@ -30,8 +30,7 @@ def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
     """At most `size` of `items`, drawn uniformly by a seeded reservoir and kept in their order; all
     of them, in order, when there are fewer. Li's algorithm L (1994) skips ahead between
     replacements, so a long corpus costs a few random numbers per kept item, not one per line."""
-    rng = random.Random(seed)
-    stream = enumerate(items)
+    rng, stream = random.Random(seed), enumerate(items)
     kept = list(itertools.islice(stream, size))
     if len(kept) < size or size == 0:
         return [item for _, item in kept]
