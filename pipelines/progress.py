@@ -52,9 +52,8 @@ class Progress:
         mirror=None,
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
-        self.every, self.deadline = every, deadline
+        self.every, self.deadline, self.stream = every, deadline, stream or sys.stderr
         self.mirror = mirror  # also gets the plain line every `every` seconds (a log file)
-        self.stream = stream or sys.stderr
         self.start = self.last = time.monotonic()
         self.done = self.initial = done
         self.figures: dict[str, str] = {}
