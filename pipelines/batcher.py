@@ -109,8 +109,7 @@ class Batcher:
                     self.arrived.clear()
                     await self.arrived.wait()
                 await self._gather()
-                batch = self._take()
-                if not batch:  # their clients all went away
+                if not (batch := self._take()):  # their clients all went away
                     continue
                 self.last_batch = len(batch)
                 self.working = sum(len(waiting.texts) for waiting in batch)

@@ -132,8 +132,7 @@ class GraphedModel:
             return self.model.step(prev, state, memory)
         inputs = [prev, *tensors_of(state), *tensors_of(memory)]
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
-        graph = self.graphs.get(key)
-        if graph is None:
+        if (graph := self.graphs.get(key)) is None:
             if len(self.graphs) == self.most:
                 self.graphs.popitem(last=False)
             try:

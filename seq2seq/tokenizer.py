@@ -37,8 +37,7 @@ def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
     log_w = _log_uniform(rng) / size  # log of the threshold w, kept in logs for precision
     while True:
         skip = math.floor(_log_uniform(rng) / _log1mexp(log_w))
-        chosen = next(itertools.islice(stream, skip, None), None)
-        if chosen is None:
+        if (chosen := next(itertools.islice(stream, skip, None), None)) is None:
             return [item for _, item in sorted(kept)]
         kept[rng.randrange(size)] = chosen
         log_w += _log_uniform(rng) / size
