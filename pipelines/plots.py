@@ -33,8 +33,7 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
     loss and the plain dev loss each on its own axis (they are not comparable), dev BLEU and
     chrF, and the learning rate."""
     records = [json.loads(x) for x in log_path.read_text(encoding="utf-8").split("\n") if x.strip()]
-    train = [r for r in records if "train_loss" in r]
-    dev = [r for r in records if "dev_loss" in r]
+    train, dev = [r for r in records if "train_loss" in r], [r for r in records if "dev_loss" in r]
     fig, axes = _pyplot().subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
     panels = [
         (axes[0][0], train, [("train_loss", "-", "tab:blue")], "train loss (label-smoothed)"),
