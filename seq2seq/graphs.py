@@ -95,8 +95,7 @@ class _Graph:
     def __call__(self, prev: Tensor, state, memory):
         if self.note is not None:  # recording failed: plain eager steps
             return self.step(prev, state, memory)
-        self.prev.copy_(prev)
-        for static, new in zip(tensors_of(self.state), tensors_of(state)):
+        for static, new in zip([self.prev, *tensors_of(self.state)], [prev, *tensors_of(state)]):
             static.copy_(new)
         if self.memory_of() is not memory:  # a new batch, or rows dropped: copied once
             for static, new in zip(tensors_of(self.memory), tensors_of(memory)):
