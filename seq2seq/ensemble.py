@@ -61,5 +61,4 @@ class Ensemble(nn.Module):
     def forward(self, src: Tensor, src_lengths: Tensor, prev_tokens: Tensor) -> Tensor:
         """Teacher forcing: the mean log-probabilities (B, T, V) of each next target token."""
         state, memory = self.encode(src, src_lengths)
-        log_probs, _, _ = self.step(prev_tokens, state, memory)
-        return log_probs
+        return self.step(prev_tokens, state, memory)[0]  # the log-probabilities
