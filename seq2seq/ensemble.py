@@ -29,10 +29,6 @@ class EnsembleState:
 class EnsembleMemory:
     memories: list  # one Memory per model
 
-    @property
-    def mask(self) -> Tensor:  # (B, S): the same source for every model
-        return self.memories[0].mask
-
     def select(self, index: Tensor) -> EnsembleMemory:
         return EnsembleMemory([memory.select(index) for memory in self.memories])
 
@@ -46,8 +42,7 @@ class Ensemble(nn.Module):
         vocabs = {model.vocab for model in models}
         if len(vocabs) != 1:
             raise ValueError(f"an ensemble needs one vocabulary, got {vocabs}")
-        self.models = nn.ModuleList(models)
-        self.vocab = models[0].vocab
+        self.models, self.vocab = nn.ModuleList(models), models[0].vocab
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleState, EnsembleMemory]:
         parts = [model.encode(src, src_lengths) for model in self.models]
@@ -68,5 +63,4 @@ class Ensemble(nn.Module):
     def forward(self, src: Tensor, src_lengths: Tensor, prev_tokens: Tensor) -> Tensor:
         """Teacher forcing: the mean log-probabilities (B, T, V) of each next target token."""
         state, memory = self.encode(src, src_lengths)
-        log_probs, _, _ = self.step(prev_tokens, state, memory)
-        return log_probs
+        return self.step(prev_tokens, state, memory)[0]  # the log-probabilities
