@@ -36,13 +36,7 @@ from seq2seq.io import append_text, atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
 from seq2seq.shortlist import build_shortlist
-from seq2seq.training import (
-    LearningRate,
-    build_optimizer,
-    label_smoothed_nll,
-    set_learning_rate,
-    word_dropout,
-)
+from seq2seq.training import LearningRate, build_optimizer, label_smoothed_nll, word_dropout
 
 from .background import ahead, worth_it
 from .distributed import Ranks
@@ -322,7 +316,8 @@ class Trainer:
             self.model.parameters(), tc.clip_grad_norm or math.inf
         )
         skip = ranks.any_flag(~(norm.isfinite() & loss_sum.isfinite())).float()
-        set_learning_rate(optimizer, self.optimization.lr(self.state.step))
+        for group in optimizer.param_groups:
+            group["lr"] = self.optimization.lr(self.state.step)
         if self.precision == "fp16":
             scaler.step(optimizer)  # the scaler skips non-finite steps and lowers its scale
         else:

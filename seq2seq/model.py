@@ -46,15 +46,10 @@ class Encoder(nn.Module):
         self.dropout = Dropout(config.embedding_dropout)
         self.layer_dropout = Dropout(enc.dropout)
         directions = 2 if enc.bidirectional else 1
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                RNN_CLASSES[enc.cell](
-                    config.embedding_size if layer == 0 else directions * enc.hidden_size,
-                    enc.hidden_size,
-                )
-                for _ in range(directions)
-            )
-            for layer in range(enc.num_layers)
+        sizes = [config.embedding_size] + [directions * enc.hidden_size] * (enc.num_layers - 1)
+        self.layers = nn.ModuleList(  # one RNN per direction of each layer, of input `size`
+            nn.ModuleList(RNN_CLASSES[enc.cell](size, enc.hidden_size) for _ in range(directions))
+            for size in sizes
         )
 
     def forward(self, src: Tensor, src_lengths: Tensor):
@@ -269,8 +264,7 @@ class Decoder(nn.Module):
         super().__init__()
         dec = config.decoder
         hidden = dec.hidden_size
-        self.input_feeding = dec.input_feeding
-        self.combine_mode = dec.combine
+        self.input_feeding, self.combine_mode = dec.input_feeding, dec.combine
         self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.embed_dropout = Dropout(config.embedding_dropout)
         self.rnn = RNN_CLASSES[dec.cell](
@@ -288,9 +282,8 @@ class Decoder(nn.Module):
                 self.context_layer = nn.Linear(context, hidden)  # h + W c
         self.output_dropout = Dropout(config.output_dropout)
         # A tied output layer shares the embedding matrix, so it needs vectors of size E.
-        tied_projection = config.tie_output and hidden != config.embedding_size
         out = config.embedding_size if config.tie_output else hidden
-        self.pre_output = nn.Linear(hidden, out, bias=False) if tied_projection else nn.Identity()
+        self.pre_output = nn.Linear(hidden, out, bias=False) if out != hidden else nn.Identity()
         self.output = nn.Linear(out, vocab.tgt_size)
         if config.tie_output:
             self.output.weight = self.embed.weight
@@ -433,12 +426,10 @@ class Seq2Seq(nn.Module):
         attention = self.decoder.attention
         keys, values = attention.prepare(states) if attention is not None else (None, None)
         hidden = self._initial_hidden(final, self.bridge)
-        if self.lstm_decoder:  # an LSTM also needs a cell state: bridged, or zero
-            bridge = self.cell_bridge
-            cell = (
-                torch.zeros_like(hidden) if bridge is None else self._initial_hidden(final, bridge)
-            )
-            hidden = (hidden, cell)
+        if self.cell_bridge is not None:  # an LSTM also needs a cell state: bridged, or zero
+            hidden = (hidden, self._initial_hidden(final, self.cell_bridge))
+        elif self.lstm_decoder:
+            hidden = (hidden, torch.zeros_like(hidden))
         feed = None
         if self.config.decoder.input_feeding:
             feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)

@@ -64,15 +64,11 @@ def word_dropout(
     return tokens.masked_fill(drop, unk_id)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel updates all parameters in one pass instead of a dozen ops each.
     return cls(
-        model.parameters(),
-        lr=config.lr,
-        betas=config.betas,
-        weight_decay=config.weight_decay,
-        fused=True,
+        model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True
     )
 
 
@@ -120,11 +116,6 @@ class LearningRate:
         self.reductions, self.stale = state["reductions"], state["stale"]
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 # --- nested state <-> tensors + JSON --------------------------------------------------------
 
 
@@ -139,10 +130,8 @@ def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str = "state") -
     if isinstance(obj, dict):
         return {"dict": [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {
-            "list": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
-            "tuple": isinstance(obj, tuple),
-        }
+        items = [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+        return {"list": items, "tuple": isinstance(obj, tuple)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return {"value": obj}
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix}")
