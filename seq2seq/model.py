@@ -410,8 +410,7 @@ class Seq2Seq(nn.Module):
 
     def _initial_hidden(self, final: Tensor, bridge: nn.Linear | None) -> Tensor:
         """final encoder states (L_enc, B, D) -> initial decoder hidden (L, B, H)."""
-        dec = self.config.decoder
-        batch = final.size(1)
+        dec, batch = self.config.decoder, final.size(1)
         if dec.init == "zero":
             return final.new_zeros(dec.num_layers, batch, dec.hidden_size)
         if dec.init == "last":
