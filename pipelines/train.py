@@ -256,9 +256,8 @@ class Trainer:
         """Train on the rest of the current epoch; a reason to stop, or None at its end."""
         tc, state = self.tc, self.state
         batches = self.data.epoch_batches(state.epoch)
-        groups = [
-            batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
-        ]
+        size = tc.accumulate  # batches per optimizer step
+        groups = [batches[i : i + size] for i in range(state.batch, len(batches), size)]
         steps = ahead(self.data.step, groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)

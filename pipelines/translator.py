@@ -269,8 +269,7 @@ class Translator:
     ) -> list[list[Translation]]:
         """Hypotheses as Translations, detokenized in one call."""
         start = time.perf_counter()
-        flat = [h for hyps in results for h in hyps]
-        texts = iter(self.checkpoint.tgt_tokenizer.decode([h.tokens for h in flat]))
+        texts = iter(self.checkpoint.tgt_tokenizer.decode([h.tokens for hs in results for h in hs]))
         translations = []
         for ids, hyps in zip(chunk.ids, results):
             source = self.checkpoint.src_tokenizer.pieces(ids) + ["</s>"] if with_attention else []

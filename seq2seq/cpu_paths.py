@@ -98,11 +98,8 @@ def length_spans(lengths: list[int], most: int = 8) -> Spans | None:
     least 1 (the end of sentence), and `most` at least 2."""
     ranked = sorted(lengths, reverse=True)
     ends = sorted({ranked[(len(ranked) - 1) * i // (most - 1)] for i in range(most)})
-    spans, start = [], 0
-    for end in ends:
-        rows = sum(1 for n in ranked if n > start)
-        spans.append((end - start, rows))
-        start = end
+    starts = [0, *ends[:-1]]  # a span's rows: those longer than its start
+    spans = [(end - start, sum(n > start for n in ranked)) for start, end in zip(starts, ends)]
     work = sum(steps * rows for steps, rows in spans)
     return spans if work <= 0.8 * len(ranked) * ranked[0] else None
 

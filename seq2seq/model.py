@@ -267,12 +267,9 @@ class Decoder(nn.Module):
         self.input_feeding, self.combine_mode = dec.input_feeding, dec.combine
         self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.embed_dropout = Dropout(config.embedding_dropout)
-        self.rnn = RNN_CLASSES[dec.cell](
-            config.embedding_size + (hidden if dec.input_feeding else 0),
-            hidden,
-            dec.num_layers,
-            dropout=dec.dropout if dec.num_layers > 1 else 0.0,
-        )
+        inputs = config.embedding_size + (hidden if dec.input_feeding else 0)  # [embedding; fed]
+        dropout = dec.dropout if dec.num_layers > 1 else 0.0  # between layers: none with one
+        self.rnn = RNN_CLASSES[dec.cell](inputs, hidden, dec.num_layers, dropout=dropout)
         self.attention = build_attention(config.attention, hidden, memory_size)
         if self.attention is not None:
             context = self.attention.context_size
@@ -410,8 +407,7 @@ class Seq2Seq(nn.Module):
 
     def _initial_hidden(self, final: Tensor, bridge: nn.Linear | None) -> Tensor:
         """final encoder states (L_enc, B, D) -> initial decoder hidden (L, B, H)."""
-        dec = self.config.decoder
-        batch = final.size(1)
+        dec, batch = self.config.decoder, final.size(1)
         if dec.init == "zero":
             return final.new_zeros(dec.num_layers, batch, dec.hidden_size)
         if dec.init == "last":

@@ -308,13 +308,6 @@ class _Beams:
         self.max_len = self.max_len[keep]
 
 
-def _ending(beams: _Beams, top: Top, eos_id: int) -> Tensor:
-    """Which of each sentence's K best extensions end in end-of-sentence (A, K): these are
-    finished hypotheses (sentences already done take none)."""
-    scores, _, tokens = (t[:, : beams.scores.size(1)] for t in top)  # (A, K)
-    return (tokens == eos_id) & scores.isfinite() & beams.running[:, None]
-
-
 def _finish(
     finished: _Finished, beams: _Beams, top: Top, new: Tensor, step: int, alpha: float
 ) -> None:
@@ -375,7 +368,9 @@ def beam_search(
         if return_attention:
             beams.weights[:, step] = _weights(weights)
         top = beams.extensions(log_probs)  # (A, 2K) each
-        new = _ending(beams, top, vocab.eos_id)  # (A, K)
+        # those of the K best that end are finished (sentences already done take none)
+        scores, _, tokens = (t[:, :beam] for t in top)  # (A, K)
+        new = (tokens == vocab.eos_id) & scores.isfinite() & beams.running[:, None]  # (A, K)
         count = finished.count[beams.sentences] + new.sum(dim=1)  # (A,)
         beams.running &= (count < beam) & (step < beams.max_len)
         any_new, alive = torch.stack([new.any(), beams.running.sum()]).tolist()  # one wait

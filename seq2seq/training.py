@@ -91,10 +91,9 @@ class LearningRate:
         if c.schedule == "inverse_sqrt":
             return c.lr * math.sqrt(warmup) / math.sqrt(max(step, warmup))
         if c.schedule == "cosine":
-            total = c.max_steps or 0
-            if total <= c.warmup_steps:
+            if c.max_steps <= c.warmup_steps:  # no end to decay towards
                 return c.lr
-            progress = min(1.0, (step - c.warmup_steps) / (total - c.warmup_steps))
+            progress = min(1.0, (step - c.warmup_steps) / (c.max_steps - c.warmup_steps))
             return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
         if c.schedule == "plateau":
             return max(c.min_lr, c.lr * c.plateau_factor**self.reductions)
