@@ -11,9 +11,8 @@ only the work differs.
 - One matrix product (`linear`, `run_rnn`): in bf16 on the CPU, PyTorch may run a 3-d input
   as a batched product against a copy of the weight for every row, which costs more than the
   product itself.
-- Dropout masks from uniform numbers (`Dropout`): but on Intel CPUs (where MKL draws them,
-  vectorized), PyTorch's CPU `bernoulli_` draws each mask element through a double-precision
-  distribution, one at a time; a uniform float per element costs half as much.
+- Dropout masks from uniform numbers (`Dropout`): PyTorch's CPU `bernoulli_` draws one double
+  at a time (but with MKL on Intel CPUs); a uniform float per element costs half as much.
 - oneDNN has no bf16 LSTM on a CPU without native bf16: under autocast there, the LSTM runs
   in fp32 instead of failing.
 

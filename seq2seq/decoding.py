@@ -32,8 +32,7 @@ def translate_ids(
         halves run after the except block, once the failed attempt's traceback, and the
         tensors it holds, are freed."""
         try:
-            src, src_lengths = pad(batch, vocab.pad_id, suffix=vocab.eos_id)
-            src, src_lengths = src.to(device), src_lengths.to(device)
+            src, src_lengths = (x.to(device) for x in pad(batch, vocab.pad_id, suffix=vocab.eos_id))
             cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None
             hypotheses = search(cut or model, src, src_lengths, config, return_attention)
             for hypothesis in (h for hyps in hypotheses for h in hyps if cut):

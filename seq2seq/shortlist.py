@@ -16,10 +16,9 @@ from .vocab import Vocab
 
 
 def build_shortlist(src, tgt, vocab: Vocab, width: int = 100) -> Tensor:
-    """From the pairs src[i], tgt[i] (id tensors), the table (src_size + 1, width): row s
-    holds source piece s's best target pieces by Dice coefficient 2 c(s, t) / (c(s) + c(t)),
-    c counting the pairs that hold the pieces (end-of-sentence where a piece has fewer); the
-    last row holds the most frequent target pieces."""
+    """The table (src_size + 1, width) from the pairs src[i], tgt[i]: row s holds source piece
+    s's best target pieces by Dice 2 c(s, t) / (c(s) + c(t)), c counting the pairs holding
+    them (then end-of-sentence); the last row, the most frequent target pieces."""
     src_count, tgt_count = np.zeros(vocab.src_size), np.zeros(vocab.tgt_size)
     pairs, chunks = min(len(src), 500_000), []  # enough pairs for stable counts
     for start in range(0, pairs, 20_000):  # pair counts of 20,000 pairs at a time
@@ -58,8 +57,7 @@ class Shortlisted:
         self.model, self.ids, self.encode = model, ids.to(src.device), model.encode
         decoders = [m for m in model.modules() if isinstance(m, Decoder)]
         self.cuts = {d.output: _rows(d.output, self.ids) for d in decoders}
-        position = {i: n for n, i in enumerate(ids.tolist())}
-        self.vocab = Vocab(vocab.src_size, len(ids), *(position[i] for i in specials.tolist()))
+        self.vocab = Vocab(vocab.src_size, len(ids), *torch.searchsorted(ids, specials).tolist())
 
     def step(self, prev_tokens: Tensor, state, memory):
         return self.model.step(self.ids[prev_tokens], state, memory, cut_output=self.cuts.get)

@@ -23,9 +23,8 @@ def label_smoothed_nll(
 
 
 class _SmoothedNLL(torch.autograd.Function):
-    """`label_smoothed_nll` over (N, V) with its gradient written in one pass: autograd's
-    would fill one (N, V) gradient for the mean, zero-fill another for the picked entries
-    and add the two."""
+    """`label_smoothed_nll` over (N, V), its gradient written in one pass (autograd's fills
+    one (N, V) gradient for the mean, zero-fills one for the picked entries, adds the two)."""
 
     @staticmethod
     def forward(ctx, log_probs: Tensor, target: Tensor, pad_id: int, epsilon: float):
