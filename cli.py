@@ -260,8 +260,7 @@ def serve(
 
     changes = _sections(ctx, search="beam_size", serve="host port", translate="device precision")
     config = from_dict(ServeConfig, changes["serve"], "serve")
-    run = from_dict(TranslateConfig, changes["translate"], "translate")
-    search = changes["search"]
+    run, search = from_dict(TranslateConfig, changes["translate"], "translate"), changes["search"]
     run_serve(config, lambda: Translator(model, run.device, run.precision, **search), typer.echo)
 
 

@@ -122,10 +122,10 @@ def average(
         paths = list(checkpoints)
     check_output(output, reads=paths)
     if choose_by_dev:
-        paths, averaged = choose_on_dev(checkpoints[0], log)
+        paths, mean = choose_on_dev(checkpoints[0], log)
     else:
-        averaged = average_checkpoints(paths)
-    tokenizers = (averaged.src_tokenizer, averaged.tgt_tokenizer)
-    save_checkpoint(output, averaged.model, *tokenizers, averaged.search, averaged.info)
+        mean = average_checkpoints(paths)
+    tokenizers = (mean.src_tokenizer, mean.tgt_tokenizer)
+    save_checkpoint(output, mean.model, *tokenizers, mean.search, mean.info, mean.shortlist)
     log(f"average: {len(paths)} checkpoints -> {output}")
     return paths

@@ -109,8 +109,7 @@ class Batcher:
                     self.arrived.clear()
                     await self.arrived.wait()
                 await self._gather()
-                batch = self._take()
-                if not batch:  # their clients all went away
+                if not (batch := self._take()):  # their clients all went away
                     continue
                 self.last_batch = len(batch)
                 self.working = sum(len(waiting.texts) for waiting in batch)
@@ -150,8 +149,7 @@ class Batcher:
                 tokens += waiting.tokens
             else:
                 kept.append(waiting)
-        self.queue = kept
-        self.queued = sum(len(waiting.texts) for waiting in kept)
+        self.queue, self.queued = kept, sum(len(waiting.texts) for waiting in kept)
         return batch
 
     def _translate(self, batch: list[Waiting]) -> list[list[list[Translation]]]:

@@ -86,17 +86,15 @@ def _select_columns(dataset, data: DataConfig, where: str):
         needed["data.tgt_column or data.tgt_lang"] = tgt_col
     for key, column in needed.items():
         if column not in columns:
-            raise UserError(
-                f"{where}: no column '{column}' ({key}); columns are: {', '.join(columns)}"
-            )
+            listed = ", ".join(columns)
+            raise UserError(f"{where}: no column '{column}' ({key}); columns are: {listed}")
     if field is not None:
         first = dataset[0][field] if len(dataset) else {}
         for lang in (data.src_lang, data.tgt_lang):
             if not isinstance(first, dict) or lang not in first:
                 keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
-                raise UserError(
-                    f"{where}: column '{field}' has no language '{lang}'; it has: {keys}"
-                )
+                message = f"{where}: column '{field}' has no language '{lang}'; it has: {keys}"
+                raise UserError(message)
 
     def pick(batch):
         if field is None:

@@ -130,9 +130,8 @@ class RunFolder:
         try:
             return json.loads(self.manifest.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(
-                f"{self.manifest}: not valid JSON ({e}); rerun `nmt preprocess`"
-            ) from None
+            message = f"{self.manifest}: not valid JSON ({e}); rerun `nmt preprocess`"
+            raise UserError(message) from None
 
 
 def run_folder(name: str, run_dir: str | Path | None) -> RunFolder:

@@ -94,8 +94,7 @@ def plan_jobs(inputs: list[str], output: str, alignments, resume: bool, models, 
     else:
         if output == "-" or alignments is not None:
             raise UserError("several inputs need -o FOLDER (and no --alignments file)")
-        files = _files_of(inputs)
-        if not files:
+        if not (files := _files_of(inputs)):
             raise UserError(f"{', '.join(inputs)}: no files to translate")
         named: dict[str, Path] = {}
         for path in files:  # x.en.gz is read as text, so its translation is x.en
@@ -202,8 +201,7 @@ class FileSink:
         self.fingerprint = fingerprint
         self.next_chunk, sizes = 0, [0] * len(self.targets)
         if plan.resume:
-            state = self._read_progress()
-            if state is None:
+            if (state := self._read_progress()) is None:
                 log(f"translate: nothing to resume for {job.output}; starting from the beginning")
             else:
                 self.next_chunk, sizes = state["next_chunk"], state["bytes"]

@@ -81,10 +81,8 @@ def pipeline(
         hypotheses.parent.mkdir(parents=True, exist_ok=True)
         source = str(run.root / test["src"])
         speed = translate_file(run.root, source, str(hypotheses), config.translate, None, log)
-        log(
-            f"translate: {speed['sentences']} test sentences at {speed['sentences_per_s']:.1f} "
-            f"sentences/s (beam {config.search.beam_size})"
-        )
+        count, rate, beam = speed["sentences"], speed["sentences_per_s"], config.search.beam_size
+        log(f"translate: {count} test sentences at {rate:.1f} sentences/s (beam {beam})")
         result = score_files(hypotheses, run.root / test["tgt"], config.score)
         atomic_write_text(run.score, json.dumps(result, indent=2) + "\n")
         log("score: " + describe(result))

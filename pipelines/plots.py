@@ -32,11 +32,9 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
     """Four panels by step, from the JSON-lines training log: the label-smoothed training
     loss and the plain dev loss each on its own axis (they are not comparable), dev BLEU and
     chrF, and the learning rate."""
-    plt = _pyplot()
     records = [json.loads(x) for x in log_path.read_text(encoding="utf-8").split("\n") if x.strip()]
-    train = [r for r in records if "train_loss" in r]
-    dev = [r for r in records if "dev_loss" in r]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
+    train, dev = [r for r in records if "train_loss" in r], [r for r in records if "dev_loss" in r]
+    fig, axes = _pyplot().subplots(2, 2, figsize=(10, 6.5), dpi=100, sharex=True)
     panels = [
         (axes[0][0], train, [("train_loss", "-", "tab:blue")], "train loss (label-smoothed)"),
         (axes[0][1], dev, [("dev_loss", "o-", "tab:orange")], "dev loss (nats per token)"),
@@ -60,11 +58,9 @@ def draw_learning_curve(log_path: Path, png_path: Path) -> None:
 
 def draw_attention(record: dict, png_path: Path) -> None:
     """A heatmap of one sentence's attention: target pieces down, source pieces across."""
-    plt = _pyplot()
     source, target, weights = record["source"], record["target"], record["attention"]
-    width = min(20.0, 2.0 + 0.35 * len(source))
-    height = min(20.0, 1.5 + 0.35 * len(target))
-    fig, axis = plt.subplots(figsize=(width, height), dpi=100)
+    width, height = min(20.0, 2.0 + 0.35 * len(source)), min(20.0, 1.5 + 0.35 * len(target))
+    fig, axis = _pyplot().subplots(figsize=(width, height), dpi=100)
     image = axis.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=90)
     axis.set_yticks(range(len(target)), target)

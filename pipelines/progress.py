@@ -52,9 +52,8 @@ class Progress:
         mirror=None,
     ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
-        self.every, self.deadline = every, deadline
+        self.every, self.deadline, self.stream = every, deadline, stream or sys.stderr
         self.mirror = mirror  # also gets the plain line every `every` seconds (a log file)
-        self.stream = stream or sys.stderr
         self.start = self.last = time.monotonic()
         self.done = self.initial = done
         self.figures: dict[str, str] = {}
@@ -64,12 +63,8 @@ class Progress:
             columns = [TextColumn("{task.description}"), *bar, TextColumn("{task.fields[status]}")]
             # What the program prints meanwhile goes above the bar when it reaches the same
             # terminal; standard output sent elsewhere (a file, a pipe) is left alone.
-            self.bar = Bar(
-                *columns,
-                console=Console(file=self.stream),
-                refresh_per_second=4,
-                redirect_stdout=is_terminal(sys.stdout),
-            )
+            above, console = is_terminal(sys.stdout), Console(file=self.stream)
+            self.bar = Bar(*columns, console=console, refresh_per_second=4, redirect_stdout=above)
             self.task = self.bar.add_task(label, total=total, completed=done, status="")
             self.bar.start()
 

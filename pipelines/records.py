@@ -88,8 +88,7 @@ class Record:
             self.keep(line)
         if self.writer is not None:
             self.board = self.writer(str(self.run.root / "tensorboard"))
-        used = to_dict(self.config)
-        previous = self.previous_config()
+        used, previous = to_dict(self.config), self.previous_config()
         changed = changes(previous, used) if previous is not None else {}
         record = {"time": now(), "version": seq2seq.__version__, "torch": torch.__version__}
         record.update(device=str(device), precision=precision, from_step=step, command=sys.argv)

@@ -62,8 +62,7 @@ def corpus_scores(
             what = "sacreBLEU could not fetch what it needs"
             raise UserError(f"score.tokenize {config.tokenize}: {what} ({e})") from None
         result[name] = round(score.score, 2)
-        signature = "signature" if name == "bleu" else f"{name}_signature"
-        result[signature] = str(metric.get_signature())
+        result["signature" if name == "bleu" else f"{name}_signature"] = str(metric.get_signature())
         if name == "bleu":
             result["bleu_detail"] = str(score)
     return {**result, "sentences": len(hypotheses), "references": len(references)}

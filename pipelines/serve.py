@@ -96,8 +96,7 @@ async def read_fields(request: Request, config: ServeConfig, forms: bool = False
 
 def integer(fields: dict, key: str, low: int, high: int, default: int | None) -> int | None:
     """An optional integer field within [low, high]; form fields arrive as strings."""
-    value = fields.get(key)
-    if value is None:  # absent, or JSON's null: the default
+    if (value := fields.get(key)) is None:  # absent, or JSON's null: the default
         return default
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
         value = int(value)

@@ -35,13 +35,8 @@ from seq2seq.errors import UserError
 from seq2seq.io import append_text, atomic_write_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import check_beam_size
-from seq2seq.training import (
-    LearningRate,
-    build_optimizer,
-    label_smoothed_nll,
-    set_learning_rate,
-    word_dropout,
-)
+from seq2seq.shortlist import build_shortlist
+from seq2seq.training import LearningRate, build_optimizer, label_smoothed_nll, word_dropout
 
 from .background import ahead, worth_it
 from .distributed import Ranks
@@ -150,7 +145,8 @@ class Trainer:
             torch.set_num_threads(self.tc.threads)
         self._load_data()
         self._build_model()
-        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest)
+        table = build_shortlist(self.data.src, self.data.tgt, self.vocab)  # for the checkpoints
+        self.checkpoints = Checkpoints(config, run, self.data.tokenizers, self.manifest, table)
         self.state = self._resume_or_start(fresh)
         self.record.begin(self.device, self.precision, self.state.step)
         self.figures = StepFigures(self.device, self.state.window if self.ranks.main else [])
@@ -260,9 +256,8 @@ class Trainer:
         """Train on the rest of the current epoch; a reason to stop, or None at its end."""
         tc, state = self.tc, self.state
         batches = self.data.epoch_batches(state.epoch)
-        groups = [
-            batches[i : i + tc.accumulate] for i in range(state.batch, len(batches), tc.accumulate)
-        ]
+        size = tc.accumulate  # batches per optimizer step
+        groups = [batches[i : i + size] for i in range(state.batch, len(batches), size)]
         steps = ahead(self.data.step, groups, enabled=worth_it(self.device))
         for step in steps:
             self.train_step(step)
@@ -320,7 +315,8 @@ class Trainer:
             self.model.parameters(), tc.clip_grad_norm or math.inf
         )
         skip = ranks.any_flag(~(norm.isfinite() & loss_sum.isfinite())).float()
-        set_learning_rate(optimizer, self.optimization.lr(self.state.step))
+        for group in optimizer.param_groups:
+            group["lr"] = self.optimization.lr(self.state.step)
         if self.precision == "fp16":
             scaler.step(optimizer)  # the scaler skips non-finite steps and lowers its scale
         else:

@@ -79,9 +79,10 @@ class Checkpoints:
         run: RunFolder,
         tokenizers: tuple[Tokenizer, Tokenizer],
         manifest: dict,
+        shortlist: torch.Tensor | None = None,
     ):
         self.config, self.run, self.manifest = config, run, manifest
-        self.tokenizers = tokenizers  # (source, target)
+        self.tokenizers, self.shortlist = tokenizers, shortlist  # (source, target), its table
         self.ours = False  # whether last.safetensors was written by this run (or resumed one)
         self.made_from = file_sha256(run.manifest)  # what the state says it was trained on
 
@@ -103,7 +104,7 @@ class Checkpoints:
         info.update(languages=self.manifest["languages"], run=self.config.name)
 
         def save(path: Path) -> None:
-            save_checkpoint(path, model, *self.tokenizers, self.config.search, info)
+            save_checkpoint(path, model, *self.tokenizers, self.config.search, info, self.shortlist)
 
         save(run.last)
         self.ours = True

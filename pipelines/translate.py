@@ -88,8 +88,7 @@ def _prompted(lines: StreamLines) -> Iterator[list[str]]:
     the cursor to a new line, so that nothing is written after what was typed."""
     lines_read = iter(lines)
     while True:
-        sys.stderr.write("> ")
-        sys.stderr.flush()
+        print("> ", end="", file=sys.stderr, flush=True)
         try:
             line = next(lines_read, None)
         except KeyboardInterrupt:
@@ -224,10 +223,8 @@ def translate_files(
     sentences, tokens = (sum(column) for column in zip(*counts))
     ranks.stop()
     if translator.truncated:
-        log(
-            f"translate: warning: {translator.truncated} line(s) longer than "
-            f"{translator.max_pieces} pieces were cut to that length"
-        )
+        cut, most = translator.truncated, translator.max_pieces
+        log(f"translate: warning: {cut} line(s) longer than {most} pieces were cut to that length")
     for note in translator.graphs.notes if translator.graphs else []:
         log(f"translate: cuda graphs: {note}")  # shapes that ran eagerly, and why
     return {

@@ -170,7 +170,7 @@ class Translator:
         if self.card_sized:
             tokens = card_sized_tokens(self.model, self.search, self.device, len(checkpoints))
             self.search = override_search(self.search, {"max_tokens": tokens})
-        check_beam_size(self.search.beam_size, self.model.vocab)
+        self.check(self.search)
         self.graphs = None  # the decoder step replayed as CUDA graphs (search.cuda_graphs)
         if self.search.cuda_graphs and self.device.type == "cuda":
             self.graphs = self.model = GraphedModel(self.model)
@@ -225,8 +225,13 @@ class Translator:
             # the GPU budget was sized for the default beam: a wider one takes fewer tokens
             scaled = self.search.max_tokens * self.search.beam_size // max(1, int(beam))
             changes["max_tokens"] = min(131_072, max(1, scaled))
-        settings = override_search(self.search, changes)
+        return self.check(override_search(self.search, changes))
+
+    def check(self, settings: SearchConfig) -> SearchConfig:
         check_beam_size(settings.beam_size, self.model.vocab)
+        if settings.shortlist and self.checkpoint.shortlist is None:
+            raise UserError(f"{self.checkpoint_paths[0]}: search.shortlist needs a checkpoint "
+                            "saved since 2026-12-07 (this one has no shortlist table)")  # fmt: skip
         return settings
 
     # --- the three steps, which `nmt translate` runs on separate threads on a GPU ---------
@@ -249,7 +254,9 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in chunk.lines]
         todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
-            hypotheses = translate_ids(self.model, todo, settings, self.device, with_attention)
+            hypotheses = translate_ids(
+                self.model, todo, settings, self.device, with_attention, self.checkpoint.shortlist
+            )
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave
             # no hypothesis: the text still gets one, empty and scored -inf
@@ -262,8 +269,7 @@ class Translator:
     ) -> list[list[Translation]]:
         """Hypotheses as Translations, detokenized in one call."""
         start = time.perf_counter()
-        flat = [h for hyps in results for h in hyps]
-        texts = iter(self.checkpoint.tgt_tokenizer.decode([h.tokens for h in flat]))
+        texts = iter(self.checkpoint.tgt_tokenizer.decode([h.tokens for hs in results for h in hs]))
         translations = []
         for ids, hyps in zip(chunk.ids, results):
             source = self.checkpoint.src_tokenizer.pieces(ids) + ["</s>"] if with_attention else []

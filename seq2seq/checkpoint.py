@@ -89,6 +89,7 @@ class Checkpoint:
     tgt_tokenizer: Tokenizer
     search: SearchConfig  # the defaults translation uses unless told otherwise
     info: dict  # training step, dev scores, ...
+    shortlist: torch.Tensor | None = None  # for search.shortlist; None in older checkpoints
 
 
 def save_checkpoint(
@@ -98,6 +99,7 @@ def save_checkpoint(
     tgt_tokenizer: Tokenizer,
     search: SearchConfig,
     info: dict,
+    shortlist: torch.Tensor | None = None,
 ) -> None:
     state = _unique_state(model)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
@@ -107,6 +109,8 @@ def save_checkpoint(
     tensors["tokenizer.src"] = _bytes_tensor(src_tokenizer.proto)
     if tgt_tokenizer.proto != src_tokenizer.proto:
         tensors["tokenizer.tgt"] = _bytes_tensor(tgt_tokenizer.proto)
+    if shortlist is not None:
+        tensors["shortlist"] = shortlist
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -166,7 +170,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model config ({e})") from None
-    return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info)
+    table = tensors.get("shortlist")  # for search.shortlist, or None
+    return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info, table)
 
 
 def average_checkpoints(paths: list[str | Path]) -> Checkpoint:

@@ -261,12 +261,16 @@ class SearchConfig(Section):
     batch_size: int = setting(64, "sentences per translation batch", low=1)
     max_tokens: int = setting(0, "if set, batch by this many source tokens instead", low=0)
     cuda_graphs: bool = setting(False, "on a GPU, replay the decoder step as CUDA graphs")
+    shortlist: int = setting(0, "decode over the 100 most frequent target pieces and this many "
+                             "per source piece (0: all)", low=0, high=100)  # fmt: skip
 
     def check(self):
         self.expect(self.n_best <= self.beam_size, "n_best",
                     f"an integer from 1 to beam_size ({self.beam_size})")  # fmt: skip
         self.expect(self.max_len_a > 0 or self.max_len_b > 0, "max_len_b",
                     "a positive limit when max_len_a is 0")  # fmt: skip
+        self.expect(not (self.shortlist and self.cuda_graphs), "shortlist",
+                    "0 with cuda_graphs (a graph decodes over a fixed vocabulary)")  # fmt: skip
 
 
 @dataclass(frozen=True)

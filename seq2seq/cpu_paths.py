@@ -11,9 +11,8 @@ only the work differs.
 - One matrix product (`linear`, `run_rnn`): in bf16 on the CPU, PyTorch may run a 3-d input
   as a batched product against a copy of the weight for every row, which costs more than the
   product itself.
-- Dropout masks from uniform numbers (`Dropout`): but on Intel CPUs (where MKL draws them,
-  vectorized), PyTorch's CPU `bernoulli_` draws each mask element through a double-precision
-  distribution, one at a time; a uniform float per element costs half as much.
+- Dropout masks from uniform numbers (`Dropout`): PyTorch's CPU `bernoulli_` draws one double
+  at a time (but with MKL on Intel CPUs); a uniform float per element costs half as much.
 - oneDNN has no bf16 LSTM on a CPU without native bf16: under autocast there, the LSTM runs
   in fp32 instead of failing.
 
@@ -98,11 +97,8 @@ def length_spans(lengths: list[int], most: int = 8) -> Spans | None:
     least 1 (the end of sentence), and `most` at least 2."""
     ranked = sorted(lengths, reverse=True)
     ends = sorted({ranked[(len(ranked) - 1) * i // (most - 1)] for i in range(most)})
-    spans, start = [], 0
-    for end in ends:
-        rows = sum(1 for n in ranked if n > start)
-        spans.append((end - start, rows))
-        start = end
+    starts = [0, *ends[:-1]]  # a span's rows: those longer than its start
+    spans = [(end - start, sum(n > start for n in ranked)) for start, end in zip(starts, ends)]
     work = sum(steps * rows for steps, rows in spans)
     return spans if work <= 0.8 * len(ranked) * ranked[0] else None
 

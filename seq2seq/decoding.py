@@ -5,10 +5,12 @@ large as the device's memory allows. The search itself is `search.py`'s.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .batching import group_batches, pad
 from .config import SearchConfig
 from .search import Hypothesis, search
+from .shortlist import Shortlisted
 
 
 def translate_ids(
@@ -17,10 +19,11 @@ def translate_ids(
     config: SearchConfig,
     device: torch.device,
     return_attention: bool = False,
+    shortlist: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate id sequences (end-of-sentence not included) in batches of similar length,
     batched by config.max_tokens source tokens or config.batch_size sentences; results come
-    back in input order."""
+    back in input order. With config.shortlist, each batch over `shortlist`'s pieces."""
     vocab = model.vocab
 
     def search_halving(batch: list[list[int]]) -> list[list[Hypothesis]]:
@@ -29,8 +32,12 @@ def translate_ids(
         halves run after the except block, once the failed attempt's traceback, and the
         tensors it holds, are freed."""
         try:
-            src, src_lengths = pad(batch, vocab.pad_id, suffix=vocab.eos_id)
-            return search(model, src.to(device), src_lengths.to(device), config, return_attention)
+            src, src_lengths = (x.to(device) for x in pad(batch, vocab.pad_id, suffix=vocab.eos_id))
+            cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None
+            hypotheses = search(cut or model, src, src_lengths, config, return_attention)
+            for hypothesis in (h for hyps in hypotheses for h in hyps if cut):
+                hypothesis.tokens = cut.ids[hypothesis.tokens].tolist()
+            return hypotheses
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
             if len(batch) == 1:
                 raise

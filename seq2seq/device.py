@@ -22,14 +22,10 @@ def resolve_precision(
 ) -> tuple[str, str]:
     """The precision to run a model of `parameters` weights in, and why (printed at start).
 
-    auto is bf16 where we measured it faster than fp32, fp32 elsewhere:
-    - a CPU with native bf16 (AVX512-BF16, AMX), and a model of 5M parameters or more: bf16.
-      On a 2-core AMD EPYC with AVX512-BF16 the 7M-parameter Multi30k quality model trains
-      1.33x faster in bf16 (median of 3 interleaved runs); the 1.2M-parameter demo model
-      runs its whole pipeline no faster (3:20 against 3:13) with 3x the memory.
-    - a CPU without it: fp32; bf16 products are emulated there, 80 times slower.
-    - a CUDA GPU: fp32. Our recurrent models up to 21M parameters trained slower under bf16
-      autocast than in fp32 on an H200 (the casts cost more than the products save).
+    auto is bf16 where we measured it faster than fp32 (docs/performance.md, Precision): a CPU
+    with native bf16 (AVX512-BF16, AMX) and a model of 5M parameters or more. Elsewhere fp32: a
+    CPU without it emulates bf16 products, 80 times slower, and on a CUDA GPU our recurrent
+    models trained slower under bf16 autocast (the casts cost more than the products save).
     An explicit bf16 on a CPU without native bf16 runs, with a warning; int8 (translation
     only, see int8.py) is never chosen by auto."""
     if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):

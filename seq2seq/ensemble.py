@@ -29,10 +29,6 @@ class EnsembleState:
 class EnsembleMemory:
     memories: list  # one Memory per model
 
-    @property
-    def mask(self) -> Tensor:  # (B, S): the same source for every model
-        return self.memories[0].mask
-
     def select(self, index: Tensor) -> EnsembleMemory:
         return EnsembleMemory([memory.select(index) for memory in self.memories])
 
@@ -46,18 +42,19 @@ class Ensemble(nn.Module):
         vocabs = {model.vocab for model in models}
         if len(vocabs) != 1:
             raise ValueError(f"an ensemble needs one vocabulary, got {vocabs}")
-        self.models = nn.ModuleList(models)
-        self.vocab = models[0].vocab
+        self.models, self.vocab = nn.ModuleList(models), models[0].vocab
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleState, EnsembleMemory]:
         parts = [model.encode(src, src_lengths) for model in self.models]
         return EnsembleState([s for s, _ in parts]), EnsembleMemory([m for _, m in parts])
 
-    def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory):
+    def step(
+        self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory, cut_output=None
+    ):
         """prev_tokens (B, T) -> mean log-probabilities (B, T, V), next state, mean weights
         (B, T, S) of the models with attention (None if none has any)."""
         parts = zip(self.models, state.states, memory.memories)
-        outputs = [model.step(prev_tokens, s, m) for model, s, m in parts]
+        outputs = [model.step(prev_tokens, s, m, cut_output=cut_output) for model, s, m in parts]
         log_probs = torch.stack([lp for lp, _, _ in outputs]).mean(dim=0)  # (B, T, V)
         weights = [w.float() for _, _, w in outputs if w is not None]
         mean_weights = torch.stack(weights).mean(dim=0) if weights else None  # (B, T, S)
@@ -66,5 +63,4 @@ class Ensemble(nn.Module):
     def forward(self, src: Tensor, src_lengths: Tensor, prev_tokens: Tensor) -> Tensor:
         """Teacher forcing: the mean log-probabilities (B, T, V) of each next target token."""
         state, memory = self.encode(src, src_lengths)
-        log_probs, _, _ = self.step(prev_tokens, state, memory)
-        return log_probs
+        return self.step(prev_tokens, state, memory)[0]  # the log-probabilities

@@ -57,10 +57,6 @@ def rebuilt(tree: Any, tensors: Iterator[Tensor]) -> Any:
     return type(tree)(rebuilt(item, tensors) for item in tree)
 
 
-def _same(a: list[Tensor], b: list[Tensor]) -> bool:
-    return all(torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-3) for x, y in zip(a, b))
-
-
 class _Graph:
     """One recorded step: static inputs, the graph (None: eager on the static inputs) and
     its outputs."""
@@ -90,7 +86,8 @@ class _Graph:
             self.note = f"not captured ({' '.join(str(e).split())[:120]}); eager"
             return
         graph.replay()
-        if not _same(tensors_of(outputs), tensors_of(eager)):
+        pairs = zip(tensors_of(outputs), tensors_of(eager))
+        if not all(torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-3) for x, y in pairs):
             self.note = "the replay differed from the eager step; eager"
             return
         self.graph, self.outputs = graph, outputs
@@ -98,8 +95,7 @@ class _Graph:
     def __call__(self, prev: Tensor, state, memory):
         if self.note is not None:  # recording failed: plain eager steps
             return self.step(prev, state, memory)
-        self.prev.copy_(prev)
-        for static, new in zip(tensors_of(self.state), tensors_of(state)):
+        for static, new in zip([self.prev, *tensors_of(self.state)], [prev, *tensors_of(state)]):
             static.copy_(new)
         if self.memory_of() is not memory:  # a new batch, or rows dropped: copied once
             for static, new in zip(tensors_of(self.memory), tensors_of(memory)):
@@ -135,8 +131,7 @@ class GraphedModel:
             return self.model.step(prev, state, memory)
         inputs = [prev, *tensors_of(state), *tensors_of(memory)]
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
-        graph = self.graphs.get(key)
-        if graph is None:
+        if (graph := self.graphs.get(key)) is None:
             if len(self.graphs) == self.most:
                 self.graphs.popitem(last=False)
             try:

@@ -25,18 +25,14 @@ from torch import Tensor, nn
 from .model import Decoder
 
 
-def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """weight (N, K) -> int8 weight (N, K) and the scale of each row (N,)."""
-    scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
-    return torch.round(weight / scale[:, None]).to(torch.int8), scale
-
-
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights: (..., K) -> (..., N) in float32."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
-        weight, self.scale = quantize_rows(weight.detach().float())  # (N, K), (N,)
+        weight = weight.detach().float()  # (N, K)
+        self.scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # (N,): one per row
+        weight = torch.round(weight / self.scale[:, None]).to(torch.int8)
         self.weight = weight.t().contiguous()  # (K, N), as torch._int_mm takes it
         self.bias = None if bias is None else bias.detach().float()
 
@@ -58,19 +54,16 @@ class Int8RNN(nn.Module):
     def __init__(self, rnn: nn.RNNBase):
         super().__init__()
         self.mode = rnn.mode
-        weights = dict(rnn.named_parameters())
-        self.pairs = [  # (input part, hidden part) of each layer
-            tuple(
-                Int8Linear(weights[f"weight_{p}_l{k}"], weights[f"bias_{p}_l{k}"])
-                for p in ("ih", "hh")
-            )
-            for k in range(rnn.num_layers)
-        ]
+
+        def part(name: str) -> Int8Linear:  # ih_l<k>: layer k's input part, hh_l<k>: hidden
+            return Int8Linear(getattr(rnn, f"weight_{name}"), getattr(rnn, f"bias_{name}"))
+
+        self.pairs = [(part(f"ih_l{k}"), part(f"hh_l{k}")) for k in range(rnn.num_layers)]
 
     def forward(self, x: Tensor, hidden):
         lstm = self.mode == "LSTM"
         h_all, c_all = (hidden[0].float(), hidden[1].float()) if lstm else (hidden.float(), None)
-        finals_h, finals_c = [], []
+        finals = []  # (h, c) of each layer
         for k, (ih, hh) in enumerate(self.pairs):
             inputs = ih(x)  # (T, B, gates * H): the input's part of every step at once
             h, c, outputs = h_all[k], None if c_all is None else c_all[k], []
@@ -78,10 +71,9 @@ class Int8RNN(nn.Module):
                 h, c = self._cell(gi, hh(h), h, c)
                 outputs.append(h)
             x = torch.stack(outputs)
-            finals_h.append(h)
-            finals_c.append(c)
-        final = torch.stack(finals_h)
-        return x, ((final, torch.stack(finals_c)) if lstm else final)
+            finals.append((h, c))
+        final = torch.stack([h for h, _ in finals])
+        return x, ((final, torch.stack([c for _, c in finals])) if lstm else final)
 
     def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, c: Tensor | None):
         """One step's gates from the input part gi and the hidden part gh, (B, gates * H)."""

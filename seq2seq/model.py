@@ -46,15 +46,10 @@ class Encoder(nn.Module):
         self.dropout = Dropout(config.embedding_dropout)
         self.layer_dropout = Dropout(enc.dropout)
         directions = 2 if enc.bidirectional else 1
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                RNN_CLASSES[enc.cell](
-                    config.embedding_size if layer == 0 else directions * enc.hidden_size,
-                    enc.hidden_size,
-                )
-                for _ in range(directions)
-            )
-            for layer in range(enc.num_layers)
+        sizes = [config.embedding_size] + [directions * enc.hidden_size] * (enc.num_layers - 1)
+        self.layers = nn.ModuleList(  # one RNN per direction of each layer, of input `size`
+            nn.ModuleList(RNN_CLASSES[enc.cell](size, enc.hidden_size) for _ in range(directions))
+            for size in sizes
         )
 
     def forward(self, src: Tensor, src_lengths: Tensor):
@@ -88,9 +83,8 @@ class Encoder(nn.Module):
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """x (B, S, F), index (B, S') -> x[b, index[b, t]] for each b, t: (B, S', F). Whole rows
-    of F picked by index_select (its backward adds rows back): fwd + bwd 2-4x faster than a
-    gather, whose backward scatters element by element into a zero-filled gradient."""
+    """x (B, S, F), index (B, S') -> x[b, index[b, t]]: (B, S', F), whole rows by index_select
+    (fwd + bwd 2-4x faster than a gather, whose backward scatters element by element)."""
     batch, length = x.shape[:2]
     b = torch.arange(batch, device=x.device)[:, None]  # (B, 1)
     if x.transpose(0, 1).is_contiguous():  # time-major underneath, as the RNN outputs are
@@ -269,16 +263,12 @@ class Decoder(nn.Module):
         super().__init__()
         dec = config.decoder
         hidden = dec.hidden_size
-        self.input_feeding = dec.input_feeding
-        self.combine_mode = dec.combine
+        self.input_feeding, self.combine_mode = dec.input_feeding, dec.combine
         self.embed = nn.Embedding(vocab.tgt_size, config.embedding_size, padding_idx=vocab.pad_id)
         self.embed_dropout = Dropout(config.embedding_dropout)
-        self.rnn = RNN_CLASSES[dec.cell](
-            config.embedding_size + (hidden if dec.input_feeding else 0),
-            hidden,
-            dec.num_layers,
-            dropout=dec.dropout if dec.num_layers > 1 else 0.0,
-        )
+        inputs = config.embedding_size + (hidden if dec.input_feeding else 0)  # [embedding; fed]
+        dropout = dec.dropout if dec.num_layers > 1 else 0.0  # between layers: none with one
+        self.rnn = RNN_CLASSES[dec.cell](inputs, hidden, dec.num_layers, dropout=dropout)
         self.attention = build_attention(config.attention, hidden, memory_size)
         if self.attention is not None:
             context = self.attention.context_size
@@ -288,9 +278,8 @@ class Decoder(nn.Module):
                 self.context_layer = nn.Linear(context, hidden)  # h + W c
         self.output_dropout = Dropout(config.output_dropout)
         # A tied output layer shares the embedding matrix, so it needs vectors of size E.
-        tied_projection = config.tie_output and hidden != config.embedding_size
         out = config.embedding_size if config.tie_output else hidden
-        self.pre_output = nn.Linear(hidden, out, bias=False) if tied_projection else nn.Identity()
+        self.pre_output = nn.Linear(hidden, out, bias=False) if out != hidden else nn.Identity()
         self.output = nn.Linear(out, vocab.tgt_size)
         if config.tie_output:
             self.output.weight = self.embed.weight
@@ -317,6 +306,7 @@ class Decoder(nn.Module):
         state: DecoderState,
         memory: Memory,
         positions: RealPositions | None = None,
+        cut_output=None,
     ):
         """prev_tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S).
 
@@ -324,7 +314,8 @@ class Decoder(nn.Module):
         once; with it, the positions must be taken one at a time. In training, `positions`
         names the real target positions (rows sorted longest first): the logits are then
         those of the real positions only, (N, V), and the padding costs no work in the
-        output layer, nor (with input feeding) in the RNN and the attention."""
+        output layer, nor (with input feeding) in the RNN and the attention. `cut_output`
+        maps the output layer to one over fewer pieces (see `shortlist.py`)."""
         x = self.embed_dropout(self.embed(prev_tokens))  # (B, T, E)
         if not self.input_feeding:
             rnn_output, hidden = run_rnn(self.rnn, x, state.hidden)  # (B, T, H)
@@ -335,7 +326,8 @@ class Decoder(nn.Module):
         else:
             running = positions.running if positions is not None else None
             out, weights, next_state = self._feed(x, state, memory, running)
-        logits = linear(self.output, linear(self.pre_output, out))  # (B, T, V) or (N, V)
+        output = self.output if cut_output is None else cut_output(self.output)
+        logits = linear(output, linear(self.pre_output, out))  # (B, T, V) or (N, V)
         return logits, next_state, weights
 
     def _feed(self, x: Tensor, state: DecoderState, memory: Memory, running: list[int] | None):
@@ -414,8 +406,7 @@ class Seq2Seq(nn.Module):
 
     def _initial_hidden(self, final: Tensor, bridge: nn.Linear | None) -> Tensor:
         """final encoder states (L_enc, B, D) -> initial decoder hidden (L, B, H)."""
-        dec = self.config.decoder
-        batch = final.size(1)
+        dec, batch = self.config.decoder, final.size(1)
         if dec.init == "zero":
             return final.new_zeros(dec.num_layers, batch, dec.hidden_size)
         if dec.init == "last":
@@ -430,12 +421,10 @@ class Seq2Seq(nn.Module):
         attention = self.decoder.attention
         keys, values = attention.prepare(states) if attention is not None else (None, None)
         hidden = self._initial_hidden(final, self.bridge)
-        if self.lstm_decoder:  # an LSTM also needs a cell state: bridged, or zero
-            bridge = self.cell_bridge
-            cell = (
-                torch.zeros_like(hidden) if bridge is None else self._initial_hidden(final, bridge)
-            )
-            hidden = (hidden, cell)
+        if self.cell_bridge is not None:  # an LSTM also needs a cell state: bridged, or zero
+            hidden = (hidden, self._initial_hidden(final, self.cell_bridge))
+        elif self.lstm_decoder:
+            hidden = (hidden, torch.zeros_like(hidden))
         feed = None
         if self.config.decoder.input_feeding:
             feed = states.new_zeros(src.size(0), 1, self.config.decoder.hidden_size)
@@ -447,10 +436,11 @@ class Seq2Seq(nn.Module):
         state: DecoderState,
         memory: Memory,
         positions: RealPositions | None = None,
+        cut_output=None,
     ):
         """prev_tokens (B, T) -> log-probabilities (B, T, V) in float32, next state, weights.
         With `positions` (training): the log-probabilities of the real positions, (N, V)."""
-        logits, state, weights = self.decoder(prev_tokens, state, memory, positions)
+        logits, state, weights = self.decoder(prev_tokens, state, memory, positions, cut_output)
         return F.log_softmax(logits.float(), dim=-1), state, weights
 
     def forward(

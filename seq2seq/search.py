@@ -34,6 +34,7 @@ from .config import SearchConfig
 from .errors import UserError
 
 NEG_INF = float("-inf")
+Top = tuple[Tensor, Tensor, Tensor]  # extensions' scores, rows, tokens: (A, 2K) or (A, K)
 
 
 @dataclass
@@ -147,19 +148,17 @@ class _Finished:
         tokens, lengths = self.tokens.tolist(), self.lengths.tolist()
         scores, log_probs = self.scores.tolist(), self.log_probs.tolist()
         attention = None if self.attention is None else self.attention.cpu()
-        results = []
-        for b in range(len(tokens)):
-            kept = []
-            for k in range(min(n_best, len(tokens[b]))):
-                if scores[b][k] == NEG_INF:
-                    break
-                n = lengths[b][k]
-                weights = None if attention is None else attention[b, k, :n]
-                kept.append(
-                    Hypothesis(tokens[b][k][: n - 1], scores[b][k], log_probs[b][k], weights)
-                )
-            results.append(kept)
-        return results
+
+        def hypothesis(b: int, k: int) -> Hypothesis:
+            n = lengths[b][k]
+            weights = None if attention is None else attention[b, k, :n]
+            return Hypothesis(tokens[b][k][: n - 1], scores[b][k], log_probs[b][k], weights)
+
+        # sorted best first, so the empty slots (-inf) come last
+        return [
+            [hypothesis(b, k) for k in range(min(n_best, len(row))) if row[k] != NEG_INF]
+            for b, row in enumerate(scores)
+        ]
 
 
 # --- greedy ---------------------------------------------------------------------------------
@@ -177,10 +176,8 @@ class _GreedyRows:
     attention: Tensor | None  # (N, L, S)
 
     def select(self, index: Tensor) -> _GreedyRows:
-        def pick(x):
-            return None if x is None else x[index]
-
-        return _GreedyRows(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return _GreedyRows(*(None if x is None else x[index] for x in fields))
 
     def store(self, out: _Finished) -> None:
         """Put each row's output in the one slot of its sentence in `out`."""
@@ -273,7 +270,7 @@ class _Beams:
             torch.zeros(rows, length, src_len, device=device) if attention else None,
         )
 
-    def extensions(self, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def extensions(self, log_probs: Tensor) -> Top:
         """The 2K best one-token extensions of each sentence's beams (A, 2K): scores, the rows
         they extend, last tokens; best first. One pass finds the best of each row's groups of
         64 consecutive tokens (the last may be shorter): only the 2K best groups can hold the
@@ -311,20 +308,8 @@ class _Beams:
         self.max_len = self.max_len[keep]
 
 
-def _ending(beams: _Beams, top: tuple[Tensor, Tensor, Tensor], eos_id: int) -> Tensor:
-    """Which of each sentence's K best extensions end in end-of-sentence (A, K): these are
-    finished hypotheses (sentences already done take none)."""
-    scores, _, tokens = (t[:, : beams.scores.size(1)] for t in top)  # (A, K)
-    return (tokens == eos_id) & scores.isfinite() & beams.running[:, None]
-
-
 def _finish(
-    finished: _Finished,
-    beams: _Beams,
-    top: tuple[Tensor, Tensor, Tensor],
-    new: Tensor,
-    step: int,
-    alpha: float,
+    finished: _Finished, beams: _Beams, top: Top, new: Tensor, step: int, alpha: float
 ) -> None:
     """Set aside the extensions `new` (A, K) among each sentence's K best: the K best of
     these and the sentence's finished hypotheses stay finished."""
@@ -351,7 +336,7 @@ def _finish(
     finished.count[sentences] += new.sum(dim=1)
 
 
-def _survivors(top: tuple[Tensor, Tensor, Tensor], beam: int, eos_id: int):
+def _survivors(top: Top, beam: int, eos_id: int) -> Top:
     """The K best extensions of each sentence that do not end: scores, rows, tokens (A, K).
     (At most K of the 2K end, one per beam, so there are always K.)"""
     ends = top[2] == eos_id  # (A, 2K): the tokens
@@ -383,7 +368,9 @@ def beam_search(
         if return_attention:
             beams.weights[:, step] = _weights(weights)
         top = beams.extensions(log_probs)  # (A, 2K) each
-        new = _ending(beams, top, vocab.eos_id)  # (A, K)
+        # those of the K best that end are finished (sentences already done take none)
+        scores, _, tokens = (t[:, :beam] for t in top)  # (A, K)
+        new = (tokens == vocab.eos_id) & scores.isfinite() & beams.running[:, None]  # (A, K)
         count = finished.count[beams.sentences] + new.sum(dim=1)  # (A,)
         beams.running &= (count < beam) & (step < beams.max_len)
         any_new, alive = torch.stack([new.any(), beams.running.sum()]).tolist()  # one wait

@@ -30,16 +30,14 @@ def seeded_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
     """At most `size` of `items`, drawn uniformly by a seeded reservoir and kept in their order; all
     of them, in order, when there are fewer. Li's algorithm L (1994) skips ahead between
     replacements, so a long corpus costs a few random numbers per kept item, not one per line."""
-    rng = random.Random(seed)
-    stream = enumerate(items)
+    rng, stream = random.Random(seed), enumerate(items)
     kept = list(itertools.islice(stream, size))
     if len(kept) < size or size == 0:
         return [item for _, item in kept]
     log_w = _log_uniform(rng) / size  # log of the threshold w, kept in logs for precision
     while True:
         skip = math.floor(_log_uniform(rng) / _log1mexp(log_w))
-        chosen = next(itertools.islice(stream, skip, None), None)
-        if chosen is None:
+        if (chosen := next(itertools.islice(stream, skip, None), None)) is None:
             return [item for _, item in sorted(kept)]
         kept[rng.randrange(size)] = chosen
         log_w += _log_uniform(rng) / size
@@ -95,17 +93,11 @@ class Tokenizer:
                 input_sentence_size=config.input_sentence_size,  # no more than it gets
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
-                # JoeyNMT's layout; nothing in this code relies on the numbers.
-                unk_id=0,
-                pad_id=1,
-                bos_id=2,
-                eos_id=3,
-                unk_piece="<unk>",
-                pad_piece="<pad>",
-                bos_piece="<s>",
-                eos_piece="</s>",
                 minloglevel=2,
-            )
+                # JoeyNMT's layout; nothing in this code relies on the numbers.
+                unk_id=0, pad_id=1, bos_id=2, eos_id=3,
+                unk_piece="<unk>", pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+            )  # fmt: skip
         except RuntimeError as e:
             message = str(e).strip().splitlines()[-1]
             limit = re.search(r"<= (\d+)", message)

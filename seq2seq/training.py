@@ -23,9 +23,8 @@ def label_smoothed_nll(
 
 
 class _SmoothedNLL(torch.autograd.Function):
-    """`label_smoothed_nll` over (N, V) with its gradient written in one pass: autograd's
-    would fill one (N, V) gradient for the mean, zero-fill another for the picked entries
-    and add the two."""
+    """`label_smoothed_nll` over (N, V), its gradient written in one pass (autograd's fills
+    one (N, V) gradient for the mean, zero-fills one for the picked entries, adds the two)."""
 
     @staticmethod
     def forward(ctx, log_probs: Tensor, target: Tensor, pad_id: int, epsilon: float):
@@ -64,15 +63,11 @@ def word_dropout(
     return tokens.masked_fill(drop, unk_id)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel updates all parameters in one pass instead of a dozen ops each.
     return cls(
-        model.parameters(),
-        lr=config.lr,
-        betas=config.betas,
-        weight_decay=config.weight_decay,
-        fused=True,
+        model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True
     )
 
 
@@ -95,10 +90,9 @@ class LearningRate:
         if c.schedule == "inverse_sqrt":
             return c.lr * math.sqrt(warmup) / math.sqrt(max(step, warmup))
         if c.schedule == "cosine":
-            total = c.max_steps or 0
-            if total <= c.warmup_steps:
+            if c.max_steps <= c.warmup_steps:  # no end to decay towards
                 return c.lr
-            progress = min(1.0, (step - c.warmup_steps) / (total - c.warmup_steps))
+            progress = min(1.0, (step - c.warmup_steps) / (c.max_steps - c.warmup_steps))
             return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
         if c.schedule == "plateau":
             return max(c.min_lr, c.lr * c.plateau_factor**self.reductions)
@@ -120,11 +114,6 @@ class LearningRate:
         self.reductions, self.stale = state["reductions"], state["stale"]
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 # --- nested state <-> tensors + JSON --------------------------------------------------------
 
 
@@ -139,10 +128,8 @@ def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str = "state") -
     if isinstance(obj, dict):
         return {"dict": [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {
-            "list": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
-            "tuple": isinstance(obj, tuple),
-        }
+        items = [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+        return {"list": items, "tuple": isinstance(obj, tuple)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return {"value": obj}
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix}")

@@ -115,9 +115,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return from_dict(tp, {} if value is None else value, key)
     if origin is Literal:
         if value not in args:
-            raise UserError(
-                f"config key '{key}': {short(value)} is not allowed; expected {_type_name(tp)}"
-            )
+            got, expected = short(value), _type_name(tp)
+            raise UserError(f"config key '{key}': {got} is not allowed; expected {expected}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -168,8 +167,7 @@ def _number(tp: type, value: Any, key: str) -> int | float:
 def from_dict(cls: type, raw: Any, prefix: str = ""):
     """Build the dataclass `cls` from a plain mapping, naming any bad key by its dotted path."""
     _check(isinstance(raw, dict), prefix or "the config file", "a mapping of keys", raw)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints, names = typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
