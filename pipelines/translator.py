@@ -9,9 +9,8 @@
 
 A list of models decodes as an ensemble. `device` and `precision` are those of
 `nmt translate` (auto: the GPU when there is one; bf16 where it is faster). Keyword arguments
-of the constructor, `translate` and `generate` change the checkpoint's search settings
-(beam_size, n_best, length_penalty, max_len_a, max_len_b, min_len, no_repeat_ngram,
-batch_size, max_tokens), as `--search.KEY=VALUE` does on the command line.
+of the constructor, `translate` and `generate` change the checkpoint's search settings (the
+`search` keys of docs/config.md), as `--search.KEY=VALUE` does on the command line.
 
 A list is translated the way `nmt translate` translates a file: in chunks of 4,000 lines,
 each sorted by length and batched by the search settings, so the outputs are the same. Input
@@ -105,9 +104,7 @@ def checked_texts(texts: Any) -> list[str]:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise UserError(
-                f"texts[{i}]: not valid Unicode (a lone surrogate at {e.start})"
-            ) from None
+            raise UserError(f"texts[{i}]: not valid Unicode (a surrogate at {e.start})") from None
     return texts
 
 
@@ -161,7 +158,8 @@ class Translator:
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)
-        self.checkpoint = checkpoints[0]
+        self.checkpoint = checkpoints[0]  # an ensemble's table: any member's (one vocabulary)
+        self.shortlist = next((c.shortlist for c in checkpoints if c.shortlist is not None), None)
         models = [c.model for c in checkpoints]
         self.model = models[0] if len(models) == 1 else Ensemble(models).eval()
         self.search = override_search(self.checkpoint.search, search)
@@ -229,9 +227,9 @@ class Translator:
 
     def check(self, settings: SearchConfig) -> SearchConfig:
         check_beam_size(settings.beam_size, self.model.vocab)
-        if settings.shortlist and self.checkpoint.shortlist is None:
-            raise UserError(f"{self.checkpoint_paths[0]}: search.shortlist needs a checkpoint "
-                            "saved since 2026-12-07 (this one has no shortlist table)")  # fmt: skip
+        if settings.shortlist and self.shortlist is None:
+            raise UserError(f"{self.checkpoint_paths[0]}: search.shortlist needs a table that "
+                            "this checkpoint lacks (resume training a step to add it)")  # fmt: skip
         return settings
 
     # --- the three steps, which `nmt translate` runs on separate threads on a GPU ---------
@@ -255,7 +253,7 @@ class Translator:
         todo, settings = [chunk.ids[i] for i in chunk.todo], settings or self.search
         with torch.inference_mode(), autocast(self.device, self.precision):
             hypotheses = translate_ids(
-                self.model, todo, settings, self.device, with_attention, self.checkpoint.shortlist
+                self.model, todo, settings, self.device, with_attention, self.shortlist
             )
         for i, hyps in zip(chunk.todo, hypotheses):
             # settings that forbid every ending (min_len beyond the length limit, say) leave

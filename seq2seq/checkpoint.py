@@ -170,7 +170,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model config ({e})") from None
-    table = tensors.get("shortlist")  # for search.shortlist, or None
+    table, rows = tensors.get("shortlist"), vocab.src_size + 1  # for search.shortlist, or None
+    if table is not None and not (table.dtype == torch.int32 and table.dim() == 2 and
+                                  len(table) == rows and table.numel() and
+                                  0 <= table.min() <= table.max() < vocab.tgt_size):  # fmt: skip
+        raise UserError(f"{path}: 'shortlist' is not an int32 table ({rows}, K) of target ids")
     return Checkpoint(model.to(device).eval(), src_tokenizer, tgt_tokenizer, search, info, table)
 
 
@@ -184,6 +188,7 @@ def average_checkpoints(paths: list[str | Path]) -> Checkpoint:
     total = {k: v.to(torch.float64, copy=True) for k, v in weights.items() if v.is_floating_point()}
     for path in paths[1:]:
         other = load_checkpoint(path)
+        first.shortlist = other.shortlist if first.shortlist is None else first.shortlist
         if other.model.config != first.model.config or other.model.vocab != first.model.vocab:
             raise UserError(f"{path}: a different model than {paths[0]}; cannot average them")
         for key, value in other.model.state_dict().items():

@@ -9,12 +9,9 @@ only the work differs.
   full-size gradient at every time step; a few spans cost a few RNN calls instead.) On a GPU
   the whole padded batch is one cuDNN call, which is faster than splitting it.
 - One matrix product (`linear`, `run_rnn`): in bf16 on the CPU, PyTorch may run a 3-d input
-  as a batched product against a copy of the weight for every row, which costs more than the
-  product itself.
-- Dropout masks from uniform numbers (`Dropout`): PyTorch's CPU `bernoulli_` draws one double
-  at a time (but with MKL on Intel CPUs); a uniform float per element costs half as much.
-- oneDNN has no bf16 LSTM on a CPU without native bf16: under autocast there, the LSTM runs
-  in fp32 instead of failing.
+  as a batched product against a copy of the weight for every row, costlier than the product.
+- Dropout masks from uniform numbers (`Dropout`) where `bernoulli_` draws one at a time.
+- An LSTM in fp32 under autocast where oneDNN has no bf16 LSTM (`_run_time_major`).
 
 Shapes as in `model.py`; F is an input feature size.
 """

@@ -28,9 +28,9 @@ def translate_ids(
 
     def search_halving(batch: list[list[int]]) -> list[list[Hypothesis]]:
         """Search one batch; when the device runs out of memory, search its halves instead
-        (a sentence's result does not depend on its batch, so the output is the same). The
-        halves run after the except block, once the failed attempt's traceback, and the
-        tensors it holds, are freed."""
+        (a sentence's result does not depend on its batch, so the output is the same, but
+        with a shortlist: that is the batch's). The halves run after the except block, once
+        the failed attempt's traceback, and the tensors it holds, are freed."""
         try:
             src, src_lengths = (x.to(device) for x in pad(batch, vocab.pad_id, suffix=vocab.eos_id))
             cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None

@@ -99,7 +99,7 @@ def test_a_checkpoint_without_a_table_is_a_clear_error(trained_run, tmp_path):
     older = tmp_path / "older.safetensors"
     save_checkpoint(older, c.model, c.src_tokenizer, c.tgt_tokenizer, c.search, c.info)
     assert load_checkpoint(older).shortlist is None
-    with pytest.raises(UserError, match="search.shortlist needs a checkpoint saved since"):
+    with pytest.raises(UserError, match="search.shortlist needs a table .*resume training"):
         Translator(older, shortlist=10)
     with pytest.raises(UserError, match=f"{older}: search.shortlist needs"):
         Translator(older).translate("a line", shortlist=10)
@@ -110,6 +110,47 @@ def test_a_checkpoint_without_a_table_is_a_clear_error(trained_run, tmp_path):
     assert result.exit_code == 2
     assert "search.shortlist" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_an_ensemble_or_average_takes_the_table_of_any_member(trained_run, tmp_path):
+    best = trained_run / "model" / "best.safetensors"
+    c = load_checkpoint(best)
+    older = tmp_path / "older.safetensors"
+    save_checkpoint(older, c.model, c.src_tokenizer, c.tgt_tokenizer, c.search, c.info)
+    lines = ["a small test", "another line"]
+    expected = Translator([best, best]).translate(lines, shortlist=3)
+    assert Translator([older, best]).translate(lines, shortlist=3) == expected
+    assert Translator([best, older]).translate(lines, shortlist=3) == expected
+    averaged = tmp_path / "averaged.safetensors"
+    result = CliRunner().invoke(app, ["average", str(older), str(best), "-o", str(averaged)])
+    assert result.exit_code == 0, result.output
+    assert torch.equal(load_checkpoint(averaged).shortlist, c.shortlist)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t: t.clone().fill_(t.max() + 1000),  # ids beyond the vocabulary
+        lambda t: -t - 1,  # negative ids
+        lambda t: t[:10].clone(),  # too few rows
+        lambda t: t.flatten(),  # not a table
+        lambda t: t.float(),  # not integer ids
+        lambda t: t[:, :0].clone(),  # no columns
+    ],
+)
+def test_a_malformed_table_is_a_clear_error_at_load(trained_run, tmp_path, change):
+    c = load_checkpoint(trained_run / "model" / "best.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    table = change(c.shortlist)
+    save_checkpoint(bad, c.model, c.src_tokenizer, c.tgt_tokenizer, c.search, c.info, table)
+    with pytest.raises(UserError, match=f"{bad}: 'shortlist' is not an int32 table"):
+        load_checkpoint(bad)
+    source = tmp_path / "in.txt"
+    source.write_text("a line\n", encoding="utf-8")
+    args = ["translate", "-m", str(bad), "-i", str(source), "-o", str(tmp_path / "out.txt")]
+    result = CliRunner().invoke(app, [*args, "--search.shortlist=10"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not list(tmp_path.glob("out.txt*"))
 
 
 def test_the_shortlist_setting_is_checked():
