@@ -158,7 +158,7 @@ class Translator:
         self.checkpoint_paths = model_paths(model)
         checkpoints = [load_checkpoint(path, self.device) for path in self.checkpoint_paths]
         check_ensemble(checkpoints, self.checkpoint_paths)
-        self.checkpoint = checkpoints[0]  # an ensemble's table: any member's (one vocabulary)
+        self.checkpoint = checkpoints[0]  # the first's settings; the table (next): any member's
         self.shortlist = next((c.shortlist for c in checkpoints if c.shortlist is not None), None)
         models = [c.model for c in checkpoints]
         self.model = models[0] if len(models) == 1 else Ensemble(models).eval()
