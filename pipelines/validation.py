@@ -62,7 +62,7 @@ class DevSet:
         dev_loss = self.loss(model, device, precision)
         sources = [self.src[i].tolist() for i in range(len(self.src))]
         with autocast(device, precision):
-            hypotheses = translate_ids(
+            hypotheses = translate_ids(  # the whole vocabulary: the table is the checkpoints'
                 model, sources, dataclasses.replace(search, shortlist=0), device
             )
         texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])

@@ -35,8 +35,8 @@ def translate_ids(
             src, src_lengths = (x.to(device) for x in pad(batch, vocab.pad_id, suffix=vocab.eos_id))
             cut = Shortlisted(model, shortlist, src, config.shortlist) if config.shortlist else None
             hypotheses = search(cut or model, src, src_lengths, config, return_attention)
-            for hypothesis in (h for hyps in hypotheses for h in hyps if cut):
-                hypothesis.tokens = cut.ids[hypothesis.tokens].tolist()
+            for h in [h for hyps in hypotheses for h in hyps] if cut else []:  # to vocab ids
+                h.tokens = cut.ids[h.tokens].tolist()
             return hypotheses
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
             if len(batch) == 1:
